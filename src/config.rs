@@ -1,0 +1,322 @@
+//! Configuration: the TOML schema, its validation, and the pre-converted [`Runtime`]
+//! the shards read.
+//!
+//! Invariants: `tuning/default.toml` is embedded and is the only place defaults live
+//! (every key is required in the merged table, so the file and the schema cannot drift);
+//! an unknown key or a bad value is a start-up error that names the key; nothing is
+//! parsed again after start-up.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("../tuning/default.toml");
+
+/// Secrets shipped in `default.toml`; seeing them at start-up earns a loud warning.
+pub const DEV_SECRET: &str = "dev-secret-change-me";
+pub const DEV_ADMIN_KEY: &str = "dev-admin-key-change-me";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: String,
+    data_dir: PathBuf,
+    shards: usize,
+    pin_cpus: bool,
+    secret: String,
+    admin_key: String,
+    default_domain: String,
+    utc_offset: String,
+    token_ttl_secs: u64,
+    sign_window_secs: u64,
+    durability: String,
+    group_commit_ms: u64,
+    store_cache_bytes: u64,
+    max_push_uids: usize,
+    max_message_bytes: usize,
+    max_unread: usize,
+    max_frame_bytes: usize,
+    max_head_bytes: usize,
+    max_headers: usize,
+    max_body_bytes: usize,
+    max_outbound_bytes: usize,
+    log_level: String,
+}
+
+/// When a write is acknowledged (PROTOCOL.md §5, DESIGN.md "Storage").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Sync,
+    Group,
+    Async,
+}
+
+/// The validated, converted configuration every shard shares (read-only).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub pin_cpus: bool,
+    pub secret: String,
+    pub admin_key: String,
+    pub default_domain: String,
+    /// Seconds east of UTC.
+    pub utc_offset_secs: i64,
+    pub token_ttl_secs: u64,
+    pub sign_window_secs: u64,
+    pub durability: Durability,
+    pub group_commit: Duration,
+    pub store_cache_bytes: u64,
+    pub max_push_uids: usize,
+    pub max_message_bytes: usize,
+    pub max_unread: usize,
+    pub max_frame_bytes: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_outbound_bytes: usize,
+    pub log_level: log::LevelFilter,
+}
+
+impl Runtime {
+    /// True while either shipped development secret is in use.
+    pub fn uses_dev_secrets(&self) -> bool {
+        self.secret == DEV_SECRET || self.admin_key == DEV_ADMIN_KEY
+    }
+}
+
+/// A start-up configuration error; its text names the file or key to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `path` (or only the embedded defaults when `None`), with `overrides` (TOML text)
+/// applied last. Keys missing from the file keep their default.
+pub fn load(path: Option<&Path>, overrides: &str) -> Result<Runtime, ConfigError> {
+    let mut table = parse_table("tuning/default.toml (embedded)", DEFAULT_TOML)?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        merge(
+            &mut table,
+            parse_table(&path.display().to_string(), &text)?,
+            path,
+        )?;
+    }
+    if !overrides.is_empty() {
+        merge(
+            &mut table,
+            parse_table("overrides", overrides)?,
+            Path::new("overrides"),
+        )?;
+    }
+    let file: File = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError(format!("config: {}", e.message())))?;
+    validate(file)
+}
+
+/// Parses and validates a config from text only (used by unit tests and fuzzing).
+pub fn from_str(text: &str) -> Result<Runtime, ConfigError> {
+    load(None, text)
+}
+
+fn parse_table(name: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError(format!("{name}: not valid TOML: {}", e.message())))
+}
+
+fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), ConfigError> {
+    for (key, value) in top {
+        match base.get(&key) {
+            None => {
+                return Err(ConfigError(format!(
+                    "{}: unknown key `{key}` (see tuning/default.toml for the known keys)",
+                    from.display()
+                )))
+            }
+            Some(old) if old.type_str() != value.type_str() => {
+                return Err(ConfigError(format!(
+                    "{}: key `{key}` must be a {}, found a {}",
+                    from.display(),
+                    old.type_str(),
+                    value.type_str()
+                )))
+            }
+            Some(_) => {
+                base.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("config key `{key}`: {why}"))
+}
+
+fn validate(f: File) -> Result<Runtime, ConfigError> {
+    let listen = f
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| bad("listen", format!("`{}` is not host:port ({e})", f.listen)))?
+        .next()
+        .ok_or_else(|| bad("listen", "resolves to no address"))?;
+    let shards = if f.shards == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        f.shards
+    };
+    if shards > crate::route::SLOTS {
+        return Err(bad("shards", format!("at most {}", crate::route::SLOTS)));
+    }
+    if shards > 255 {
+        return Err(bad("shards", "at most 255"));
+    }
+    if f.secret.is_empty() {
+        return Err(bad("secret", "must not be empty"));
+    }
+    if f.admin_key.is_empty() {
+        return Err(bad("admin_key", "must not be empty"));
+    }
+    if !crate::auth::valid_name(&f.default_domain) {
+        return Err(bad(
+            "default_domain",
+            "1..=128 bytes of UTF-8 without control characters",
+        ));
+    }
+    let utc_offset_secs = parse_offset(&f.utc_offset)
+        .ok_or_else(|| bad("utc_offset", format!("`{}` is not ±HH:MM", f.utc_offset)))?;
+    let durability = match f.durability.as_str() {
+        "sync" => Durability::Sync,
+        "group" => Durability::Group,
+        "async" => Durability::Async,
+        other => {
+            return Err(bad(
+                "durability",
+                format!("`{other}` is not one of sync, group, async"),
+            ))
+        }
+    };
+    if f.group_commit_ms > 1000 {
+        return Err(bad("group_commit_ms", "at most 1000"));
+    }
+    let positive: [(&str, usize); 8] = [
+        ("max_push_uids", f.max_push_uids),
+        ("max_message_bytes", f.max_message_bytes),
+        ("max_unread", f.max_unread),
+        ("max_frame_bytes", f.max_frame_bytes),
+        ("max_head_bytes", f.max_head_bytes),
+        ("max_headers", f.max_headers),
+        ("max_body_bytes", f.max_body_bytes),
+        ("max_outbound_bytes", f.max_outbound_bytes),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err(bad(key, "must be at least 1"));
+        }
+    }
+    if f.max_headers > crate::net::http::MAX_HEADERS {
+        return Err(bad(
+            "max_headers",
+            format!("at most {}", crate::net::http::MAX_HEADERS),
+        ));
+    }
+    if f.max_head_bytes < 256 {
+        return Err(bad("max_head_bytes", "at least 256"));
+    }
+    if f.token_ttl_secs == 0 {
+        return Err(bad("token_ttl_secs", "must be at least 1"));
+    }
+    let log_level = f
+        .log_level
+        .parse::<log::LevelFilter>()
+        .map_err(|_| bad("log_level", "one of error, warn, info, debug, trace, off"))?;
+    Ok(Runtime {
+        listen,
+        data_dir: f.data_dir,
+        shards,
+        pin_cpus: f.pin_cpus,
+        secret: f.secret,
+        admin_key: f.admin_key,
+        default_domain: f.default_domain,
+        utc_offset_secs,
+        token_ttl_secs: f.token_ttl_secs,
+        sign_window_secs: f.sign_window_secs,
+        durability,
+        group_commit: Duration::from_millis(f.group_commit_ms),
+        store_cache_bytes: f.store_cache_bytes,
+        max_push_uids: f.max_push_uids,
+        max_message_bytes: f.max_message_bytes,
+        max_unread: f.max_unread,
+        max_frame_bytes: f.max_frame_bytes,
+        max_head_bytes: f.max_head_bytes,
+        max_headers: f.max_headers,
+        max_body_bytes: f.max_body_bytes,
+        max_outbound_bytes: f.max_outbound_bytes,
+        log_level,
+    })
+}
+
+/// `+08:00` → 28800, `-05:30` → -19800.
+fn parse_offset(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 6 || b[3] != b':' {
+        return None;
+    }
+    let sign = match b[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let hh: i64 = s.get(1..3)?.parse().ok()?;
+    let mm: i64 = s.get(4..6)?.parse().ok()?;
+    if hh > 14 || mm > 59 {
+        return None;
+    }
+    Some(sign * (hh * 3600 + mm * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let rt = from_str("").expect("defaults");
+        assert_eq!(rt.listen.to_string(), "127.0.0.1:9501");
+        assert_eq!(rt.utc_offset_secs, 8 * 3600);
+        assert_eq!(rt.durability, Durability::Group);
+        assert!(rt.uses_dev_secrets());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("shardz = 2", "shardz"),
+            ("shards = \"two\"", "shards"),
+            ("durability = \"fast\"", "durability"),
+            ("utc_offset = \"8\"", "utc_offset"),
+            ("listen = \"nowhere\"", "listen"),
+            ("max_unread = 0", "max_unread"),
+            ("log_level = \"loud\"", "log_level"),
+            ("default_domain = \"\"", "default_domain"),
+        ];
+        for (text, key) in cases {
+            let err = from_str(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_offset("+00:00"), Some(0));
+        assert_eq!(parse_offset("-05:30"), Some(-19800));
+        assert_eq!(parse_offset("+8:00"), None);
+        assert_eq!(parse_offset("+15:00"), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! The chat dialect (PROTOCOL.md §4): login with id/name/domain/resource, messages to a
+//! user id on any shard, offline queue, acknowledgements; shared with `POST /message`.
+//!
+//! Invariants: a message is appended to the recipient's history on the recipient's owner
+//! shard before it is delivered; it is queued offline exactly when no resource of the
+//! recipient is online; the message object is encoded once (its "core", without
+//! `offline`) and each form — delivered, queued, history, ack — is that core plus a tail;
+//! messages from one connection reach the owner in the order they were sent.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use simd_json::prelude::*;
+
+use crate::error::close;
+use crate::ids::MsgId;
+use crate::json;
+use crate::route;
+use crate::shard::session::{Conn, Dialect};
+use crate::shard::Shard;
+use crate::ws::frame;
+use crate::ws::outbound;
+use crate::Error;
+
+/// Message types a client may send; 100 (system) is for `POST /message` only.
+pub const CLIENT_TYPES: [i64; 4] = [10, 20, 30, 40];
+pub const SYSTEM_TYPE: i64 = 100;
+
+/// One chat message, encoded once.
+pub struct ChatMessage {
+    pub id: MsgId,
+    pub domain: String,
+    pub to: String,
+    pub from: String,
+    /// `{"id",…,"sendAt":N` — the message object without `offline` and without its
+    /// closing brace.
+    pub core: Vec<u8>,
+}
+
+impl ChatMessage {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: MsgId,
+        domain: &str,
+        to: &str,
+        from: &str,
+        from_name: &str,
+        from_resource: &str,
+        kind: i64,
+        content: &str,
+    ) -> ChatMessage {
+        let mut c = Vec::with_capacity(content.len() + 160);
+        c.extend_from_slice(b"{\"id\":\"");
+        c.extend_from_slice(&id.hex());
+        c.extend_from_slice(b"\"");
+        for (k, v) in [
+            ("fromId", from),
+            ("fromName", from_name),
+            ("fromResource", from_resource),
+            ("toId", to),
+            ("domain", domain),
+        ] {
+            c.push(b',');
+            json::push_key(&mut c, k);
+            json::push_str(&mut c, v);
+        }
+        c.extend_from_slice(b",\"type\":");
+        c.extend_from_slice(kind.to_string().as_bytes());
+        c.push(b',');
+        json::push_key(&mut c, "content");
+        json::push_str(&mut c, content);
+        c.extend_from_slice(b",\"sendAt\":");
+        json::push_u64(&mut c, id.unix_millis());
+        ChatMessage {
+            id,
+            domain: domain.into(),
+            to: to.into(),
+            from: from.into(),
+            core: c,
+        }
+    }
+
+    /// The message object with its `offline` flag.
+    pub fn with_offline(&self, offline: bool) -> Vec<u8> {
+        with_tail(&self.core, offline)
+    }
+}
+
+fn with_tail(core: &[u8], offline: bool) -> Vec<u8> {
+    let mut v = Vec::with_capacity(core.len() + 18);
+    v.extend_from_slice(core);
+    v.extend_from_slice(if offline {
+        b",\"offline\":true}"
+    } else {
+        b",\"offline\":false}"
+    });
+    v
+}
+
+/// A stored core as a history item (no `offline`).
+pub fn history_item(core: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(core);
+    out.push(b'}');
+}
+
+/// Login: replace a connection of the same resource (close 4000), join the session table,
+/// and queue the offline messages oldest first with `"offline": true`.
+pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
+    {
+        let mut sessions = shard.sessions.borrow_mut();
+        let replaced: Vec<Rc<Conn>> = sessions
+            .of(&conn.domain, &conn.uid)
+            .iter()
+            .filter(|c| c.resource().is_some() && c.resource() == conn.resource())
+            .cloned()
+            .collect();
+        for old in replaced {
+            sessions.remove(&old);
+            outbound::close(&old, close::REPLACED);
+        }
+        sessions.add(conn.clone());
+    }
+    for core in shard
+        .store
+        .take_offline(conn.slot, &conn.domain, &conn.uid)?
+    {
+        outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
+    }
+    Ok(())
+}
+
+/// Stores `msg` on this (the recipient's owner) shard and delivers it to every online
+/// chat resource of the recipient. Returns whether it was queued offline, once durable.
+pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
+    let slot = route::slot_of(&msg.domain, &msg.to);
+    let online: Vec<Rc<Conn>> = shard
+        .sessions
+        .borrow()
+        .of(&msg.domain, &msg.to)
+        .iter()
+        .filter(|c| !c.is_notify())
+        .cloned()
+        .collect();
+    let offline = online.is_empty();
+    shard.store.append_chat(
+        slot,
+        &msg.domain,
+        &msg.to,
+        &msg.from,
+        &msg.id,
+        &msg.core,
+        offline,
+    )?;
+    if !offline {
+        let f = frame::text(&msg.with_offline(false));
+        for conn in &online {
+            outbound::send(conn, &f);
+        }
+    }
+    shard.store.durable().await?;
+    Ok(offline)
+}
+
+/// Routes `msg` to its recipient's owner shard and waits for the outcome.
+pub async fn send(shard: &Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
+    let owner = route::owner(route::slot_of(&msg.domain, &msg.to), shard.shards());
+    shard.call(owner, move |owner| deliver(owner, msg)).await
+}
+
+/// A client frame: `{"toId", "type", "content"}`.
+pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result<(), Error> {
+    let Dialect::Chat {
+        name,
+        resource,
+        ack,
+        ..
+    } = &conn.dialect
+    else {
+        return Err(Error::WsInternal);
+    };
+    let v = json::parse(payload).ok_or(Error::BadFrame)?;
+    if !v.is_object() {
+        return Err(Error::BadFrame);
+    }
+    let to = json::opt_str(&v, "toId")
+        .ok()
+        .flatten()
+        .filter(|s| crate::auth::valid_name(s))
+        .ok_or(Error::field("toId"))?;
+    let kind = v
+        .get("type")
+        .and_then(|t| t.as_i64())
+        .filter(|t| CLIENT_TYPES.contains(t))
+        .ok_or(Error::field("type"))?;
+    let content = json::opt_str(&v, "content")
+        .ok()
+        .flatten()
+        .ok_or(Error::field("content"))?;
+    if content.len() > shard.rt.max_message_bytes {
+        return Err(Error::field("content"));
+    }
+    let msg = Arc::new(ChatMessage::new(
+        shard.ids.next(),
+        &conn.domain,
+        to,
+        &conn.uid,
+        name,
+        resource,
+        kind,
+        content,
+    ));
+    let (shard, conn, ack) = (shard.clone(), conn.clone(), *ack);
+    // Spawned so that reading goes on while the owner stores; tasks run in spawn order,
+    // so messages reach the owner's inbox in the order they were sent.
+    glommio::spawn_local(async move {
+        let (id, send_at) = (msg.id, msg.id.unix_millis());
+        match send(&shard, msg).await {
+            Ok(offline) if ack => {
+                let mut a = b"{\"ack\":{\"id\":\"".to_vec();
+                a.extend_from_slice(&id.hex());
+                a.extend_from_slice(b"\",\"sendAt\":");
+                json::push_u64(&mut a, send_at);
+                a.extend_from_slice(if offline {
+                    b",\"offline\":true}}"
+                } else {
+                    b",\"offline\":false}}"
+                });
+                outbound::send_owned(&conn, frame::encode(frame::OP_TEXT, &a));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("chat send from {}/{} failed: {e}", conn.domain, conn.uid);
+                crate::dialect::send_error(&conn, &Error::WsInternal);
+            }
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_object_forms() {
+        let id = crate::ids::IdGen::new(0).at(1_700_000_000_123);
+        let m = ChatMessage::new(id, "d", "u2", "u1", "Ann \"A\"", "web", 10, "hi\n");
+        let v: serde_json::Value = serde_json::from_slice(&m.with_offline(true)).expect("json");
+        assert_eq!(v["id"], id.to_hex_string());
+        assert_eq!(v["fromId"], "u1");
+        assert_eq!(v["fromName"], "Ann \"A\"");
+        assert_eq!(v["fromResource"], "web");
+        assert_eq!(v["toId"], "u2");
+        assert_eq!(v["domain"], "d");
+        assert_eq!(v["type"], 10);
+        assert_eq!(v["content"], "hi\n");
+        assert_eq!(v["sendAt"], 1_700_000_000_123u64);
+        assert_eq!(v["offline"], true);
+        let mut h = Vec::new();
+        history_item(&m.core, &mut h);
+        let v: serde_json::Value = serde_json::from_slice(&h).expect("json");
+        assert!(v.get("offline").is_none());
+        assert_eq!(v["type"], 10);
+    }
+}

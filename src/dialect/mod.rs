@@ -1,0 +1,44 @@
+//! The two WebSocket dialects over one core: [`notify`] (events 0–3) and [`chat`]
+//! (user-to-user messages). Each parses a client message, applies it, and replies in its
+//! own error format; neither ever closes a connection for a bad message (PROTOCOL.md §3,
+//! §4: "the connection stays open").
+
+pub mod chat;
+pub mod notify;
+
+use std::rc::Rc;
+
+use crate::shard::session::{Conn, Dialect};
+use crate::shard::Shard;
+use crate::ws::{frame, outbound};
+use crate::Error;
+
+/// A complete text message from `conn`.
+pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
+    if !conn.registered.get() {
+        return; // a refused login that is closing
+    }
+    let result = match conn.dialect {
+        Dialect::Notify => notify::on_text(shard, conn, payload),
+        Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
+    };
+    if let Err(e) = result {
+        send_error(conn, &e);
+    }
+}
+
+/// Binary messages are not part of either dialect: 2001.
+pub fn on_binary(conn: &Conn) {
+    if conn.registered.get() {
+        send_error(conn, &Error::BadFrame);
+    }
+}
+
+/// Reports `e` in the connection's dialect; the connection stays open.
+pub fn send_error(conn: &Conn, e: &Error) {
+    let body = match conn.dialect {
+        Dialect::Notify => notify::event0(e),
+        Dialect::Chat { .. } => crate::json::error_object(e),
+    };
+    outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &body));
+}

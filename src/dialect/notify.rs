@@ -1,0 +1,200 @@
+//! The notify dialect (PROTOCOL.md §3): event 2 (unread list) on connect, event 1 for each
+//! push, event 3 read reports, event 0 errors.
+//!
+//! Invariants: a [`Notification`] is encoded once — its msg object (stored as the unread
+//! value for every recipient and concatenated into event 2) and its event-1 frame (shared
+//! by every connection it reaches); a push is stored for every recipient of the shard in
+//! one batch before any delivery is acknowledged.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use simd_json::prelude::*;
+
+use crate::ids::MsgId;
+use crate::json;
+use crate::shard::session::Conn;
+use crate::shard::Shard;
+use crate::ws::frame::{self, Frame};
+use crate::ws::outbound;
+use crate::Error;
+
+/// One notification, encoded once for all its recipients.
+pub struct Notification {
+    pub id: MsgId,
+    pub create_time: String,
+    /// `{"_id","title","content","create_time"}`.
+    pub msg: Arc<[u8]>,
+    /// The event-1 frame.
+    pub frame: Frame,
+}
+
+impl Notification {
+    pub fn new(id: MsgId, title: &str, content: &str, utc_offset_secs: i64) -> Notification {
+        let create_time = crate::ids::format_time(i64::from(id.unix_secs()), utc_offset_secs);
+        let mut msg = Vec::with_capacity(title.len() + content.len() + 96);
+        msg.extend_from_slice(b"{\"_id\":\"");
+        msg.extend_from_slice(&id.hex());
+        msg.extend_from_slice(b"\",");
+        json::push_key(&mut msg, "title");
+        json::push_str(&mut msg, title);
+        msg.push(b',');
+        json::push_key(&mut msg, "content");
+        json::push_str(&mut msg, content);
+        msg.push(b',');
+        json::push_key(&mut msg, "create_time");
+        json::push_str(&mut msg, &create_time);
+        msg.push(b'}');
+        let mut event = Vec::with_capacity(msg.len() + 32);
+        event.extend_from_slice(b"{\"event\":1,\"data\":{\"msg\":");
+        event.extend_from_slice(&msg);
+        event.extend_from_slice(b"}}");
+        Notification {
+            id,
+            create_time,
+            msg: msg.into(),
+            frame: frame::text(&event),
+        }
+    }
+}
+
+/// `{"event":0,"data":{"code","error"}}`.
+pub fn event0(e: &Error) -> Vec<u8> {
+    let mut out = b"{\"event\":0,\"data\":".to_vec();
+    out.extend_from_slice(&json::error_object(e));
+    out.push(b'}');
+    out
+}
+
+/// Joins the session table and queues event 2 with the user's unread list.
+pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
+    let list = shard
+        .store
+        .unread(conn.slot, &conn.domain, &conn.uid, shard.rt.max_unread)?;
+    shard.sessions.borrow_mut().add(conn.clone());
+    let mut event = Vec::with_capacity(64 + list.iter().map(|m| m.len() + 1).sum::<usize>());
+    event.extend_from_slice(b"{\"event\":2,\"data\":{\"msg_list\":[");
+    for (i, m) in list.iter().enumerate() {
+        if i > 0 {
+            event.push(b',');
+        }
+        event.extend_from_slice(m);
+    }
+    event.extend_from_slice(b"]}}");
+    outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &event));
+    Ok(())
+}
+
+/// Stores `note` as unread for `uids` (all owned by this shard) and delivers it to their
+/// notify connections. Returns the number of connections it was queued to, once durable.
+pub async fn deliver(
+    shard: Rc<Shard>,
+    domain: String,
+    uids: Vec<(u16, String)>,
+    note: Arc<Notification>,
+) -> Result<usize, Error> {
+    shard.store.add_unread(
+        &domain,
+        uids.iter().map(|(slot, uid)| (*slot, uid.as_str())),
+        &note.id,
+        &note.msg,
+    )?;
+    let mut online = 0;
+    {
+        let sessions = shard.sessions.borrow();
+        for (_, uid) in &uids {
+            for conn in sessions.of(&domain, uid) {
+                if conn.is_notify() && outbound::send(conn, &note.frame) {
+                    online += 1;
+                }
+            }
+        }
+    }
+    shard.store.durable().await?;
+    Ok(online)
+}
+
+/// A client frame: `{"event": 3, "data": {"msg_id"} | {"msg_ids": [...]}}`.
+pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result<(), Error> {
+    let v = json::parse(payload).ok_or(Error::BadFrame)?;
+    let event = v
+        .get("event")
+        .and_then(|e| e.as_i64())
+        .ok_or(Error::BadFrame)?;
+    let data = v
+        .get("data")
+        .filter(|d| d.is_object())
+        .ok_or(Error::BadFrame)?;
+    let is_report = data.get("msg_id").is_some() || data.get("msg_ids").is_some();
+    // PROTOCOL.md §3 (decision): the original document's example sends read reports as
+    // event 2, so event 2 carrying msg_id/msg_ids is a read report too.
+    if !(event == 3 || (event == 2 && is_report)) {
+        return Err(Error::NoSuchEvent);
+    }
+    let mut ids = Vec::new();
+    match (data.get("msg_id"), data.get("msg_ids")) {
+        (Some(one), None) => {
+            ids.push(
+                one.as_str()
+                    .and_then(MsgId::parse)
+                    .ok_or(Error::field("msg_id"))?,
+            );
+        }
+        (None, Some(many)) => {
+            let arr = many
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or(Error::field("msg_ids"))?;
+            if arr.len() > shard.rt.max_unread.max(1000) {
+                return Err(Error::field("msg_ids"));
+            }
+            for x in arr {
+                ids.push(
+                    x.as_str()
+                        .and_then(MsgId::parse)
+                        .ok_or(Error::field("msg_ids"))?,
+                );
+            }
+        }
+        _ => return Err(Error::field("msg_id")),
+    }
+    let missing = shard
+        .store
+        .remove_unread(conn.slot, &conn.domain, &conn.uid, &ids)?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let list: Vec<String> = missing.iter().map(MsgId::to_hex_string).collect();
+        Err(Error::NoSuchUnread(list.join(",")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_encodes_once_as_protocol_json() {
+        let id = MsgId::parse("612b723970fb1b158c7f8c72").expect("hex");
+        let n = Notification::new(id, "测试消息", "a \"quoted\"\nline", 8 * 3600);
+        let msg: serde_json::Value = serde_json::from_slice(&n.msg).expect("json");
+        assert_eq!(msg["_id"], "612b723970fb1b158c7f8c72");
+        assert_eq!(msg["title"], "测试消息");
+        assert_eq!(msg["content"], "a \"quoted\"\nline");
+        assert_eq!(msg["create_time"], "2021-08-29 19:40:41");
+        // The frame is a final text frame whose payload is event 1 around the same msg.
+        assert_eq!(n.frame[0], 0x81);
+        let start = n.frame.len() - (n.msg.len() + 28);
+        let event: serde_json::Value = serde_json::from_slice(&n.frame[start..]).expect("json");
+        assert_eq!(event["event"], 1);
+        assert_eq!(event["data"]["msg"], msg);
+    }
+
+    #[test]
+    fn event0_shape() {
+        let v: serde_json::Value = serde_json::from_slice(&event0(&Error::BadToken)).expect("json");
+        assert_eq!(v["event"], 0);
+        assert_eq!(v["data"]["code"], 1004);
+        assert_eq!(v["data"]["error"], "token invalid or expired");
+    }
+}

@@ -1,0 +1,122 @@
+//! JSON in and out. Input: simd-json over a mutable buffer (client frames and request
+//! bodies). Output: written by hand into one buffer, because every outgoing document is
+//! built once per message and shared by all its recipients.
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(b"0123456789abcdef"[usize::from(b >> 4)]);
+            out.push(b"0123456789abcdef"[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends `"key":` .
+pub fn push_key(out: &mut Vec<u8>, key: &str) {
+    push_str(out, key);
+    out.push(b':');
+}
+
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+/// The success envelope of PROTOCOL.md §2 around an already-encoded `content` object.
+pub fn ok_envelope(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 40);
+    out.extend_from_slice(br#"{"code":0,"msg":"SUCCESS","content":"#);
+    out.extend_from_slice(content);
+    out.push(b'}');
+    out
+}
+
+/// The error envelope of PROTOCOL.md §2.
+pub fn error_envelope(e: &crate::Error) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(br#"{"code":"#);
+    push_u64(&mut out, u64::from(e.code()));
+    out.extend_from_slice(br#","msg":"#);
+    push_str(&mut out, &e.to_string());
+    out.extend_from_slice(br#","content":{}}"#);
+    out
+}
+
+/// `{"code":N,"error":"…"}`: the error object of both WebSocket dialects.
+pub fn error_object(e: &crate::Error) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(br#"{"code":"#);
+    push_u64(&mut out, u64::from(e.code()));
+    out.extend_from_slice(br#","error":"#);
+    push_str(&mut out, &e.to_string());
+    out.push(b'}');
+    out
+}
+
+/// Parses a JSON document in place; `None` when it is not JSON.
+pub fn parse(buf: &mut [u8]) -> Option<BorrowedValue<'_>> {
+    simd_json::to_borrowed_value(buf).ok()
+}
+
+/// A string field of an object: `Ok(None)` when absent, `Err(())` when not a string.
+pub fn opt_str<'v>(v: &'v BorrowedValue<'_>, key: &str) -> Result<Option<&'v str>, ()> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(x) => x.as_str().map(Some).ok_or(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_round_trip() {
+        for s in [
+            "plain",
+            "quote\"back\\slash",
+            "line\nfeed\ttab\r",
+            "\u{1}\u{1f}",
+            "测试消息",
+        ] {
+            let mut out = Vec::new();
+            push_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn envelopes_are_json() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_envelope(&crate::Error::param("uid"))).expect("json");
+        assert_eq!(v["code"], 1001);
+        assert!(v["msg"].as_str().unwrap_or("").contains("uid"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&ok_envelope(b"{\"a\":1}")).expect("json");
+        assert_eq!(v["msg"], "SUCCESS");
+        assert_eq!(v["content"]["a"], 1);
+    }
+}

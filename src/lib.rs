@@ -1,0 +1,177 @@
+//! shardcast: a sharded, thread-per-core WebSocket push and chat broker.
+//!
+//! The path of a byte, module by module:
+//!
+//! 1. [`net::accept`] — every shard accepts on the same port (SO_REUSEPORT) and reads a
+//!    request head with [`net::http`] (httparse) into its scratch buffer.
+//! 2. [`net::api`] serves HTTP calls in place; per-user work goes to the user's owner,
+//!    found by [`route`] (`slot = hash(domain, uid)`, `owner = slot % shards`), through
+//!    [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`].
+//! 3. A WebSocket upgrade is moved by [`shard::handoff`] to the owner, where
+//!    [`ws::upgrade`] checks the login and [`ws::conn`] runs the connection.
+//! 4. [`dialect`] (`notify`, `chat`) applies each client message; [`store`] persists it in
+//!    the owner's sled partition and acknowledges after group commit.
+//! 5. Delivery: frames encoded once ([`ws::frame`]) are queued on each recipient's
+//!    [`ws::outbound`] queue, bounded per connection.
+//!
+//! Invariants worth naming: all state of a user lives on its owner shard and is touched by
+//! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`
+//! envelopes cross shards; a payload is encoded once per message, not per recipient; an
+//! acknowledgement (`/push`, `/message`, chat `ack`, a token) is sent only after the write
+//! is durable per `durability`; a connection's error never ends its shard.
+
+pub mod auth;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod ids;
+pub mod json;
+pub mod net;
+pub mod route;
+pub mod shard;
+pub mod store;
+pub mod ws;
+
+pub use error::Error;
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+
+use config::Runtime;
+use shard::inbox::{self, InboxTx};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// io_uring buffer memory per shard: shardcast does no direct file I/O through glommio,
+/// so the 10 MiB default would only add RSS.
+const IO_MEMORY: usize = 256 * 1024;
+
+/// A running broker.
+pub struct Server {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    peers: Arc<[InboxTx]>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    exits: crossbeam_channel::Receiver<usize>,
+}
+
+/// Sends the shard's index when its thread ends, however it ends (panics included).
+struct ExitNotice(usize, crossbeam_channel::Sender<usize>);
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// Starts the broker: checks the data directory, opens every shard's store, binds the
+/// port once per shard, and starts the shards. Errors say what to change.
+pub fn start(rt: Runtime) -> Result<Server, String> {
+    std::fs::create_dir_all(&rt.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
+    store::check_meta(&rt.data_dir, rt.shards)?;
+    let mut dbs = Vec::with_capacity(rt.shards);
+    for i in 0..rt.shards {
+        dbs.push(store::open_db(&rt, i)?);
+    }
+    let (listeners, addr) = bind(rt.listen, rt.shards)?;
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new()).unzip();
+    let peers: Arc<[InboxTx]> = txs.into();
+    let rt = Arc::new(rt);
+    let (exit_tx, exits) = crossbeam_channel::unbounded();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::with_capacity(rt.shards);
+    for (id, ((inbox, db), listener)) in rxs.into_iter().zip(dbs).zip(listeners).enumerate() {
+        let placement = if rt.pin_cpus {
+            glommio::Placement::Fixed(id % cpus)
+        } else {
+            glommio::Placement::Unbound
+        };
+        let seed = shard::Seed {
+            id,
+            rt: rt.clone(),
+            peers: peers.clone(),
+            inbox,
+            db,
+            listener,
+        };
+        let notice = ExitNotice(id, exit_tx.clone());
+        let handle = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                let _notice = notice;
+                shard::run(seed).await;
+            })
+            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+        handles.push(handle);
+    }
+    Ok(Server {
+        addr,
+        peers,
+        handles,
+        exits,
+    })
+}
+
+/// One listening socket per shard on the same address (SO_REUSEPORT); with port 0 the
+/// first socket picks the port and the others join it.
+fn bind(addr: SocketAddr, shards: usize) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
+    let mut out = Vec::with_capacity(shards);
+    let mut addr = addr;
+    for _ in 0..shards {
+        let domain = if addr.is_ipv6() {
+            socket2::Domain::IPV6
+        } else {
+            socket2::Domain::IPV4
+        };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+            .map_err(|e| format!("cannot create a socket: {e}"))?;
+        let fail =
+            |e: std::io::Error| format!("cannot listen on {addr} (config key `listen`): {e}");
+        s.set_reuse_address(true).map_err(fail)?;
+        s.set_reuse_port(true).map_err(fail)?;
+        s.set_cloexec(true).map_err(fail)?;
+        s.bind(&addr.into()).map_err(fail)?;
+        s.listen(4096).map_err(fail)?;
+        if addr.port() == 0 {
+            addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or("cannot read the bound address")?;
+        }
+        // SAFETY: `into_raw_fd` hands over sole ownership of an open socket.
+        out.push(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) });
+    }
+    Ok((out, addr))
+}
+
+impl Server {
+    /// Asks every shard to stop: stop accepting, close connections with 1001, flush.
+    pub fn stop(&self) {
+        for p in self.peers.iter() {
+            shard::request_stop(p);
+        }
+    }
+
+    /// Receives the index of each shard whose thread ends.
+    pub fn exit_events(&self) -> crossbeam_channel::Receiver<usize> {
+        self.exits.clone()
+    }
+
+    /// Waits for every shard; true when all ended cleanly (no panic).
+    pub fn join(self) -> bool {
+        let mut ok = true;
+        for h in self.handles {
+            ok &= h.join().is_ok();
+        }
+        ok
+    }
+
+    pub fn shards(&self) -> usize {
+        self.peers.len()
+    }
+}

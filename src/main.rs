@@ -1,0 +1,151 @@
+//! The `shardcast` binary: arguments → config → `shardcast::start` → wait for a signal or
+//! a shard's death → exit code (0 after a clean shutdown, 1 when a shard died, 2 for a
+//! configuration or start-up error).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+shardcast — a sharded, thread-per-core WebSocket push and chat broker
+
+Usage:
+  shardcast [--config FILE]   run the broker (no FILE: the embedded tuning/default.toml)
+  shardcast --help            this text
+  shardcast --version         the version
+";
+
+struct Logger(log::LevelFilter);
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        // Dependencies (sled above all) are chatty below warn; their warnings still show.
+        let limit = if m.target().starts_with("shardcast") {
+            self.0
+        } else {
+            self.0.min(log::LevelFilter::Warn)
+        };
+        m.level() <= limit
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{} {}: {}",
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let mut config: Option<PathBuf> = None;
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--help") | Some("-h") => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Some("--version") | Some("-V") => {
+                println!("shardcast {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            Some("--config") | Some("-c") => match args.next() {
+                Some(f) => config = Some(f.into()),
+                None => {
+                    eprintln!("shardcast: --config needs a FILE\n\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("shardcast: unknown argument {a:?}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = match shardcast::config::load(config.as_deref(), "") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = rt.log_level;
+    if log::set_logger(Box::leak(Box::new(Logger(level)))).is_ok() {
+        log::set_max_level(level);
+    }
+    if rt.uses_dev_secrets() {
+        log::warn!(
+            "!!! DEVELOPMENT SECRETS IN USE: `secret` and/or `admin_key` are the values shipped in \
+             tuning/default.toml. Anyone can sign tokens and push. Set your own in a config file. !!!"
+        );
+    }
+    // Signals are taken by a dedicated thread with sigwait; block them everywhere else
+    // (threads inherit this mask) before any shard starts.
+    let signals = match block_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast: cannot set up signal handling: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shards = rt.shards;
+    let server = match shardcast::start(rt) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    log::info!("{shards} shards serving on {}", server.addr);
+    println!("shardcast listening on {}", server.addr);
+    let _ = std::io::stdout().flush();
+
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded::<i32>(1);
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `signals` is an initialised sigset; `sig` is a valid out pointer.
+        if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+            let _ = sig_tx.send(sig);
+        }
+    });
+    let exits = server.exit_events();
+    crossbeam_channel::select! {
+        recv(sig_rx) -> sig => {
+            log::info!("signal {} received: shutting down", sig.unwrap_or(0));
+            server.stop();
+            if server.join() {
+                log::info!("stopped cleanly");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        recv(exits) -> which => {
+            log::error!(
+                "shard {} stopped unexpectedly; exiting instead of serving part of the users",
+                which.map_or("?".into(), |i| i.to_string())
+            );
+            server.stop();
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn block_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: plain libc calls on a stack-allocated sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,211 @@
+//! Accepting on the shared port and reading request heads (DESIGN.md "Accept and
+//! hand-off"). Every shard accepts on the same port (SO_REUSEPORT); each connection
+//! starts here as HTTP. An API request is served in place (per-user work goes to the
+//! owner through `Shard::call`); a WebSocket upgrade goes to the shard that owns its user.
+//!
+//! Invariants: a request's bytes are read into the shard's scratch buffer and only the
+//! unconsumed part is kept per connection; pipelined requests are answered in order; any
+//! error ends this connection only.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::http::{self, Request};
+use crate::route;
+use crate::shard::{handoff, Shard};
+use crate::ws::upgrade::{self, Login, Upgrade};
+use crate::Error;
+
+/// Accepts until the shard is asked to stop.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopped().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                log::warn!("shard {}: accept failed: {e}", shard.id);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Reads more bytes into `buf`; `Ok(0)` at end of stream.
+async fn read_more(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut scratch = shard.scratch.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+    .await
+}
+
+async fn write_error(stream: &mut TcpStream, e: &Error, extra: &str) {
+    let body = crate::json::error_envelope(e);
+    let _ = stream
+        .write_all(&http::response(
+            e.http_status(),
+            http::JSON,
+            &body,
+            false,
+            extra,
+        ))
+        .await;
+    let _ = stream.close().await;
+}
+
+/// One connection from its first byte until it closes or becomes a WebSocket.
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let parsed = http::parse_head(&buf, &shard.rt);
+        let (req, head_len) = match parsed {
+            Ok(Some(v)) => v,
+            Ok(None) => match read_more(&shard, &mut stream, &mut buf).await {
+                Ok(n) if n > 0 => continue,
+                _ => return,
+            },
+            Err(e) => return write_error(&mut stream, &e, "").await,
+        };
+        if let Some(ws) = &req.upgrade {
+            if is_upgrade_path(&req.path) {
+                let rest = buf.split_off(head_len);
+                return upgrade(shard, stream, &req, ws, rest).await;
+            }
+        }
+        if req.chunked {
+            return write_error(&mut stream, &Error::LengthRequired, "").await;
+        }
+        if req.content_length > shard.rt.max_body_bytes {
+            return write_error(&mut stream, &Error::too_large("body"), "").await;
+        }
+        let end = head_len + req.content_length;
+        while buf.len() < end {
+            match read_more(&shard, &mut stream, &mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+        let mut body = buf[head_len..end].to_vec();
+        buf.drain(..end);
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        let (status, content_type, out) = super::api::serve(&shard, &req, &mut body).await;
+        let resp = http::response(status, content_type, &out, req.keep_alive, "");
+        if stream.write_all(&resp).await.is_err() {
+            return;
+        }
+        if !req.keep_alive {
+            let _ = stream.close().await;
+            return;
+        }
+    }
+}
+
+/// Paths that accept a WebSocket upgrade: `/ws` (chat) and everything that is not an HTTP
+/// API path (notify), PROTOCOL.md §3.
+fn is_upgrade_path(path: &str) -> bool {
+    path == "/ws" || !super::api::is_api_path(path)
+}
+
+async fn upgrade(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    req: &Request,
+    ws: &http::WsHeaders,
+    rest: Vec<u8>,
+) {
+    if ws.version.as_deref() != Some("13") {
+        let e = Error::param("Sec-WebSocket-Version");
+        let body = crate::json::error_envelope(&e);
+        let resp = http::response(
+            426,
+            http::JSON,
+            &body,
+            false,
+            "Sec-WebSocket-Version: 13\r\n",
+        );
+        let _ = stream.write_all(&resp).await;
+        let _ = stream.close().await;
+        return;
+    }
+    let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
+        return write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
+    };
+    let chat = req.path == "/ws";
+    let login = http::parse_query(&req.query).and_then(|q| login(&q, chat));
+    let up = Upgrade {
+        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        chat,
+        login,
+        rest,
+    };
+    let owner = match &up.login {
+        Ok(l) => route::owner(l.slot(), shard.shards()),
+        Err(_) => shard.id,
+    };
+    if owner == shard.id {
+        upgrade::complete(shard, stream, up).await;
+    } else {
+        handoff::hand_off(&shard, owner, stream, up);
+    }
+}
+
+fn login(q: &[(String, String)], chat: bool) -> Result<Login, Error> {
+    let token_of = |q: &[(String, String)]| {
+        http::param(q, "token")
+            .and_then(crate::auth::Token::parse)
+            .ok_or(Error::BadToken)
+    };
+    if !chat {
+        return Ok(Login::Notify {
+            token: token_of(q)?,
+        });
+    }
+    let name = |key: &'static str| {
+        http::param(q, key)
+            .filter(|v| crate::auth::valid_name(v))
+            .map(str::to_string)
+            .ok_or(Error::param(key))
+    };
+    let (id, name_, domain, resource) = (
+        name("id")?,
+        name("name")?,
+        name("domain")?,
+        name("resource")?,
+    );
+    if http::param(q, "token").is_none() {
+        return Err(Error::param("token"));
+    }
+    Ok(Login::Chat {
+        id,
+        name: name_,
+        domain,
+        resource,
+        token: token_of(q)?,
+        ack: http::param(q, "ack") == Some("1"),
+    })
+}

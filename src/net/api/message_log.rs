@@ -1,0 +1,88 @@
+//! `GET /message-log`: a page of chat history, newest first, read on the recipient's owner
+//! shard. Private (PROTOCOL.md §2 decision): the admin key, a token of `toId`, or a token
+//! of `fromId` when filtering by it.
+
+use std::rc::Rc;
+
+use super::name_param;
+use crate::auth::{self, Token};
+use crate::dialect::chat;
+use crate::net::http::{self, Request};
+use crate::route;
+use crate::shard::Shard;
+use crate::Error;
+
+const MAX_PAGE_SIZE: u64 = 100;
+
+pub async fn message_log(
+    shard: &Rc<Shard>,
+    req: &Request,
+    q: &[(String, String)],
+) -> Result<Vec<u8>, Error> {
+    let domain = name_param(q, "domain")?.to_string();
+    let to = name_param(q, "toId")?.to_string();
+    let from = match http::param(q, "fromId") {
+        None => None,
+        Some(_) => Some(name_param(q, "fromId")?.to_string()),
+    };
+    let number = |key: &'static str, default: u64, max: u64| -> Result<u64, Error> {
+        match http::param(q, key) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or(Error::param(key)),
+        }
+    };
+    let page = number("page", 1, u64::from(u32::MAX))?;
+    let size = number("size", 10, MAX_PAGE_SIZE)?;
+
+    let bearer = req
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim);
+    let is_admin =
+        bearer.is_some_and(|k| auth::secret_eq(k.as_bytes(), shard.rt.admin_key.as_bytes()));
+    if !is_admin {
+        let token = http::param(q, "token")
+            .or(bearer)
+            .and_then(Token::parse)
+            .ok_or(Error::BadToken)?;
+        let owner = route::owner(token.slot(), shard.shards());
+        let user = shard
+            .call(owner, move |s| async move {
+                s.store.token_user(&token, crate::ids::now_secs())
+            })
+            .await?;
+        let allowed = match user {
+            Some((d, u)) => d == domain && (u == to || Some(&u) == from.as_ref()),
+            None => false,
+        };
+        if !allowed {
+            return Err(Error::BadToken);
+        }
+    }
+
+    let slot = route::slot_of(&domain, &to);
+    let (d, t, f) = (domain.clone(), to.clone(), from.clone());
+    let result = shard
+        .call(route::owner(slot, shard.shards()), move |s| async move {
+            s.store.history(slot, &d, &t, f.as_deref(), page, size)
+        })
+        .await?;
+    let mut out = format!(
+        "{{\"page\":{page},\"size\":{size},\"total\":{},\"list\":[",
+        result.total
+    )
+    .into_bytes();
+    for (i, core) in result.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        chat::history_item(core, &mut out);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
+}

@@ -1,0 +1,75 @@
+//! The HTTP API of PROTOCOL.md §2: routing by path and method, the JSON envelope, and the
+//! admin-key check. Handlers return the encoded `content` object or an [`Error`].
+
+mod health;
+mod message;
+mod message_log;
+mod push;
+mod token;
+
+use std::rc::Rc;
+
+use super::http::{self, Request};
+use crate::shard::Shard;
+use crate::Error;
+
+const API_PATHS: [&str; 6] = [
+    "/auth/websocket",
+    "/push",
+    "/message",
+    "/message-log",
+    "/healthz",
+    "/metrics",
+];
+
+pub fn is_api_path(path: &str) -> bool {
+    API_PATHS.contains(&path)
+}
+
+/// Serves one request: `(status, content type, body)`.
+pub async fn serve(
+    shard: &Rc<Shard>,
+    req: &Request,
+    body: &mut [u8],
+) -> (u16, &'static str, Vec<u8>) {
+    let result = route(shard, req, body).await;
+    match result {
+        Ok(content) => (200, http::JSON, crate::json::ok_envelope(&content)),
+        Err(e) => (e.http_status(), http::JSON, crate::json::error_envelope(&e)),
+    }
+}
+
+async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+    let method = req.method.as_str();
+    let query = || http::parse_query(&req.query);
+    match (req.path.as_str(), method) {
+        ("/auth/websocket", "GET") => token::issue(shard, &query()?).await,
+        ("/push", "POST") => {
+            admin(shard, req)?;
+            push::push(shard, body).await
+        }
+        ("/message", "POST") => {
+            admin(shard, req)?;
+            message::message(shard, body).await
+        }
+        ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
+        ("/healthz", "GET") => health::healthz(shard).await,
+        (path, _) if is_api_path(path) && path != "/metrics" => Err(Error::MethodNotAllowed),
+        _ => Err(Error::NotFound),
+    }
+}
+
+fn admin(shard: &Shard, req: &Request) -> Result<(), Error> {
+    if crate::auth::admin_ok(req.authorization.as_deref(), &shard.rt.admin_key) {
+        Ok(())
+    } else {
+        Err(Error::BadAdminKey)
+    }
+}
+
+/// A required, valid name parameter (uid, domain, …).
+fn name_param<'a>(q: &'a [(String, String)], key: &'static str) -> Result<&'a str, Error> {
+    http::param(q, key)
+        .filter(|v| crate::auth::valid_name(v))
+        .ok_or(Error::param(key))
+}

@@ -1,0 +1,106 @@
+//! `POST /push`: one notification for many users. Encoded once, split by owner shard
+//! (one envelope per shard, however many of its users), stored as unread and delivered
+//! there, answered once every owner has made it durable.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use simd_json::prelude::*;
+
+use crate::dialect::notify::{self, Notification};
+use crate::json;
+use crate::route;
+use crate::shard::Shard;
+use crate::Error;
+
+/// Largest accepted title, bytes (PROTOCOL.md §2).
+const MAX_TITLE_BYTES: usize = 1024;
+
+pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+    let rt = shard.rt.clone();
+    let v = json::parse(body)
+        .filter(|v| v.is_object())
+        .ok_or(Error::param("body"))?;
+    let uids = v
+        .get("uids")
+        .and_then(|u| u.as_array())
+        .ok_or(Error::param("uids"))?;
+    if uids.is_empty() {
+        return Err(Error::param("uids"));
+    }
+    if uids.len() > rt.max_push_uids {
+        return Err(Error::too_large("uids"));
+    }
+    let title = json::opt_str(&v, "title")
+        .ok()
+        .flatten()
+        .ok_or(Error::param("title"))?;
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(Error::too_large("title"));
+    }
+    let content = json::opt_str(&v, "content")
+        .ok()
+        .flatten()
+        .ok_or(Error::param("content"))?;
+    if content.len() > rt.max_message_bytes {
+        return Err(Error::too_large("content"));
+    }
+    let domain = match json::opt_str(&v, "domain") {
+        Ok(None) => rt.default_domain.as_str(),
+        Ok(Some(d)) if crate::auth::valid_name(d) => d,
+        _ => return Err(Error::param("domain")),
+    };
+    let shards = shard.shards();
+    let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shards];
+    let mut seen = HashSet::with_capacity(uids.len());
+    for u in uids {
+        let uid = u
+            .as_str()
+            .filter(|s| crate::auth::valid_name(s))
+            .ok_or(Error::param("uids"))?;
+        if seen.insert(uid) {
+            let slot = route::slot_of(domain, uid);
+            by_shard[route::owner(slot, shards)].push((slot, uid.to_string()));
+        }
+    }
+    let recipients = seen.len();
+    let note = Arc::new(Notification::new(
+        shard.ids.next(),
+        title,
+        content,
+        rt.utc_offset_secs,
+    ));
+    let mut tasks = Vec::new();
+    for (target, users) in by_shard.into_iter().enumerate() {
+        if users.is_empty() {
+            continue;
+        }
+        let (shard, note, domain) = (shard.clone(), note.clone(), domain.to_string());
+        tasks.push(glommio::spawn_local(async move {
+            shard
+                .call(target, move |owner| {
+                    notify::deliver(owner, domain, users, note)
+                })
+                .await
+        }));
+    }
+    let mut online = 0;
+    let mut failed = None;
+    for t in tasks {
+        match t.await {
+            Ok(n) => online += n,
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut out = b"{\"_id\":\"".to_vec();
+    out.extend_from_slice(&note.id.hex());
+    out.extend_from_slice(b"\",");
+    json::push_key(&mut out, "create_time");
+    json::push_str(&mut out, &note.create_time);
+    out.extend_from_slice(format!(",\"recipients\":{recipients},\"online\":{online}}}").as_bytes());
+    Ok(out)
+}

@@ -1,0 +1,51 @@
+//! `GET /auth/websocket`: check the sign and the timestamp, issue a token and store it on
+//! the user's owner shard before answering (tokens survive restarts).
+
+use std::rc::Rc;
+
+use super::name_param;
+use crate::auth::{self, Token};
+use crate::net::http;
+use crate::route;
+use crate::shard::Shard;
+use crate::Error;
+
+pub async fn issue(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    let uid = name_param(q, "uid")?;
+    let ts_text = http::param(q, "timestamp")
+        .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(Error::param("timestamp"))?;
+    let sign = http::param(q, "sign")
+        .filter(|s| !s.is_empty())
+        .ok_or(Error::param("sign"))?;
+    let domain = match http::param(q, "domain") {
+        None => shard.rt.default_domain.as_str(),
+        Some(_) => name_param(q, "domain")?,
+    };
+    if !auth::sign_matches(uid, ts_text, &shard.rt.secret, sign) {
+        return Err(Error::BadSign);
+    }
+    let ts: u64 = ts_text.parse().map_err(|_| Error::param("timestamp"))?;
+    if ts.abs_diff(crate::ids::now_secs()) > shard.rt.sign_window_secs {
+        return Err(Error::StaleTimestamp);
+    }
+    let slot = route::slot_of(domain, uid);
+    let token = Token::generate(slot)?;
+    let ttl = shard.rt.token_ttl_secs;
+    let (d, u) = (domain.to_string(), uid.to_string());
+    shard
+        .call(
+            route::owner(slot, shard.shards()),
+            move |owner| async move {
+                let expire = crate::ids::now_secs() + owner.rt.token_ttl_secs;
+                owner.store.put_token(&token, &d, &u, expire)?;
+                owner.store.durable().await
+            },
+        )
+        .await?;
+    Ok(format!(
+        "{{\"token\":\"{}\",\"expire\":{ttl}}}",
+        token.to_hex_string()
+    )
+    .into_bytes())
+}

@@ -1,0 +1,291 @@
+//! HTTP/1.1 request heads on httparse, query strings, and responses.
+//!
+//! Invariants: an incomplete head is `Ok(None)`, never an error; limits (head bytes,
+//! header count) are enforced before anything is allocated for the request; only the few
+//! headers the broker uses are copied out of the read buffer.
+
+use crate::config::Runtime;
+use crate::Error;
+
+/// The most header lines any configuration may allow (bounds a stack array).
+pub const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub keep_alive: bool,
+    pub content_length: usize,
+    pub chunked: bool,
+    pub authorization: Option<String>,
+    /// Set when the request asks for a WebSocket upgrade.
+    pub upgrade: Option<WsHeaders>,
+}
+
+#[derive(Debug, Default)]
+pub struct WsHeaders {
+    pub key: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Parses a request head from the start of `buf`; returns it and the head's length.
+pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let limit = rt.max_headers.min(MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut headers[..limit]);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= rt.max_head_bytes {
+                Err(Error::too_large("request head"))
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::too_large("headers")),
+        Err(_) => return Err(Error::param("request head")),
+    };
+    if head_len > rt.max_head_bytes {
+        return Err(Error::too_large("request head"));
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut out = Request {
+        method: req.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        // HTTP/1.1 keeps alive unless told otherwise; HTTP/1.0 closes.
+        keep_alive: req.version == Some(1),
+        ..Request::default()
+    };
+    let mut upgrade_ws = false;
+    let mut connection_upgrade = false;
+    let mut ws = WsHeaders::default();
+    let mut content_length: Option<usize> = None;
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| Error::param("header value"))?;
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::param("Content-Length"))?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(Error::param("Content-Length"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            out.chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    out.keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    out.keep_alive = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    connection_upgrade = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_ws = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws.key = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            ws.version = Some(value.trim().to_string());
+        }
+    }
+    out.content_length = content_length.unwrap_or(0);
+    if upgrade_ws && connection_upgrade && out.method == "GET" {
+        out.upgrade = Some(ws);
+    }
+    Ok(Some((out, head_len)))
+}
+
+/// Decoded query parameters, in order. Bad percent-encoding or UTF-8 is an error naming
+/// the parameter.
+pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(k).ok_or(Error::param("query"))?;
+        let value = decode(v).ok_or_else(|| Error::BadParam(key.clone().into()))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// The first value of `key`.
+pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hi = crate::auth::hex_val(*b.get(i + 1)?)?;
+                let lo = crate::auth::hex_val(*b.get(i + 2)?)?;
+                out.push((hi << 4) | lo);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// A complete response with a JSON (or `content_type`) body.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 160);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}{extra}\r\n",
+            reason(status),
+            body.len(),
+            if keep_alive { "" } else { "Connection: close\r\n" },
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
+}
+
+pub const JSON: &str = "application/json; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> Runtime {
+        crate::config::from_str("").expect("defaults")
+    }
+
+    #[test]
+    fn parses_heads_incrementally() {
+        let raw = b"POST /push?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer k\r\n\r\nhello";
+        let head_end = raw.len() - 5;
+        for cut in 0..head_end {
+            assert!(
+                parse_head(&raw[..cut], &rt()).expect("no error").is_none(),
+                "cut {cut}"
+            );
+        }
+        let (req, n) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        assert_eq!(n, head_end);
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str(), req.query.as_str()),
+            ("POST", "/push", "a=1")
+        );
+        assert_eq!(req.content_length, 5);
+        assert!(req.keep_alive);
+        assert_eq!(req.authorization.as_deref(), Some("Bearer k"));
+        assert!(req.upgrade.is_none());
+    }
+
+    #[test]
+    fn detects_upgrades_and_connection_close() {
+        let raw = b"GET /ws?id=1 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (req, _) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        let ws = req.upgrade.expect("upgrade");
+        assert_eq!(
+            (ws.key.as_deref(), ws.version.as_deref()),
+            (Some("abc"), Some("13"))
+        );
+        let raw = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        assert!(
+            !parse_head(raw, &rt())
+                .expect("ok")
+                .expect("complete")
+                .0
+                .keep_alive
+        );
+        let raw = b"GET / HTTP/1.0\r\n\r\n";
+        assert!(
+            !parse_head(raw, &rt())
+                .expect("ok")
+                .expect("complete")
+                .0
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn enforces_limits() {
+        let mut rt = rt();
+        rt.max_head_bytes = 256;
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(300));
+        assert_eq!(
+            parse_head(long.as_bytes(), &rt).err().map(|e| e.code()),
+            Some(1008)
+        );
+        rt.max_headers = 2;
+        let many = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(parse_head(many, &rt).err().map(|e| e.code()), Some(1008));
+        let bad = b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(
+            parse_head(bad, &crate::config::from_str("").expect("d"))
+                .err()
+                .map(|e| e.code()),
+            Some(1001)
+        );
+        assert!(parse_head(
+            b"\x00\x01garbage\r\n\r\n",
+            &crate::config::from_str("").expect("d")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn decodes_queries() {
+        let q = parse_query("uid=%E7%94%A8%E6%88%B7_7&name=a+b&empty=&flag").expect("ok");
+        assert_eq!(param(&q, "uid"), Some("用户_7"));
+        assert_eq!(param(&q, "name"), Some("a b"));
+        assert_eq!(param(&q, "empty"), Some(""));
+        assert_eq!(param(&q, "flag"), Some(""));
+        assert_eq!(param(&q, "none"), None);
+        assert_eq!(parse_query("uid=%zz").err(), Some(Error::param("uid")));
+        assert_eq!(parse_query("uid=%ff").err(), Some(Error::param("uid")));
+        assert_eq!(parse_query("uid=%4").err(), Some(Error::param("uid")));
+    }
+}

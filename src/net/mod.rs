@@ -1,0 +1,6 @@
+//! The network edge: accepting on the shared port ([`accept`]), the hand-rolled HTTP/1.1
+//! path ([`http`]) and the JSON API ([`api`]).
+
+pub mod accept;
+pub mod api;
+pub mod http;

@@ -1,0 +1,105 @@
+//! The session table of one shard: `(domain, uid) → connections`, for the users the shard
+//! owns. Single-threaded (`Rc`), so delivery is a map lookup with no lock; lookups take
+//! `&str` keys and allocate nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::ws::outbound::Outbound;
+
+/// Which dialect a connection speaks, with its chat login.
+#[derive(Debug)]
+pub enum Dialect {
+    Notify,
+    Chat {
+        name: Box<str>,
+        resource: Box<str>,
+        ack: bool,
+    },
+}
+
+/// One live WebSocket connection as the rest of the shard sees it.
+pub struct Conn {
+    pub id: u64,
+    pub slot: u16,
+    pub domain: Box<str>,
+    pub uid: Box<str>,
+    pub dialect: Dialect,
+    pub since_ms: u64,
+    pub out: RefCell<Outbound>,
+    /// Whether the connection is in the session table.
+    pub registered: Cell<bool>,
+}
+
+impl Conn {
+    pub fn resource(&self) -> Option<&str> {
+        match &self.dialect {
+            Dialect::Chat { resource, .. } => Some(resource),
+            Dialect::Notify => None,
+        }
+    }
+
+    pub fn is_notify(&self) -> bool {
+        matches!(self.dialect, Dialect::Notify)
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    users: HashMap<Box<str>, HashMap<Box<str>, Vec<Rc<Conn>>>>,
+    count: usize,
+}
+
+impl Sessions {
+    pub fn add(&mut self, conn: Rc<Conn>) {
+        conn.registered.set(true);
+        self.users
+            .entry(conn.domain.clone())
+            .or_default()
+            .entry(conn.uid.clone())
+            .or_default()
+            .push(conn);
+        self.count += 1;
+    }
+
+    pub fn remove(&mut self, conn: &Conn) {
+        if !conn.registered.replace(false) {
+            return;
+        }
+        let Some(domain) = self.users.get_mut(&*conn.domain) else {
+            return;
+        };
+        if let Some(list) = domain.get_mut(&*conn.uid) {
+            if let Some(i) = list.iter().position(|c| c.id == conn.id) {
+                list.swap_remove(i);
+                self.count -= 1;
+            }
+            if list.is_empty() {
+                domain.remove(&*conn.uid);
+            }
+        }
+        if domain.is_empty() {
+            self.users.remove(&*conn.domain);
+        }
+    }
+
+    /// Every connection of a user (both dialects).
+    pub fn of(&self, domain: &str, uid: &str) -> &[Rc<Conn>] {
+        self.users
+            .get(domain)
+            .and_then(|d| d.get(uid))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn all(&self) -> Vec<Rc<Conn>> {
+        self.users
+            .values()
+            .flat_map(|d| d.values().flatten().cloned())
+            .collect()
+    }
+}

@@ -1,0 +1,66 @@
+//! Group commit: the moment an acknowledgement may be sent (PROTOCOL.md §5, DESIGN.md
+//! "Storage").
+//!
+//! Invariants: a waiter is released only by a flush that *started after* it registered,
+//! so its writes are on disk; one flush serves every waiter that registered before it
+//! started (in `group` mode after waiting `group_commit` for company); `async` never
+//! waits. Single-threaded: lives inside one shard.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+
+use crate::config::Durability;
+use crate::Error;
+
+pub struct Commit {
+    mode: Durability,
+    window: Duration,
+    waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
+    running: Cell<bool>,
+}
+
+impl Commit {
+    pub fn new(mode: Durability, window: Duration) -> Rc<Commit> {
+        Rc::new(Commit {
+            mode,
+            window,
+            waiting: RefCell::new(Vec::new()),
+            running: Cell::new(false),
+        })
+    }
+
+    /// Resolves once everything written before the call is durable (per the mode).
+    pub async fn durable(self: &Rc<Self>, db: &sled::Db) -> Result<(), Error> {
+        if self.mode == Durability::Async {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().push(tx);
+        if !self.running.replace(true) {
+            let this = self.clone();
+            let db = db.clone();
+            glommio::spawn_local(async move { this.flush_loop(db).await }).detach();
+        }
+        rx.await.map_err(|_| Error::Internal)?
+    }
+
+    async fn flush_loop(self: Rc<Self>, db: sled::Db) {
+        loop {
+            if self.mode == Durability::Group && !self.window.is_zero() {
+                glommio::timer::sleep(self.window).await;
+            }
+            let batch = std::mem::take(&mut *self.waiting.borrow_mut());
+            if batch.is_empty() {
+                self.running.set(false);
+                return;
+            }
+            let result = db.flush_async().await.map(|_| ()).map_err(Error::from);
+            for tx in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+}

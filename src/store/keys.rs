@@ -1,0 +1,114 @@
+//! Key layout of a shard's sled partition. Every key starts with the user's slot
+//! (2 bytes, big-endian) so that a change of shard count moves whole slots by prefix.
+//!
+//! ```text
+//! slot T token(16)                          → expire(8) dlen domain ulen uid
+//! slot U user id(12)                        → notification msg object (JSON)
+//! slot Q user id(12)                        → chat message core (offline queue)
+//! slot H user seq(8)                        → chat message core (history, seq 1..)
+//! slot h user                               → last history seq (u64)
+//! slot F user(to) user(from) fseq(8)        → seq(8) of that message in H
+//! slot f user(to) user(from)                → last fseq (u64)
+//! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
+//! ```
+//! Invariant: domain and uid are 1..=128 bytes (auth::valid_name), so each length fits in
+//! one byte.
+
+pub const TOKEN: u8 = b'T';
+pub const UNREAD: u8 = b'U';
+pub const OFFLINE: u8 = b'Q';
+pub const HISTORY: u8 = b'H';
+pub const HISTORY_SEQ: u8 = b'h';
+pub const FROM: u8 = b'F';
+pub const FROM_SEQ: u8 = b'f';
+
+fn push_name(out: &mut Vec<u8>, s: &str) {
+    // Names are validated to at most 128 bytes before they reach the store.
+    out.push(u8::try_from(s.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `slot kind user`: the prefix of everything a kind holds for one user.
+pub fn user(slot: u16, kind: u8, domain: &str, uid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + 2 + domain.len() + uid.len() + 12);
+    k.extend_from_slice(&slot.to_be_bytes());
+    k.push(kind);
+    push_name(&mut k, domain);
+    push_name(&mut k, uid);
+    k
+}
+
+/// `slot kind user(to) user(from)`.
+pub fn pair(slot: u16, kind: u8, domain: &str, to: &str, from: &str) -> Vec<u8> {
+    let mut k = user(slot, kind, domain, to);
+    push_name(&mut k, from);
+    k
+}
+
+pub fn token(slot: u16, token: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19);
+    k.extend_from_slice(&slot.to_be_bytes());
+    k.push(TOKEN);
+    k.extend_from_slice(token);
+    k
+}
+
+pub fn with_suffix(mut prefix: Vec<u8>, suffix: &[u8]) -> Vec<u8> {
+    prefix.extend_from_slice(suffix);
+    prefix
+}
+
+/// Token value: `expire(8) dlen domain ulen uid`.
+pub fn token_value(expire: u64, domain: &str, uid: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(10 + domain.len() + uid.len());
+    v.extend_from_slice(&expire.to_be_bytes());
+    push_name(&mut v, domain);
+    push_name(&mut v, uid);
+    v
+}
+
+/// Inverse of [`token_value`]; `None` for a damaged value.
+pub fn parse_token_value(v: &[u8]) -> Option<(u64, &str, &str)> {
+    let expire = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let (domain, rest) = take_name(v.get(8..)?)?;
+    let (uid, rest) = take_name(rest)?;
+    rest.is_empty().then_some((expire, domain, uid))
+}
+
+fn take_name(b: &[u8]) -> Option<(&str, &[u8])> {
+    let n = usize::from(*b.first()?);
+    let s = std::str::from_utf8(b.get(1..1 + n)?).ok()?;
+    Some((s, &b[1 + n..]))
+}
+
+pub fn u64_value(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_keys_are_prefix_free() {
+        let a = user(1, UNREAD, "d", "ab");
+        let b = user(1, UNREAD, "d", "a");
+        assert!(!a.starts_with(&b));
+        let c = user(1, UNREAD, "da", "b");
+        assert_ne!(a, c);
+        assert_eq!(&a[..3], &[0, 1, UNREAD]);
+        let p = pair(7, FROM, "d", "to", "from");
+        assert!(p.starts_with(&user(7, FROM, "d", "to")));
+    }
+
+    #[test]
+    fn token_values_round_trip() {
+        let v = token_value(99, "default", "用户");
+        assert_eq!(parse_token_value(&v), Some((99, "default", "用户")));
+        assert_eq!(parse_token_value(&v[..v.len() - 1]), None);
+        assert_eq!(parse_token_value(b"short"), None);
+        assert_eq!(u64_value(Some(&7u64.to_be_bytes())), 7);
+        assert_eq!(u64_value(None), 0);
+    }
+}

@@ -1,0 +1,296 @@
+//! A shard's persistent state: one sled `Db` at `data_dir/shard-<i>` holding tokens,
+//! unread notifications, offline chat queues and chat history for the slots the shard
+//! owns (layout in [`keys`]).
+//!
+//! Invariants: every multi-key change is one atomic sled batch; a write is acknowledged
+//! to a client only after [`Store::durable`]; reads never scan more than the page asked
+//! for (history pages are addressed by dense per-user sequence numbers, `total` is a
+//! stored counter).
+
+pub mod commit;
+pub mod keys;
+
+use std::path::Path;
+use std::rc::Rc;
+
+use sled::IVec;
+
+use crate::auth::Token;
+use crate::config::Runtime;
+use crate::Error;
+
+/// The current on-disk format; stored in `data_dir/shardcast.meta`.
+pub const FORMAT: u32 = 1;
+
+pub struct Store {
+    db: sled::Db,
+    commit: Rc<commit::Commit>,
+}
+
+/// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
+pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
+    let path = rt.data_dir.join(format!("shard-{shard}"));
+    sled::Config::new()
+        .path(&path)
+        .cache_capacity(rt.store_cache_bytes)
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(|e| format!("cannot open store {}: {e}", path.display()))
+}
+
+/// Checks (or, for a new directory, writes) the layout the data was written with.
+pub fn check_meta(data_dir: &Path, shards: usize) -> Result<(), String> {
+    let path = data_dir.join("shardcast.meta");
+    let want = format!(
+        "format = {FORMAT}\nslots = {}\nshards = {shards}\n",
+        crate::route::SLOTS
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(format!(
+            "{} was written with a different layout:\n{have}but this start asks for:\n{want}\
+             Start with the shard count the data was written with (resharding is not implemented yet).",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("shardcast.meta.tmp");
+            std::fs::write(&tmp, want.as_bytes())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// One page of chat history, newest first.
+pub struct HistoryPage {
+    pub total: u64,
+    pub items: Vec<IVec>,
+}
+
+impl Store {
+    pub fn new(db: sled::Db, rt: &Runtime) -> Store {
+        Store {
+            db,
+            commit: commit::Commit::new(rt.durability, rt.group_commit),
+        }
+    }
+
+    /// Resolves once every write made before the call is durable (per `durability`).
+    pub async fn durable(&self) -> Result<(), Error> {
+        self.commit.durable(&self.db).await
+    }
+
+    /// Flushes everything (shutdown).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush().map(|_| ()).map_err(Error::from)
+    }
+
+    pub fn put_token(
+        &self,
+        token: &Token,
+        domain: &str,
+        uid: &str,
+        expire: u64,
+    ) -> Result<(), Error> {
+        self.db.insert(
+            keys::token(token.slot(), &token.0),
+            keys::token_value(expire, domain, uid),
+        )?;
+        Ok(())
+    }
+
+    /// The `(domain, uid)` a token was issued for, if it exists and has not expired.
+    pub fn token_user(&self, token: &Token, now: u64) -> Result<Option<(String, String)>, Error> {
+        let key = keys::token(token.slot(), &token.0);
+        let Some(v) = self.db.get(&key)? else {
+            return Ok(None);
+        };
+        match keys::parse_token_value(&v) {
+            Some((expire, domain, uid)) if expire > now => Ok(Some((domain.into(), uid.into()))),
+            Some(_) => {
+                self.db.remove(&key)?;
+                Ok(None)
+            }
+            None => {
+                log::error!("store: damaged token record, ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores one notification as unread for each `(slot, uid)` (one atomic batch).
+    pub fn add_unread<'a>(
+        &self,
+        domain: &str,
+        users: impl Iterator<Item = (u16, &'a str)>,
+        id: &crate::ids::MsgId,
+        msg: &[u8],
+    ) -> Result<(), Error> {
+        let value = IVec::from(msg);
+        let mut batch = sled::Batch::default();
+        for (slot, uid) in users {
+            batch.insert(
+                keys::with_suffix(keys::user(slot, keys::UNREAD, domain, uid), &id.0),
+                value.clone(),
+            );
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The newest `limit` unread notifications of a user, oldest first.
+    pub fn unread(
+        &self,
+        slot: u16,
+        domain: &str,
+        uid: &str,
+        limit: usize,
+    ) -> Result<Vec<IVec>, Error> {
+        let prefix = keys::user(slot, keys::UNREAD, domain, uid);
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(&prefix).rev().take(limit) {
+            out.push(kv?.1);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Removes unread notifications; returns the ids that were not unread.
+    pub fn remove_unread(
+        &self,
+        slot: u16,
+        domain: &str,
+        uid: &str,
+        ids: &[crate::ids::MsgId],
+    ) -> Result<Vec<crate::ids::MsgId>, Error> {
+        let prefix = keys::user(slot, keys::UNREAD, domain, uid);
+        let mut missing = Vec::new();
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            let key = keys::with_suffix(prefix.clone(), &id.0);
+            if self.db.contains_key(&key)? {
+                batch.remove(key);
+            } else {
+                missing.push(*id);
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(missing)
+    }
+
+    /// Appends a chat message to `to`'s history (and to its offline queue when
+    /// `offline`), in one atomic batch. `core` is the message object without its closing
+    /// brace (see `dialect::chat`).
+    pub fn append_chat(
+        &self,
+        slot: u16,
+        domain: &str,
+        to: &str,
+        from: &str,
+        id: &crate::ids::MsgId,
+        core: &[u8],
+        offline: bool,
+    ) -> Result<(), Error> {
+        let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
+        let seq = keys::u64_value(self.db.get(&seq_key)?.as_deref()) + 1;
+        let fseq_key = keys::pair(slot, keys::FROM_SEQ, domain, to, from);
+        let fseq = keys::u64_value(self.db.get(&fseq_key)?.as_deref()) + 1;
+        let value = IVec::from(core);
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            keys::with_suffix(
+                keys::user(slot, keys::HISTORY, domain, to),
+                &seq.to_be_bytes(),
+            ),
+            value.clone(),
+        );
+        batch.insert(seq_key, &seq.to_be_bytes());
+        batch.insert(
+            keys::with_suffix(
+                keys::pair(slot, keys::FROM, domain, to, from),
+                &fseq.to_be_bytes(),
+            ),
+            &seq.to_be_bytes(),
+        );
+        batch.insert(fseq_key, &fseq.to_be_bytes());
+        if offline {
+            batch.insert(
+                keys::with_suffix(keys::user(slot, keys::OFFLINE, domain, to), &id.0),
+                value,
+            );
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Takes `to`'s offline queue, oldest first, and empties it.
+    pub fn take_offline(&self, slot: u16, domain: &str, to: &str) -> Result<Vec<IVec>, Error> {
+        let prefix = keys::user(slot, keys::OFFLINE, domain, to);
+        let mut out = Vec::new();
+        let mut batch = sled::Batch::default();
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            batch.remove(k);
+            out.push(v);
+        }
+        if !out.is_empty() {
+            self.db.apply_batch(batch)?;
+        }
+        Ok(out)
+    }
+
+    /// Page `page` (1-based) of `size` of `to`'s history, newest first, optionally only
+    /// what `from` sent. Cost: O(size) reads, whatever the history's length.
+    pub fn history(
+        &self,
+        slot: u16,
+        domain: &str,
+        to: &str,
+        from: Option<&str>,
+        page: u64,
+        size: u64,
+    ) -> Result<HistoryPage, Error> {
+        let (total, index_prefix) = match from {
+            None => (
+                keys::u64_value(
+                    self.db
+                        .get(keys::user(slot, keys::HISTORY_SEQ, domain, to))?
+                        .as_deref(),
+                ),
+                None,
+            ),
+            Some(from) => (
+                keys::u64_value(
+                    self.db
+                        .get(keys::pair(slot, keys::FROM_SEQ, domain, to, from))?
+                        .as_deref(),
+                ),
+                Some(keys::pair(slot, keys::FROM, domain, to, from)),
+            ),
+        };
+        let skip = page.saturating_sub(1).saturating_mul(size);
+        let mut items = Vec::new();
+        let history = keys::user(slot, keys::HISTORY, domain, to);
+        if skip < total {
+            let newest = total - skip;
+            let oldest = newest.saturating_sub(size) + 1;
+            for n in (oldest..=newest).rev() {
+                let seq = match &index_prefix {
+                    None => n,
+                    Some(prefix) => {
+                        let key = keys::with_suffix(prefix.clone(), &n.to_be_bytes());
+                        keys::u64_value(self.db.get(key)?.as_deref())
+                    }
+                };
+                if let Some(v) = self
+                    .db
+                    .get(keys::with_suffix(history.clone(), &seq.to_be_bytes()))?
+                {
+                    items.push(v);
+                }
+            }
+        }
+        Ok(HistoryPage { total, items })
+    }
+}

@@ -1,0 +1,187 @@
+//! The life of one WebSocket connection on its owner shard: read into the shard's scratch
+//! buffer, split frames, hand complete text messages to the dialect, write the outbound
+//! queue, close.
+//!
+//! Invariants: one task owns the socket, so reads, writes, pongs and the close frame never
+//! interleave; an idle connection holds no read buffer (bytes of an unfinished frame only);
+//! a message over `max_frame_bytes` closes with 1009, a protocol violation with 1002; the
+//! connection leaves the session table as soon as it starts closing.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::frame::{self, FrameError};
+use super::outbound;
+use crate::error::close;
+use crate::shard::session::Conn;
+use crate::shard::Shard;
+
+/// How long a closing connection may take to flush and see the peer's close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+enum Io {
+    Read,
+    Gone,
+    Closing,
+}
+
+/// Bytes of a fragmented message being assembled.
+struct Fragments {
+    opcode: u8,
+    data: Vec<u8>,
+}
+
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut rbuf: Vec<u8>) {
+    let mut frag: Option<Fragments> = None;
+    if !rbuf.is_empty() {
+        process(&shard, &conn, &mut rbuf, &mut frag);
+    }
+    loop {
+        let io = std::future::poll_fn(|cx| {
+            let mut out = conn.out.borrow_mut();
+            if let Poll::Ready(Err(_)) = out.poll_flush(cx, &mut stream) {
+                return Poll::Ready(Io::Gone);
+            }
+            if out.closing().is_some() {
+                return Poll::Ready(Io::Closing);
+            }
+            out.set_waker(cx.waker());
+            drop(out);
+            let mut scratch = shard.scratch.borrow_mut();
+            match Pin::new(&mut stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Io::Gone),
+                Poll::Ready(Ok(n)) => {
+                    rbuf.extend_from_slice(&scratch[..n]);
+                    Poll::Ready(Io::Read)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match io {
+            Io::Read => process(&shard, &conn, &mut rbuf, &mut frag),
+            Io::Gone => {
+                shard.sessions.borrow_mut().remove(&conn);
+                log::debug!(
+                    "connection {} of {}/{} gone",
+                    conn.id,
+                    conn.domain,
+                    conn.uid
+                );
+                return;
+            }
+            Io::Closing => break,
+        }
+    }
+    // Closing: stop deliveries, write what is queued (ending with the close frame), then
+    // half-close and wait for the peer to finish, within CLOSE_GRACE.
+    shard.sessions.borrow_mut().remove(&conn);
+    let code = conn.out.borrow().closing().unwrap_or(close::NORMAL);
+    log::debug!(
+        "connection {} of {}/{} closing with {code}",
+        conn.id,
+        conn.domain,
+        conn.uid
+    );
+    let finish = async {
+        let flushed =
+            std::future::poll_fn(|cx| conn.out.borrow_mut().poll_flush(cx, &mut stream)).await;
+        if flushed.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let mut sink = [0u8; 256];
+        loop {
+            match futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    futures_lite::future::or(finish, glommio::timer::sleep(CLOSE_GRACE)).await;
+}
+
+/// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.
+fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Option<Fragments>) {
+    let max = shard.rt.max_frame_bytes;
+    let mut pos = 0;
+    while conn.out.borrow().closing().is_none() {
+        let h = match frame::parse_header(&rbuf[pos..], max) {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(FrameError::TooBig) => {
+                outbound::close(conn, close::TOO_BIG);
+                break;
+            }
+            Err(FrameError::Protocol(why)) => {
+                log::debug!("connection {}: protocol error: {why}", conn.id);
+                outbound::close(conn, close::PROTOCOL);
+                break;
+            }
+        };
+        let end = pos + h.header_len + h.payload_len;
+        if rbuf.len() < end {
+            break;
+        }
+        let payload = &mut rbuf[pos + h.header_len..end];
+        frame::unmask(payload, h.mask);
+        pos = end;
+        match h.opcode {
+            frame::OP_TEXT | frame::OP_BINARY if frag.is_some() => {
+                outbound::close(conn, close::PROTOCOL);
+            }
+            frame::OP_TEXT | frame::OP_BINARY if !h.fin => {
+                *frag = Some(Fragments {
+                    opcode: h.opcode,
+                    data: payload.to_vec(),
+                });
+            }
+            frame::OP_TEXT => crate::dialect::on_text(shard, conn, payload),
+            frame::OP_BINARY => crate::dialect::on_binary(conn),
+            frame::OP_CONT => match frag {
+                None => outbound::close(conn, close::PROTOCOL),
+                Some(f) if f.data.len() + payload.len() > max => {
+                    *frag = None;
+                    outbound::close(conn, close::TOO_BIG);
+                }
+                Some(f) => {
+                    f.data.extend_from_slice(payload);
+                    if h.fin {
+                        if let Some(mut f) = frag.take() {
+                            if f.opcode == frame::OP_TEXT {
+                                crate::dialect::on_text(shard, conn, &mut f.data);
+                            } else {
+                                crate::dialect::on_binary(conn);
+                            }
+                        }
+                    }
+                }
+            },
+            frame::OP_PING => {
+                outbound::send_owned(conn, frame::encode(frame::OP_PONG, payload));
+            }
+            frame::OP_PONG => {}
+            _ => {
+                // OP_CLOSE: echo a valid code (RFC 6455 §5.5.1), refuse an invalid one.
+                let code = match payload {
+                    [] => close::NORMAL,
+                    [a, b, ..] if frame::valid_close_code(u16::from_be_bytes([*a, *b])) => {
+                        u16::from_be_bytes([*a, *b])
+                    }
+                    _ => close::PROTOCOL,
+                };
+                outbound::close(conn, code);
+            }
+        }
+    }
+    rbuf.drain(..pos);
+    if rbuf.is_empty() && rbuf.capacity() > 0 {
+        *rbuf = Vec::new();
+    }
+}

@@ -1,0 +1,150 @@
+//! Completing a WebSocket upgrade on the owner shard: check the login, write `101`, send
+//! the dialect's greeting (event 2 / offline queue), then run the connection.
+//!
+//! Invariants: a failed login still completes the upgrade, then gets its error object and
+//! close 1008 (PROTOCOL.md §3, §4); the greeting is queued in the same turn as the
+//! connection joins the session table, so no live message can overtake it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use glommio::net::TcpStream;
+
+use super::outbound::{self, Outbound};
+use crate::auth::Token;
+use crate::error::close;
+use crate::shard::session::{Conn, Dialect};
+use crate::shard::Shard;
+use crate::Error;
+
+/// Who is logging in, as read from the upgrade request's query.
+#[derive(Debug)]
+pub enum Login {
+    /// `/?token=`.
+    Notify { token: Token },
+    /// `/ws?id=&name=&domain=&resource=&token=[&ack=1]`.
+    Chat {
+        id: String,
+        name: String,
+        domain: String,
+        resource: String,
+        token: Token,
+        ack: bool,
+    },
+}
+
+impl Login {
+    /// The slot whose owner must complete this upgrade.
+    pub fn slot(&self) -> u16 {
+        match self {
+            Login::Notify { token } => token.slot(),
+            Login::Chat { id, domain, .. } => crate::route::slot_of(domain, id),
+        }
+    }
+}
+
+/// An upgrade request, parsed on the accepting shard; `Send`.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// Whether the request was for the chat dialect (`/ws`).
+    pub chat: bool,
+    pub login: Result<Login, Error>,
+    /// Bytes that arrived after the request head.
+    pub rest: Vec<u8>,
+}
+
+fn response_101(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Runs on the owner shard (or on the accepting shard when the login already failed).
+pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
+    let now = crate::ids::now_secs();
+    let checked = up.login.and_then(|login| {
+        let user = match &login {
+            Login::Notify { token } | Login::Chat { token, .. } => {
+                shard.store.token_user(token, now)
+            }
+        };
+        match (user, &login) {
+            (Err(e), _) => Err(e),
+            (Ok(None), _) => Err(Error::BadToken),
+            (Ok(Some((d, u))), Login::Chat { id, domain, .. }) if (&d, &u) != (domain, id) => {
+                Err(Error::BadToken)
+            }
+            (Ok(Some(user)), _) => Ok((login, user)),
+        }
+    });
+    let (login, (domain, uid)) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            log::info!(
+                "refused login ({}): {e}",
+                if up.chat { "chat" } else { "notify" }
+            );
+            let conn = new_conn(&shard, 0, String::new(), String::new(), Dialect::Notify);
+            outbound::send_owned(&conn, response_101(&up.accept));
+            let body = if up.chat {
+                crate::json::error_object(&e)
+            } else {
+                crate::dialect::notify::event0(&e)
+            };
+            outbound::send_owned(&conn, super::frame::encode(super::frame::OP_TEXT, &body));
+            outbound::close(&conn, close::AUTH);
+            super::conn::serve(shard, stream, conn, Vec::new()).await;
+            return;
+        }
+    };
+    let slot = login.slot();
+    let dialect = match login {
+        Login::Notify { .. } => Dialect::Notify,
+        Login::Chat {
+            name,
+            resource,
+            ack,
+            ..
+        } => Dialect::Chat {
+            name: name.into(),
+            resource: resource.into(),
+            ack,
+        },
+    };
+    let conn = new_conn(&shard, slot, domain, uid, dialect);
+    outbound::send_owned(&conn, response_101(&up.accept));
+    let greeted = match conn.dialect {
+        Dialect::Notify => crate::dialect::notify::greet(&shard, &conn),
+        Dialect::Chat { .. } => crate::dialect::chat::greet(&shard, &conn),
+    };
+    if let Err(e) = greeted {
+        log::error!("greeting connection {} failed: {e}", conn.id);
+        outbound::close(&conn, close::AUTH);
+    }
+    log::debug!(
+        "connection {} of {}/{} open on shard {} ({:?})",
+        conn.id,
+        conn.domain,
+        conn.uid,
+        shard.id,
+        conn.dialect
+    );
+    super::conn::serve(shard, stream, conn, up.rest).await;
+}
+
+fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
+    Rc::new(Conn {
+        id: shard.next_conn_id(),
+        slot,
+        domain: domain.into(),
+        uid: uid.into(),
+        dialect,
+        since_ms: crate::ids::now_millis(),
+        out: RefCell::new(Outbound::new(shard.rt.max_outbound_bytes)),
+        registered: Cell::new(false),
+    })
+}
