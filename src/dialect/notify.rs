@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(msg["create_time"], "2021-08-29 19:40:41");
         // The frame is a final text frame whose payload is event 1 around the same msg.
         assert_eq!(n.frame[0], 0x81);
-        let start = n.frame.len() - (n.msg.len() + 28);
+        let start = n.frame.iter().position(|&b| b == b'{').expect("payload");
         let event: serde_json::Value = serde_json::from_slice(&n.frame[start..]).expect("json");
         assert_eq!(event["event"], 1);
         assert_eq!(event["data"]["msg"], msg);

@@ -1,0 +1,361 @@
+//! The one harness for behaviour tests: starts the real `shardcast` binary on port 0 with
+//! a temporary data directory, and talks to it with raw HTTP and real WebSocket clients.
+//! Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "s3cr3t";
+pub const ADMIN: &str = "test-admin-key";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Server {
+    /// Starts a broker with 2 shards; `overrides` are `key = value` TOML lines.
+    pub fn start(overrides: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+        keys.insert("listen", "\"127.0.0.1:0\"".into());
+        keys.insert("data_dir", format!("{:?}", dir.path().join("data")));
+        keys.insert("shards", "2".into());
+        keys.insert("secret", format!("{SECRET:?}"));
+        keys.insert("admin_key", format!("{ADMIN:?}"));
+        keys.insert("log_level", "\"warn\"".into());
+        for (k, v) in overrides {
+            keys.insert(k, v.to_string());
+        }
+        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let config = dir.path().join("shardcast.toml");
+        std::fs::write(&config, text).expect("write config");
+        let mut s = Server {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            child: None,
+            dir,
+            config,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shardcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(WAIT).expect("broker printed its address");
+        let addr = line
+            .trim()
+            .strip_prefix("shardcast listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        self.addr = addr.parse().expect("address");
+        self.child = Some(child);
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child process by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Graceful stop, then a new broker on the same data directory and config.
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "clean shutdown, got {status:?}");
+        self.spawn();
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// One HTTP request on a fresh connection: `(status, JSON body)`.
+    pub fn http(
+        &self,
+        method: &str,
+        target: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+        }
+        if let Some(b) = body {
+            req.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()));
+        } else {
+            req.push_str("\r\n");
+        }
+        let raw = self.raw(req.as_bytes());
+        parse_response(&raw)
+    }
+
+    /// Sends raw bytes on a fresh connection and returns everything until the server
+    /// closes (or the wait runs out).
+    pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(bytes).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    }
+
+    pub fn get(&self, target: &str) -> (u16, Value) {
+        self.http("GET", target, None, None)
+    }
+
+    pub fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.http("POST", path, Some(ADMIN), Some(&body.to_string()))
+    }
+
+    /// Issues a token for `(domain, uid)` through `GET /auth/websocket`.
+    pub fn token_in(&self, domain: &str, uid: &str) -> String {
+        let ts = now_secs().to_string();
+        let sign = sign(uid, &ts, SECRET);
+        let (status, v) = self.get(&format!(
+            "/auth/websocket?uid={}&timestamp={ts}&sign={sign}&domain={}",
+            enc(uid),
+            enc(domain)
+        ));
+        assert_eq!(status, 200, "{v}");
+        v["content"]["token"].as_str().expect("token").to_string()
+    }
+
+    pub fn token(&self, uid: &str) -> String {
+        self.token_in("default", uid)
+    }
+
+    /// A notify-dialect client for `uid` that has read its event 2; returns (ws, msg_list).
+    pub fn notify(&self, uid: &str) -> (Ws, Vec<Value>) {
+        let token = self.token(uid);
+        let mut ws = Ws::connect(&self.url(&format!("/?token={token}")));
+        let v = ws.recv();
+        assert_eq!(v["event"], 2, "first frame is event 2: {v}");
+        (
+            ws,
+            v["data"]["msg_list"].as_array().expect("msg_list").clone(),
+        )
+    }
+
+    /// A chat client logged in as `(domain, id)` on `resource`.
+    pub fn chat(&self, domain: &str, id: &str, resource: &str, ack: bool) -> Ws {
+        let token = self.token_in(domain, id);
+        Ws::connect(&self.url(&format!(
+            "/ws?id={}&name=Name%20{}&domain={}&resource={}&token={token}{}",
+            enc(id),
+            enc(id),
+            enc(domain),
+            enc(resource),
+            if ack { "&ack=1" } else { "" }
+        )))
+    }
+
+    pub fn push(&self, uids: &[&str], title: &str, content: &str) -> Value {
+        let (status, v) = self.admin_post(
+            "/push",
+            &serde_json::json!({"uids": uids, "title": title, "content": content}),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["content"].clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn parse_response(raw: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(raw);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, v)
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The sign of PROTOCOL.md §1, computed independently of the broker's code.
+pub fn sign(uid: &str, ts: &str, secret: &str) -> String {
+    use md5::{Digest, Md5};
+    let h = |s: &[u8]| -> String { Md5::digest(s).iter().map(|b| format!("{b:02x}")).collect() };
+    h(format!(
+        "{}{}{}",
+        h(uid.as_bytes()),
+        h(ts.as_bytes()),
+        h(secret.as_bytes())
+    )
+    .as_bytes())
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A uid in `domain` that lives on `shard` of `shards`.
+pub fn uid_on(domain: &str, prefix: &str, shard: usize, shards: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| shardcast::route::owner(shardcast::route::slot_of(domain, u), shards) == shard)
+        .expect("some uid lands on every shard")
+}
+
+/// A real WebSocket client (tungstenite) with bounded reads.
+pub struct Ws {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Ws {
+    pub fn connect(url: &str) -> Ws {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("host");
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
+        assert_eq!(resp.status(), 101);
+        Ws { ws }
+    }
+
+    /// The next text message as JSON (pings are answered by tungstenite).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a message within the wait") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("JSON text frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        self.ws.send(Message::Text(v.to_string())).expect("send");
+    }
+
+    pub fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::Text(t.to_string())).expect("send");
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return u16::from(f.code),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(Message::Text(t)) => panic!("expected close, got text {t}"),
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got error {e}"),
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives within `ms` (used only to prove an absence).
+    pub fn expect_silence(&mut self, ms: u64) {
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(ms)))
+            .expect("timeout");
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(WAIT))
+            .expect("timeout");
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+    }
+}
+
+/// Polls `f` until it returns true or `deadline` passes.
+pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
