@@ -80,11 +80,22 @@ pub fn parse(buf: &mut [u8]) -> Option<BorrowedValue<'_>> {
     simd_json::to_borrowed_value(buf).ok()
 }
 
-/// A string field of an object: `Ok(None)` when absent, `Err(())` when not a string.
-pub fn opt_str<'v>(v: &'v BorrowedValue<'_>, key: &str) -> Result<Option<&'v str>, ()> {
+/// A string field of an object; `None` when absent or not a string.
+pub fn str_of<'v>(v: &'v BorrowedValue<'_>, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(|x| x.as_str())
+}
+
+/// An optional name field (domain, fromId, …): absent → `default`; present, it must be a
+/// valid name, else `err`.
+pub fn name_or<'v>(
+    v: &'v BorrowedValue<'_>,
+    key: &str,
+    default: &'v str,
+    err: crate::Error,
+) -> Result<&'v str, crate::Error> {
     match v.get(key) {
-        None => Ok(None),
-        Some(x) => x.as_str().map(Some).ok_or(()),
+        None => Ok(default),
+        Some(x) => x.as_str().filter(|s| crate::auth::valid_name(s)).ok_or(err),
     }
 }
 

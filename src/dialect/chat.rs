@@ -142,15 +142,7 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
         .cloned()
         .collect();
     let offline = online.is_empty();
-    shard.store.append_chat(
-        slot,
-        &msg.domain,
-        &msg.to,
-        &msg.from,
-        &msg.id,
-        &msg.core,
-        offline,
-    )?;
+    shard.store.append_chat(slot, &msg, offline)?;
     if !offline {
         let f = frame::text(&msg.with_offline(false));
         for conn in &online {
@@ -182,9 +174,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
     if !v.is_object() {
         return Err(Error::BadFrame);
     }
-    let to = json::opt_str(&v, "toId")
-        .ok()
-        .flatten()
+    let to = json::str_of(&v, "toId")
         .filter(|s| crate::auth::valid_name(s))
         .ok_or(Error::field("toId"))?;
     let kind = v
@@ -192,10 +182,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
         .and_then(|t| t.as_i64())
         .filter(|t| CLIENT_TYPES.contains(t))
         .ok_or(Error::field("type"))?;
-    let content = json::opt_str(&v, "content")
-        .ok()
-        .flatten()
-        .ok_or(Error::field("content"))?;
+    let content = json::str_of(&v, "content").ok_or(Error::field("content"))?;
     if content.len() > shard.rt.max_message_bytes {
         return Err(Error::field("content"));
     }

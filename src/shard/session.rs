@@ -45,9 +45,12 @@ impl Conn {
     }
 }
 
+/// uid → connections, within one domain.
+type Users = HashMap<Box<str>, Vec<Rc<Conn>>>;
+
 #[derive(Default)]
 pub struct Sessions {
-    users: HashMap<Box<str>, HashMap<Box<str>, Vec<Rc<Conn>>>>,
+    users: HashMap<Box<str>, Users>,
     count: usize,
 }
 

@@ -17,6 +17,7 @@ use sled::IVec;
 
 use crate::auth::Token;
 use crate::config::Runtime;
+use crate::dialect::chat::ChatMessage;
 use crate::Error;
 
 /// The current on-disk format; stored in `data_dir/shardcast.meta`.
@@ -179,24 +180,16 @@ impl Store {
         Ok(missing)
     }
 
-    /// Appends a chat message to `to`'s history (and to its offline queue when
-    /// `offline`), in one atomic batch. `core` is the message object without its closing
-    /// brace (see `dialect::chat`).
-    pub fn append_chat(
-        &self,
-        slot: u16,
-        domain: &str,
-        to: &str,
-        from: &str,
-        id: &crate::ids::MsgId,
-        core: &[u8],
-        offline: bool,
-    ) -> Result<(), Error> {
+    /// Appends a chat message to its recipient's history (and to its offline queue when
+    /// `offline`), in one atomic batch. The stored value is the message's core (see
+    /// `dialect::chat`).
+    pub fn append_chat(&self, slot: u16, msg: &ChatMessage, offline: bool) -> Result<(), Error> {
+        let (domain, to, from) = (msg.domain.as_str(), msg.to.as_str(), msg.from.as_str());
         let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
         let seq = keys::u64_value(self.db.get(&seq_key)?.as_deref()) + 1;
         let fseq_key = keys::pair(slot, keys::FROM_SEQ, domain, to, from);
         let fseq = keys::u64_value(self.db.get(&fseq_key)?.as_deref()) + 1;
-        let value = IVec::from(core);
+        let value = IVec::from(msg.core.as_slice());
         let mut batch = sled::Batch::default();
         batch.insert(
             keys::with_suffix(
@@ -216,7 +209,7 @@ impl Store {
         batch.insert(fseq_key, &fseq.to_be_bytes());
         if offline {
             batch.insert(
-                keys::with_suffix(keys::user(slot, keys::OFFLINE, domain, to), &id.0),
+                keys::with_suffix(keys::user(slot, keys::OFFLINE, domain, to), &msg.id.0),
                 value,
             );
         }

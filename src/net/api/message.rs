@@ -16,40 +16,29 @@ pub async fn message(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Erro
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
-    let name = |key: &'static str, default: Option<&'static str>| -> Result<String, Error> {
-        match json::opt_str(&v, key) {
-            Ok(Some(s)) if crate::auth::valid_name(s) => Ok(s.to_string()),
-            Ok(None) => default.map(str::to_string).ok_or(Error::param(key)),
-            _ => Err(Error::param(key)),
-        }
-    };
-    let domain = match json::opt_str(&v, "domain") {
-        Ok(None) => rt.default_domain.clone(),
-        _ => name("domain", None)?,
-    };
-    let to = name("toId", None)?;
-    let from = name("fromId", Some("system"))?;
-    let from_name = name("fromName", Some("system"))?;
-    let from_resource = name("fromResource", Some("system"))?;
+    let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
+    let to = json::str_of(&v, "toId")
+        .filter(|s| crate::auth::valid_name(s))
+        .ok_or(Error::param("toId"))?;
+    let from = json::name_or(&v, "fromId", "system", Error::param("fromId"))?;
+    let from_name = json::name_or(&v, "fromName", "system", Error::param("fromName"))?;
+    let from_resource = json::name_or(&v, "fromResource", "system", Error::param("fromResource"))?;
     let kind = v
         .get("type")
         .and_then(|t| t.as_i64())
         .filter(|t| CLIENT_TYPES.contains(t) || *t == SYSTEM_TYPE)
         .ok_or(Error::param("type"))?;
-    let content = json::opt_str(&v, "content")
-        .ok()
-        .flatten()
-        .ok_or(Error::param("content"))?;
+    let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;
     if content.len() > rt.max_message_bytes {
         return Err(Error::too_large("content"));
     }
     let msg = Arc::new(ChatMessage::new(
         shard.ids.next(),
-        &domain,
-        &to,
-        &from,
-        &from_name,
-        &from_resource,
+        domain,
+        to,
+        from,
+        from_name,
+        from_resource,
         kind,
         content,
     ));

@@ -32,25 +32,15 @@ pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> 
     if uids.len() > rt.max_push_uids {
         return Err(Error::too_large("uids"));
     }
-    let title = json::opt_str(&v, "title")
-        .ok()
-        .flatten()
-        .ok_or(Error::param("title"))?;
+    let title = json::str_of(&v, "title").ok_or(Error::param("title"))?;
     if title.len() > MAX_TITLE_BYTES {
         return Err(Error::too_large("title"));
     }
-    let content = json::opt_str(&v, "content")
-        .ok()
-        .flatten()
-        .ok_or(Error::param("content"))?;
+    let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;
     if content.len() > rt.max_message_bytes {
         return Err(Error::too_large("content"));
     }
-    let domain = match json::opt_str(&v, "domain") {
-        Ok(None) => rt.default_domain.as_str(),
-        Ok(Some(d)) if crate::auth::valid_name(d) => d,
-        _ => return Err(Error::param("domain")),
-    };
+    let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
     let shards = shard.shards();
     let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shards];
     let mut seen = HashSet::with_capacity(uids.len());
