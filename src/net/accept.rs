@@ -168,7 +168,9 @@ async fn upgrade(
         Err(_) => shard.id,
     };
     if owner == shard.id {
-        upgrade::complete(shard, stream, up).await;
+        // A task of its own, so that nothing of this request's parsing (this task's
+        // state) stays alive for the connection's lifetime.
+        glommio::spawn_local(upgrade::complete(shard, stream, up)).detach();
     } else {
         handoff::hand_off(&shard, owner, stream, up);
     }

@@ -78,8 +78,6 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
             Io::Closing => break,
         }
     }
-    // Closing: stop deliveries, write what is queued (ending with the close frame), then
-    // half-close and wait for the peer to finish, within CLOSE_GRACE.
     shard.sessions.borrow_mut().remove(&conn);
     let code = conn.out.borrow().closing().unwrap_or(close::NORMAL);
     log::debug!(
@@ -88,6 +86,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
         conn.domain,
         conn.uid
     );
+    // Boxed: the closing phase's state is the largest of this task's, and an open
+    // connection should not carry it.
+    Box::pin(finish_close(conn, stream)).await;
+}
+
+/// Closing: write what is queued (ending with the close frame), then half-close and wait
+/// for the peer to finish, within CLOSE_GRACE.
+async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream) {
     let finish = async {
         let flushed =
             std::future::poll_fn(|cx| conn.out.borrow_mut().poll_flush(cx, &mut stream)).await;
