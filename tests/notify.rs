@@ -184,3 +184,19 @@ fn unread_lists_and_tokens_survive_a_restart() {
     );
     assert_eq!(list[1]["title"], "two");
 }
+
+#[test]
+fn an_unread_list_larger_than_the_outbound_limit_is_still_delivered() {
+    let server = Server::start(&[("max_outbound_bytes", "4096")]);
+    let content = "x".repeat(1000);
+    let pushed: Vec<String> = (0..10)
+        .map(|i| {
+            server.push(&["hoarder"], &format!("t{i}"), &content)["_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let (_ws, list) = server.notify("hoarder");
+    assert_eq!(ids(&list), pushed);
+}

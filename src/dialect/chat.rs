@@ -124,7 +124,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         .store
         .take_offline(conn.slot, &conn.domain, &conn.uid)?
     {
-        outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
+        outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
     }
     Ok(())
 }

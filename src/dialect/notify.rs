@@ -81,7 +81,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         event.extend_from_slice(m);
     }
     event.extend_from_slice(b"]}}");
-    outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &event));
+    outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &event));
     Ok(())
 }
 

@@ -124,9 +124,19 @@ pub fn send(conn: &Conn, f: &Frame) -> bool {
     true
 }
 
-/// Queues raw bytes that are not a shared frame (the 101 response, a pong).
+/// Queues raw bytes that are not a shared frame (a pong, an error, an ack).
 pub fn send_owned(conn: &Conn, bytes: Vec<u8>) -> bool {
     send(conn, &Frame::from(bytes))
+}
+
+/// Queues the greeting of a new connection (the 101 response, event 2, the offline
+/// queue) regardless of `max_outbound_bytes`: it is bounded by what the store holds for
+/// the user, and refusing it would drop an offline queue already taken from the store.
+pub fn send_greeting(conn: &Conn, bytes: Vec<u8>) {
+    let mut out = conn.out.borrow_mut();
+    if out.close.is_none() {
+        out.push(Frame::from(bytes));
+    }
 }
 
 /// Queues a close frame with `code`; the connection ends once it is written.

@@ -89,7 +89,7 @@ pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
                 if up.chat { "chat" } else { "notify" }
             );
             let conn = new_conn(&shard, 0, String::new(), String::new(), Dialect::Notify);
-            outbound::send_owned(&conn, response_101(&up.accept));
+            outbound::send_greeting(&conn, response_101(&up.accept));
             let body = if up.chat {
                 crate::json::error_object(&e)
             } else {
@@ -116,7 +116,7 @@ pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         },
     };
     let conn = new_conn(&shard, slot, domain, uid, dialect);
-    outbound::send_owned(&conn, response_101(&up.accept));
+    outbound::send_greeting(&conn, response_101(&up.accept));
     let greeted = match conn.dialect {
         Dialect::Notify => crate::dialect::notify::greet(&shard, &conn),
         Dialect::Chat { .. } => crate::dialect::chat::greet(&shard, &conn),
