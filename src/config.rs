@@ -43,6 +43,13 @@ struct File {
     max_headers: usize,
     max_body_bytes: usize,
     max_outbound_bytes: usize,
+    max_connections: usize,
+    max_messages_per_sec: u32,
+    ping_interval_secs: f64,
+    idle_timeout_secs: f64,
+    request_timeout_secs: f64,
+    profile: String,
+    allowed_origins: Vec<String>,
     log_level: String,
 }
 
@@ -79,6 +86,13 @@ pub struct Runtime {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_outbound_bytes: usize,
+    pub max_connections: usize,
+    pub max_messages_per_sec: u32,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub production: bool,
+    pub allowed_origins: Vec<String>,
     pub log_level: log::LevelFilter,
 }
 
@@ -138,6 +152,11 @@ fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), Co
                     "{}: unknown key `{key}` (see tuning/default.toml for the known keys)",
                     from.display()
                 )))
+            }
+            // A whole number is a fine value for a key whose default has a fraction.
+            Some(toml::Value::Float(_)) if value.is_integer() => {
+                let n = value.as_integer().unwrap_or(0);
+                base.insert(key, toml::Value::Float(n as f64));
             }
             Some(old) if old.type_str() != value.type_str() => {
                 return Err(ConfigError(format!(
@@ -232,6 +251,38 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.token_ttl_secs == 0 {
         return Err(bad("token_ttl_secs", "must be at least 1"));
     }
+    let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
+        if v.is_finite() && (0.001..=86400.0).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(bad(key, "seconds between 0.001 and 86400"))
+        }
+    };
+    let ping_interval = secs("ping_interval_secs", f.ping_interval_secs)?;
+    let idle_timeout = secs("idle_timeout_secs", f.idle_timeout_secs)?;
+    let request_timeout = secs("request_timeout_secs", f.request_timeout_secs)?;
+    if f.max_connections == 0 {
+        return Err(bad("max_connections", "must be at least 1"));
+    }
+    if f.max_messages_per_sec == 0 {
+        return Err(bad("max_messages_per_sec", "must be at least 1"));
+    }
+    let production = match f.profile.as_str() {
+        "production" => true,
+        "development" => false,
+        other => {
+            return Err(bad(
+                "profile",
+                format!("`{other}` is not one of development, production"),
+            ))
+        }
+    };
+    if production && (f.secret == DEV_SECRET || f.admin_key == DEV_ADMIN_KEY) {
+        return Err(bad(
+            "profile",
+            "production refuses the development `secret`/`admin_key` shipped in tuning/default.toml; set your own",
+        ));
+    }
     let log_level = f
         .log_level
         .parse::<log::LevelFilter>()
@@ -258,6 +309,13 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_headers: f.max_headers,
         max_body_bytes: f.max_body_bytes,
         max_outbound_bytes: f.max_outbound_bytes,
+        max_connections: f.max_connections,
+        max_messages_per_sec: f.max_messages_per_sec,
+        ping_interval,
+        idle_timeout,
+        request_timeout,
+        production,
+        allowed_origins: f.allowed_origins,
         log_level,
     })
 }
@@ -305,11 +363,25 @@ mod tests {
             ("max_unread = 0", "max_unread"),
             ("log_level = \"loud\"", "log_level"),
             ("default_domain = \"\"", "default_domain"),
+            ("ping_interval_secs = 0", "ping_interval_secs"),
+            ("profile = \"prod\"", "profile"),
+            ("profile = \"production\"", "profile"),
+            ("allowed_origins = \"x\"", "allowed_origins"),
         ];
         for (text, key) in cases {
             let err = from_str(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn fractions_and_production() {
+        let rt = from_str("ping_interval_secs = 0.05\nidle_timeout_secs = 2").expect("ok");
+        assert_eq!(rt.ping_interval, Duration::from_millis(50));
+        assert_eq!(rt.idle_timeout, Duration::from_secs(2));
+        let rt =
+            from_str("profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"").expect("ok");
+        assert!(rt.production && !rt.uses_dev_secrets());
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let rt = Arc::new(rt);
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let open_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(rt.shards);
     for (id, ((inbox, db), listener)) in rxs.into_iter().zip(dbs).zip(listeners).enumerate() {
         let placement = if rt.pin_cpus {
@@ -96,6 +97,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             inbox,
             db,
             listener,
+            open_conns: open_conns.clone(),
         };
         let notice = ExitNotice(id, exit_tx.clone());
         let handle = glommio::LocalExecutorBuilder::new(placement)

@@ -18,6 +18,10 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
     if !conn.registered.get() {
         return; // a refused login that is closing
     }
+    if !shard.allow_message(conn) {
+        send_error(conn, &Error::RateLimited);
+        return;
+    }
     let result = match conn.dialect {
         Dialect::Notify => notify::on_text(shard, conn, payload),
         Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
@@ -28,8 +32,8 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
 }
 
 /// Binary messages are not part of either dialect: 2001.
-pub fn on_binary(conn: &Conn) {
-    if conn.registered.get() {
+pub fn on_binary(shard: &Shard, conn: &Conn) {
+    if conn.registered.get() && shard.allow_message(conn) {
         send_error(conn, &Error::BadFrame);
     }
 }

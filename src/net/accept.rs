@@ -10,13 +10,14 @@
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::http::{self, Request};
 use crate::route;
-use crate::shard::{handoff, Shard};
+use crate::shard::{handoff, ConnPermit, Shard};
 use crate::ws::upgrade::{self, Login, Upgrade};
 use crate::Error;
 
@@ -30,9 +31,14 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => {
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
-            }
+            Some(Ok(stream)) => match shard.admit() {
+                Some(permit) => {
+                    glommio::spawn_local(contained(shard.clone(), stream, permit)).detach();
+                }
+                None => {
+                    glommio::spawn_local(refuse(stream)).detach();
+                }
+            },
             Some(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 log::warn!("shard {}: accept failed: {e}", shard.id);
@@ -75,15 +81,52 @@ async fn write_error(stream: &mut TcpStream, e: &Error, extra: &str) {
     let _ = stream.close().await;
 }
 
+/// `max_connections` reached: 503 with code 1009, then close.
+async fn refuse(mut stream: TcpStream) {
+    log::warn!("max_connections reached: refusing a connection");
+    write_error(&mut stream, &Error::Overloaded, "").await;
+}
+
+/// Runs [`serve`] so that a panic ends this connection only.
+async fn contained(shard: Rc<Shard>, stream: TcpStream, permit: ConnPermit) {
+    use futures_lite::FutureExt;
+    let id = shard.id;
+    if std::panic::AssertUnwindSafe(serve(shard, stream, permit))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        log::error!("shard {id}: an HTTP connection task panicked; connection dropped");
+    }
+}
+
+/// Reads more bytes into `buf`, giving up at `deadline` (`request_timeout_secs`).
+async fn read_until(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(read_more(shard, stream, buf), async {
+        glommio::timer::sleep(left).await;
+        Err(std::io::ErrorKind::TimedOut.into())
+    })
+    .await
+}
+
 /// One connection from its first byte until it closes or becomes a WebSocket.
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
+    // Each request, head and body, must arrive within request_timeout of the moment the
+    // connection became ready for it (slowloris, idle keep-alive).
+    let mut deadline = Instant::now() + shard.rt.request_timeout;
     loop {
         let parsed = http::parse_head(&buf, &shard.rt);
         let (req, head_len) = match parsed {
             Ok(Some(v)) => v,
-            Ok(None) => match read_more(&shard, &mut stream, &mut buf).await {
+            Ok(None) => match read_until(&shard, &mut stream, &mut buf, deadline).await {
                 Ok(n) if n > 0 => continue,
                 _ => return,
             },
@@ -92,7 +135,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if let Some(ws) = &req.upgrade {
             if is_upgrade_path(&req.path) {
                 let rest = buf.split_off(head_len);
-                return upgrade(shard, stream, &req, ws, rest).await;
+                return upgrade(shard, stream, &req, ws, rest, permit).await;
             }
         }
         if req.chunked {
@@ -103,7 +146,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         let end = head_len + req.content_length;
         while buf.len() < end {
-            match read_more(&shard, &mut stream, &mut buf).await {
+            match read_until(&shard, &mut stream, &mut buf, deadline).await {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
@@ -122,6 +165,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             let _ = stream.close().await;
             return;
         }
+        deadline = Instant::now() + shard.rt.request_timeout;
     }
 }
 
@@ -137,6 +181,7 @@ async fn upgrade(
     req: &Request,
     ws: &http::WsHeaders,
     rest: Vec<u8>,
+    permit: ConnPermit,
 ) {
     if ws.version.as_deref() != Some("13") {
         let e = Error::param("Sec-WebSocket-Version");
@@ -155,6 +200,13 @@ async fn upgrade(
     let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
         return write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
     };
+    let origins = &shard.rt.allowed_origins;
+    if let Some(origin) = &req.origin {
+        if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
+            log::info!("refused upgrade from origin {origin}");
+            return write_error(&mut stream, &Error::param("Origin"), "").await;
+        }
+    }
     let chat = req.path == "/ws";
     let login = http::parse_query(&req.query).and_then(|q| login(&q, chat));
     let up = Upgrade {
@@ -162,6 +214,7 @@ async fn upgrade(
         chat,
         login,
         rest,
+        permit,
     };
     let owner = match &up.login {
         Ok(l) => route::owner(l.slot(), shard.shards()),

@@ -19,6 +19,7 @@ pub struct Request {
     pub content_length: usize,
     pub chunked: bool,
     pub authorization: Option<String>,
+    pub origin: Option<String>,
     /// Set when the request asks for a WebSocket upgrade.
     pub upgrade: Option<WsHeaders>,
 }
@@ -93,6 +94,8 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
                 .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             ws.key = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {

@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -42,6 +43,19 @@ pub struct Shard {
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<Waker>>,
+    started: std::time::Instant,
+    open_conns: Arc<AtomicUsize>,
+}
+
+/// One open connection counted against `max_connections`; released on drop, on whichever
+/// shard the connection ends.
+#[derive(Debug)]
+pub struct ConnPermit(Arc<AtomicUsize>);
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shard {
@@ -84,6 +98,32 @@ impl Shard {
         rx.await.map_err(|_| Error::Overloaded)?
     }
 
+    /// Milliseconds since the shard started (monotonic).
+    pub fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a new connection, or `None` when `max_connections` are open (process-wide:
+    /// one atomic add per connection, none per message).
+    pub fn admit(&self) -> Option<ConnPermit> {
+        let before = self.open_conns.fetch_add(1, Ordering::Relaxed);
+        let permit = ConnPermit(self.open_conns.clone());
+        (before < self.rt.max_connections).then_some(permit)
+    }
+
+    /// Rate limit of PROTOCOL.md §5 / error 2005: at most `max_messages_per_sec` client
+    /// messages per connection in each one-second window.
+    pub fn allow_message(&self, conn: &session::Conn) -> bool {
+        let now = self.clock_ms();
+        if now.saturating_sub(conn.rate_window_ms.get()) >= 1000 {
+            conn.rate_window_ms.set(now);
+            conn.rate_count.set(0);
+        }
+        let n = conn.rate_count.get() + 1;
+        conn.rate_count.set(n);
+        n <= self.rt.max_messages_per_sec
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
     }
@@ -110,6 +150,40 @@ impl Shard {
     }
 }
 
+/// Pings every connection each `ping_interval` (one shared frame per shard) and closes,
+/// with 1001, those from which nothing arrived for `idle_timeout` (PROTOCOL.md §5).
+/// The scan is per tick, not per message.
+async fn heartbeat(shard: Rc<Shard>) {
+    let (ping_every, idle) = (shard.rt.ping_interval, shard.rt.idle_timeout);
+    let tick = (ping_every.min(idle) / 4).max(Duration::from_millis(5));
+    let ping: crate::ws::frame::Frame =
+        crate::ws::frame::encode(crate::ws::frame::OP_PING, b"").into();
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let mut last_ping = shard.clock_ms();
+    let ping_ms = u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX);
+    while !shard.is_stopping() {
+        glommio::timer::sleep(tick).await;
+        let now = shard.clock_ms();
+        let send_ping = now.saturating_sub(last_ping) >= ping_ms;
+        if send_ping {
+            last_ping = now;
+        }
+        shard.sessions.borrow().for_each(|conn| {
+            if now.saturating_sub(conn.last_rx_ms.get()) >= idle_ms {
+                log::debug!(
+                    "connection {} of {}/{} idle: closing",
+                    conn.id,
+                    conn.domain,
+                    conn.uid
+                );
+                crate::ws::outbound::close(conn, crate::error::close::GOING_AWAY);
+            } else if send_ping {
+                crate::ws::outbound::send(conn, &ping);
+            }
+        });
+    }
+}
+
 /// What a shard thread needs to start; all `Send`.
 pub struct Seed {
     pub id: usize,
@@ -118,6 +192,8 @@ pub struct Seed {
     pub inbox: InboxRx,
     pub db: sled::Db,
     pub listener: OwnedFd,
+    /// Open connections of the whole process (`max_connections`).
+    pub open_conns: Arc<AtomicUsize>,
 }
 
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
@@ -139,8 +215,11 @@ pub async fn run(seed: Seed) {
         next_conn: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::new(Vec::new()),
+        started: std::time::Instant::now(),
+        open_conns: seed.open_conns,
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
+    glommio::spawn_local(heartbeat(shard.clone())).detach();
     // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
     let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
     crate::net::accept::accept_loop(shard.clone(), listener).await;

@@ -30,6 +30,11 @@ pub struct Conn {
     pub out: RefCell<Outbound>,
     /// Whether the connection is in the session table.
     pub registered: Cell<bool>,
+    /// Shard clock (ms) when bytes last arrived: the idle timeout's reference.
+    pub last_rx_ms: Cell<u64>,
+    /// Rate limit: start of the current one-second window and messages in it.
+    pub rate_window_ms: Cell<u64>,
+    pub rate_count: Cell<u32>,
 }
 
 impl Conn {
@@ -97,6 +102,14 @@ impl Sessions {
 
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(&Rc<Conn>)) {
+        for d in self.users.values() {
+            for list in d.values() {
+                list.iter().for_each(&mut f);
+            }
+        }
     }
 
     pub fn all(&self) -> Vec<Rc<Conn>> {

@@ -21,9 +21,6 @@ use crate::error::close;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
-/// How long a closing connection may take to flush and see the peer's close.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
 enum Io {
     Read,
     Gone,
@@ -36,7 +33,19 @@ struct Fragments {
     data: Vec<u8>,
 }
 
+/// Takes a connection out of the session table however its task ends (a panic included).
+struct Leave(Rc<Shard>, Rc<Conn>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut sessions) = self.0.sessions.try_borrow_mut() {
+            sessions.remove(&self.1);
+        }
+    }
+}
+
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut rbuf: Vec<u8>) {
+    let _leave = Leave(shard.clone(), conn.clone());
     let mut frag: Option<Fragments> = None;
     if !rbuf.is_empty() {
         process(&shard, &conn, &mut rbuf, &mut frag);
@@ -64,7 +73,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
         })
         .await;
         match io {
-            Io::Read => process(&shard, &conn, &mut rbuf, &mut frag),
+            Io::Read => {
+                conn.last_rx_ms.set(shard.clock_ms());
+                process(&shard, &conn, &mut rbuf, &mut frag);
+            }
             Io::Gone => {
                 shard.sessions.borrow_mut().remove(&conn);
                 log::debug!(
@@ -88,12 +100,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
     );
     // Boxed: the closing phase's state is the largest of this task's, and an open
     // connection should not carry it.
-    Box::pin(finish_close(conn, stream)).await;
+    Box::pin(finish_close(conn, stream, shard.rt.idle_timeout)).await;
 }
 
 /// Closing: write what is queued (ending with the close frame), then half-close and wait
-/// for the peer to finish, within CLOSE_GRACE.
-async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream) {
+/// for the peer to finish, within `grace` (the idle timeout: a closing connection gets as
+/// long to take its close frame as an idle one gets to speak).
+async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream, grace: Duration) {
     let finish = async {
         let flushed =
             std::future::poll_fn(|cx| conn.out.borrow_mut().poll_flush(cx, &mut stream)).await;
@@ -110,7 +123,7 @@ async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream) {
             }
         }
     };
-    futures_lite::future::or(finish, glommio::timer::sleep(CLOSE_GRACE)).await;
+    futures_lite::future::or(finish, glommio::timer::sleep(grace)).await;
 }
 
 /// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.
@@ -149,7 +162,7 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
                 });
             }
             frame::OP_TEXT => crate::dialect::on_text(shard, conn, payload),
-            frame::OP_BINARY => crate::dialect::on_binary(conn),
+            frame::OP_BINARY => crate::dialect::on_binary(shard, conn),
             frame::OP_CONT => match frag {
                 None => outbound::close(conn, close::PROTOCOL),
                 Some(f) if f.data.len() + payload.len() > max => {
@@ -163,7 +176,7 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
                             if f.opcode == frame::OP_TEXT {
                                 crate::dialect::on_text(shard, conn, &mut f.data);
                             } else {
-                                crate::dialect::on_binary(conn);
+                                crate::dialect::on_binary(shard, conn);
                             }
                         }
                     }

@@ -53,6 +53,8 @@ pub struct Upgrade {
     pub login: Result<Login, Error>,
     /// Bytes that arrived after the request head.
     pub rest: Vec<u8>,
+    /// This connection's place under `max_connections`, held until it ends.
+    pub permit: crate::shard::ConnPermit,
 }
 
 fn response_101(accept: &str) -> Vec<u8> {
@@ -64,7 +66,28 @@ fn response_101(accept: &str) -> Vec<u8> {
 }
 
 /// Runs on the owner shard (or on the accepting shard when the login already failed).
+/// A panic in the connection's code ends this connection only: it is caught here, the
+/// connection leaves the session table, and the shard goes on.
 pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
+    use futures_lite::FutureExt;
+    // The permit inside `up` lives as long as `run` (or is dropped with it on a panic).
+    let outcome = std::panic::AssertUnwindSafe(run(shard.clone(), stream, up))
+        .catch_unwind()
+        .await;
+    if let Err(cause) = outcome {
+        let why = cause
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| cause.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!(
+            "shard {}: a connection task panicked ({why}); connection dropped",
+            shard.id
+        );
+    }
+}
+
+async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
     let now = crate::ids::now_secs();
     let checked = up.login.and_then(|login| {
         let user = match &login {
@@ -146,5 +169,8 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         since_ms: crate::ids::now_millis(),
         out: RefCell::new(Outbound::new(shard.rt.max_outbound_bytes)),
         registered: Cell::new(false),
+        last_rx_ms: Cell::new(shard.clock_ms()),
+        rate_window_ms: Cell::new(0),
+        rate_count: Cell::new(0),
     })
 }
