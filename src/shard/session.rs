@@ -112,6 +112,15 @@ impl Sessions {
         }
     }
 
+    /// Every connection of one domain.
+    pub fn for_each_in(&self, domain: &str, mut f: impl FnMut(&Rc<Conn>)) {
+        if let Some(d) = self.users.get(domain) {
+            for list in d.values() {
+                list.iter().for_each(&mut f);
+            }
+        }
+    }
+
     pub fn all(&self) -> Vec<Rc<Conn>> {
         self.users
             .values()

@@ -98,6 +98,71 @@ impl Server {
         }
     }
 
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the broker again on the same data directory and config (after `kill9`).
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The broker's resident set, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("status")
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// A raw TCP WebSocket client: sends the upgrade for `target`, reads the 101 head, and
+    /// returns the socket with any bytes read past the head.
+    pub fn raw_ws(
+        &self,
+        target: &str,
+        configure: impl FnOnce(&socket2::Socket),
+    ) -> (TcpStream, Vec<u8>) {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        configure(&sock);
+        sock.connect(&self.addr.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        write!(
+            s,
+            "GET {target} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut buf).expect("read 101");
+            assert!(n > 0, "closed before 101");
+            got.extend_from_slice(&buf[..n]);
+        };
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        (s, got.split_off(end))
+    }
+
     /// Graceful stop, then a new broker on the same data directory and config.
     pub fn restart(&mut self) {
         let status = self.terminate();
@@ -346,6 +411,46 @@ impl Ws {
             reason: "".into(),
         }));
     }
+}
+
+/// Reads server frames from a raw socket until EOF, error or the read timeout; returns
+/// `(opcode, payload)` pairs (server frames are unmasked).
+pub fn read_frames(s: &mut TcpStream, mut got: Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= got.len() {
+        let op = got[at] & 0x0F;
+        let (len, hl) = match got[at + 1] & 0x7F {
+            126 if at + 4 <= got.len() => {
+                (u16::from_be_bytes([got[at + 2], got[at + 3]]) as usize, 4)
+            }
+            127 if at + 10 <= got.len() => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&got[at + 2..at + 10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            n if n < 126 => (n as usize, 2),
+            _ => break,
+        };
+        if at + hl + len > got.len() {
+            break;
+        }
+        frames.push((op, got[at + hl..at + hl + len].to_vec()));
+        at += hl + len;
+    }
+    frames
+}
+
+/// The close code of a close frame's payload.
+pub fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
 }
 
 /// Polls `f` until it returns true or `deadline` passes.

@@ -1,6 +1,7 @@
 //! The HTTP API of PROTOCOL.md §2: routing by path and method, the JSON envelope, and the
 //! admin-key check. Handlers return the encoded `content` object or an [`Error`].
 
+mod admin;
 mod health;
 mod message;
 mod message_log;
@@ -13,7 +14,8 @@ use super::http::{self, Request};
 use crate::shard::Shard;
 use crate::Error;
 
-const API_PATHS: [&str; 6] = [
+const API_PATHS: [&str; 7] = [
+    "/broadcast",
     "/auth/websocket",
     "/push",
     "/message",
@@ -51,6 +53,10 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
         ("/message", "POST") => {
             admin(shard, req)?;
             message::message(shard, body).await
+        }
+        ("/broadcast", "POST") => {
+            admin(shard, req)?;
+            admin::broadcast(shard, body).await
         }
         ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
         ("/healthz", "GET") => health::healthz(shard).await,

@@ -15,7 +15,7 @@ use crate::shard::Shard;
 use crate::Error;
 
 /// Largest accepted title, bytes (PROTOCOL.md §2).
-const MAX_TITLE_BYTES: usize = 1024;
+pub(super) const MAX_TITLE_BYTES: usize = 1024;
 
 pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
