@@ -453,6 +453,65 @@ pub fn close_code(payload: &[u8]) -> u16 {
     u16::from_be_bytes([payload[0], payload[1]])
 }
 
+/// A keep-alive HTTP/1.1 client on one connection.
+pub struct KeepAlive {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> KeepAlive {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        KeepAlive { s, buf: Vec::new() }
+    }
+
+    /// One request; `None` when the connection fails (e.g. the broker was killed).
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        auth: Option<&str>,
+        body: &str,
+    ) -> Option<(u16, Value)> {
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.s.write_all(req.as_bytes()).ok()?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self
+                .buf
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4)
+            {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                if self.buf.len() >= end + len {
+                    let (status, v) = parse_response(&self.buf[..end + len]);
+                    self.buf.drain(..end + len);
+                    return Some((status, v));
+                }
+            }
+            let n = self.s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 /// Polls `f` until it returns true or `deadline` passes.
 pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
