@@ -75,9 +75,46 @@ pub fn error_object(e: &crate::Error) -> Vec<u8> {
     out
 }
 
-/// Parses a JSON document in place; `None` when it is not JSON.
+/// Deepest nesting a document may have. simd-json builds values recursively, so without
+/// this bound a client could overflow a shard's stack with `[[[[…`; no message of either
+/// dialect nests deeper than 3.
+pub const MAX_DEPTH: usize = 32;
+
+/// Parses a JSON document in place; `None` when it is not JSON or nests deeper than
+/// [`MAX_DEPTH`].
 pub fn parse(buf: &mut [u8]) -> Option<BorrowedValue<'_>> {
+    if depth_exceeds(buf, MAX_DEPTH) {
+        return None;
+    }
     simd_json::to_borrowed_value(buf).ok()
+}
+
+/// Whether brackets outside strings nest deeper than `max` (one pass, no allocation).
+fn depth_exceeds(buf: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &b in buf {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A string field of an object; `None` when absent or not a string.
@@ -117,6 +154,17 @@ mod tests {
             let back: String = serde_json::from_slice(&out).expect("valid JSON");
             assert_eq!(back, s);
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&mut ok.into_bytes()).is_some());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&mut deep.into_bytes()).is_none());
+        // Brackets inside strings do not count.
+        let s = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
+        assert!(parse(&mut s.into_bytes()).is_some());
     }
 
     #[test]

@@ -159,6 +159,31 @@ pub async fn send(shard: &Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Erro
     shard.call(owner, move |owner| deliver(owner, msg)).await
 }
 
+/// Validates a parsed client frame `{"toId", "type", "content"}`: `(toId, type,
+/// content)`, or the error object to answer with. Pure, so it is unit-tested and fuzzed
+/// on its own.
+pub fn parse_send<'v>(
+    v: &'v simd_json::BorrowedValue<'_>,
+    max_content: usize,
+) -> Result<(&'v str, i64, &'v str), Error> {
+    if !v.is_object() {
+        return Err(Error::BadFrame);
+    }
+    let to = json::str_of(v, "toId")
+        .filter(|s| crate::auth::valid_name(s))
+        .ok_or(Error::field("toId"))?;
+    let kind = v
+        .get("type")
+        .and_then(|t| t.as_i64())
+        .filter(|t| CLIENT_TYPES.contains(t))
+        .ok_or(Error::field("type"))?;
+    let content = json::str_of(v, "content").ok_or(Error::field("content"))?;
+    if content.len() > max_content {
+        return Err(Error::field("content"));
+    }
+    Ok((to, kind, content))
+}
+
 /// A client frame: `{"toId", "type", "content"}`.
 pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result<(), Error> {
     let Dialect::Chat {
@@ -171,21 +196,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
         return Err(Error::WsInternal);
     };
     let v = json::parse(payload).ok_or(Error::BadFrame)?;
-    if !v.is_object() {
-        return Err(Error::BadFrame);
-    }
-    let to = json::str_of(&v, "toId")
-        .filter(|s| crate::auth::valid_name(s))
-        .ok_or(Error::field("toId"))?;
-    let kind = v
-        .get("type")
-        .and_then(|t| t.as_i64())
-        .filter(|t| CLIENT_TYPES.contains(t))
-        .ok_or(Error::field("type"))?;
-    let content = json::str_of(&v, "content").ok_or(Error::field("content"))?;
-    if content.len() > shard.rt.max_message_bytes {
-        return Err(Error::field("content"));
-    }
+    let (to, kind, content) = parse_send(&v, shard.rt.max_message_bytes)?;
     let msg = Arc::new(ChatMessage::new(
         shard.ids.next(),
         &conn.domain,
@@ -228,6 +239,40 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_frames() {
+        let ok = |text: &str| {
+            let mut b = text.as_bytes().to_vec();
+            let v = json::parse(&mut b).ok_or(Error::BadFrame)?;
+            parse_send(&v, 8).map(|(t, k, c)| (t.to_string(), k, c.to_string()))
+        };
+        assert_eq!(
+            ok(r#"{"toId":"u2","type":20,"content":"hi"}"#),
+            Ok(("u2".into(), 20, "hi".into()))
+        );
+        assert_eq!(ok("nope"), Err(Error::BadFrame));
+        assert_eq!(ok("[]"), Err(Error::BadFrame));
+        assert_eq!(
+            ok(r#"{"toId":"","type":10,"content":""}"#),
+            Err(Error::field("toId"))
+        );
+        assert_eq!(
+            ok(r#"{"toId":"u","type":100,"content":""}"#),
+            Err(Error::field("type"))
+        );
+        assert_eq!(
+            ok(r#"{"toId":"u","type":1e400,"content":""}"#)
+                .err()
+                .map(|e| e.code())
+                .is_some(),
+            true
+        );
+        assert_eq!(
+            ok(r#"{"toId":"u","type":10,"content":"123456789"}"#),
+            Err(Error::field("content"))
+        );
+    }
 
     #[test]
     fn message_object_forms() {

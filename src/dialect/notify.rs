@@ -116,6 +116,22 @@ pub async fn deliver(
 
 /// A client frame: `{"event": 3, "data": {"msg_id"} | {"msg_ids": [...]}}`.
 pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result<(), Error> {
+    let ids = parse_read_report(payload, shard.rt.max_unread.max(1000))?;
+    let missing = shard
+        .store
+        .remove_unread(conn.slot, &conn.domain, &conn.uid, &ids)?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let list: Vec<String> = missing.iter().map(MsgId::to_hex_string).collect();
+        Err(Error::NoSuchUnread(list.join(",")))
+    }
+}
+
+/// Parses a client frame of the notify dialect into the ids of a read report (the only
+/// client event), or the error event to answer with. Pure, so it is unit-tested and
+/// fuzzed on its own.
+pub fn parse_read_report(payload: &mut [u8], max_ids: usize) -> Result<Vec<MsgId>, Error> {
     let v = json::parse(payload).ok_or(Error::BadFrame)?;
     let event = v
         .get("event")
@@ -145,7 +161,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
                 .as_array()
                 .filter(|a| !a.is_empty())
                 .ok_or(Error::field("msg_ids"))?;
-            if arr.len() > shard.rt.max_unread.max(1000) {
+            if arr.len() > max_ids {
                 return Err(Error::field("msg_ids"));
             }
             for x in arr {
@@ -158,15 +174,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
         }
         _ => return Err(Error::field("msg_id")),
     }
-    let missing = shard
-        .store
-        .remove_unread(conn.slot, &conn.domain, &conn.uid, &ids)?;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        let list: Vec<String> = missing.iter().map(MsgId::to_hex_string).collect();
-        Err(Error::NoSuchUnread(list.join(",")))
-    }
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -188,6 +196,39 @@ mod tests {
         let event: serde_json::Value = serde_json::from_slice(&n.frame[start..]).expect("json");
         assert_eq!(event["event"], 1);
         assert_eq!(event["data"]["msg"], msg);
+    }
+
+    #[test]
+    fn read_reports() {
+        let id = "612b723970fb1b158c7f8c72";
+        let parse = |t: &str| parse_read_report(&mut t.as_bytes().to_vec(), 2);
+        assert_eq!(
+            parse(&format!(r#"{{"event":3,"data":{{"msg_id":"{id}"}}}}"#)).map(|v| v.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            parse(&format!(
+                r#"{{"event":2,"data":{{"msg_ids":["{id}","{id}"]}}}}"#
+            ))
+            .map(|v| v.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            parse(&format!(
+                r#"{{"event":3,"data":{{"msg_ids":["{id}","{id}","{id}"]}}}}"#
+            )),
+            Err(Error::field("msg_ids"))
+        );
+        assert_eq!(parse("{"), Err(Error::BadFrame));
+        assert_eq!(parse(r#"{"event":3}"#), Err(Error::BadFrame));
+        assert_eq!(parse(r#"{"event":2,"data":{}}"#), Err(Error::NoSuchEvent));
+        assert_eq!(
+            parse(r#"{"event":3,"data":{"msg_id":"zz"}}"#),
+            Err(Error::field("msg_id"))
+        );
+        // Deep nesting is an error, not a crash.
+        let deep = format!("{}{}", "[".repeat(20000), "]".repeat(20000));
+        assert!(parse(&deep).is_err());
     }
 
     #[test]
