@@ -97,6 +97,66 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn effective_toml(&self) -> String {
+        let redact = |s: &str| {
+            if s == DEV_SECRET || s == DEV_ADMIN_KEY {
+                "<development value>".to_string()
+            } else {
+                format!("<set, {} bytes>", s.len())
+            }
+        };
+        let d = |x: Duration| x.as_secs_f64();
+        let offset = format!(
+            "{}{:02}:{:02}",
+            if self.utc_offset_secs < 0 { '-' } else { '+' },
+            self.utc_offset_secs.abs() / 3600,
+            (self.utc_offset_secs.abs() % 3600) / 60
+        );
+        let durability = match self.durability {
+            Durability::Sync => "sync",
+            Durability::Group => "group",
+            Durability::Async => "async",
+        };
+        format!(
+            "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nsecret = {:?}\nadmin_key = {:?}\n\
+             profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
+             sign_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
+             store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
+             max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
+             max_outbound_bytes = {}\nmax_connections = {}\nmax_messages_per_sec = {}\n\
+             ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
+             allowed_origins = {:?}\nlog_level = {:?}\n",
+            self.listen.to_string(),
+            self.data_dir.display().to_string(),
+            self.shards,
+            self.pin_cpus,
+            redact(&self.secret),
+            redact(&self.admin_key),
+            if self.production { "production" } else { "development" },
+            self.default_domain,
+            self.token_ttl_secs,
+            self.sign_window_secs,
+            self.group_commit.as_millis(),
+            self.store_cache_bytes,
+            self.max_push_uids,
+            self.max_message_bytes,
+            self.max_unread,
+            self.max_frame_bytes,
+            self.max_head_bytes,
+            self.max_headers,
+            self.max_body_bytes,
+            self.max_outbound_bytes,
+            self.max_connections,
+            self.max_messages_per_sec,
+            d(self.ping_interval),
+            d(self.idle_timeout),
+            d(self.request_timeout),
+            self.allowed_origins,
+            self.log_level.to_string().to_lowercase(),
+        )
+    }
+
     /// True while either shipped development secret is in use.
     pub fn uses_dev_secrets(&self) -> bool {
         self.secret == DEV_SECRET || self.admin_key == DEV_ADMIN_KEY
@@ -160,7 +220,7 @@ fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), Co
             }
             Some(old) if old.type_str() != value.type_str() => {
                 return Err(ConfigError(format!(
-                    "{}: key `{key}` must be a {}, found a {}",
+                    "{}: key `{key}` must be {} (found {})",
                     from.display(),
                     old.type_str(),
                     value.type_str()
@@ -382,6 +442,21 @@ mod tests {
         let rt =
             from_str("profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"").expect("ok");
         assert!(rt.production && !rt.uses_dev_secrets());
+    }
+
+    #[test]
+    fn effective_config_round_trips_without_secrets() {
+        let rt = from_str("secret = \"hunter2\"\nshards = 3\nutc_offset = \"-05:30\"").expect("ok");
+        let text = rt.effective_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("shards = 3") && text.contains("utc_offset = \"-05:30\""),
+            "{text}"
+        );
+        // Everything but the redacted secrets loads back as the same configuration.
+        let back: toml::Table = text.parse().expect("valid TOML");
+        let defaults: toml::Table = DEFAULT_TOML.parse().expect("defaults");
+        assert_eq!(back.len(), defaults.len(), "every key printed");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod dialect;
 pub mod error;
 pub mod ids;
 pub mod json;
+pub mod metrics;
 pub mod net;
 pub mod route;
 pub mod shard;

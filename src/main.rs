@@ -10,9 +10,13 @@ const USAGE: &str = "\
 shardcast — a sharded, thread-per-core WebSocket push and chat broker
 
 Usage:
-  shardcast [--config FILE]   run the broker (no FILE: the embedded tuning/default.toml)
-  shardcast --help            this text
-  shardcast --version         the version
+  shardcast [--config FILE]          run the broker (no FILE: the embedded tuning/default.toml)
+  shardcast check-config FILE        validate FILE and print the effective configuration
+  shardcast print-default-config     print the embedded tuning/default.toml
+  shardcast --help                   this text
+  shardcast --version                the version
+
+Exit codes: 0 clean shutdown, 1 a shard died, 2 bad arguments or configuration.
 ";
 
 struct Logger(log::LevelFilter);
@@ -46,6 +50,26 @@ fn main() -> ExitCode {
     let mut config: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.to_str() {
+            Some("print-default-config") => {
+                print!("{}", shardcast::config::DEFAULT_TOML);
+                return ExitCode::SUCCESS;
+            }
+            Some("check-config") => {
+                let Some(file) = args.next() else {
+                    eprintln!("shardcast: check-config needs a FILE\n\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                return match shardcast::config::load(Some(std::path::Path::new(&file)), "") {
+                    Ok(rt) => {
+                        print!("{}", rt.effective_toml());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("shardcast: {e}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
             Some("--help") | Some("-h") => {
                 print!("{USAGE}");
                 return ExitCode::SUCCESS;

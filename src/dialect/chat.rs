@@ -35,6 +35,8 @@ pub struct ChatMessage {
     /// `{"id",…,"sendAt":N` — the message object without `offline` and without its
     /// closing brace.
     pub core: Vec<u8>,
+    /// When it was created (delivery latency).
+    pub created: std::time::Instant,
 }
 
 impl ChatMessage {
@@ -77,6 +79,7 @@ impl ChatMessage {
             to: to.into(),
             from: from.into(),
             core: c,
+            created: std::time::Instant::now(),
         }
     }
 
@@ -120,10 +123,11 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         }
         sessions.add(conn.clone());
     }
-    for core in shard
+    let queued = shard
         .store
-        .take_offline(conn.slot, &conn.domain, &conn.uid)?
-    {
+        .take_offline(conn.slot, &conn.domain, &conn.uid)?;
+    crate::metrics::bump(&shard.metrics.offline_delivered, queued.len() as u64);
+    for core in queued {
         outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
     }
     Ok(())
@@ -132,6 +136,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
 /// Stores `msg` on this (the recipient's owner) shard and delivers it to every online
 /// chat resource of the recipient. Returns whether it was queued offline, once durable.
 pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
+    let started = std::time::Instant::now();
     let slot = route::slot_of(&msg.domain, &msg.to);
     let online: Vec<Rc<Conn>> = shard
         .sessions
@@ -149,7 +154,13 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
             outbound::send(conn, &f);
         }
     }
+    let m = &shard.metrics;
+    crate::metrics::bump(&m.chat_messages, 1);
+    crate::metrics::bump(&m.messages_delivered, online.len() as u64);
+    crate::metrics::bump(&m.offline_queued, u64::from(offline));
+    m.delivery.observe(msg.created.elapsed());
     shard.store.durable().await?;
+    shard.metrics.store_write.observe(started.elapsed());
     Ok(offline)
 }
 
@@ -228,7 +239,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
             Ok(_) => {}
             Err(e) => {
                 log::warn!("chat send from {}/{} failed: {e}", conn.domain, conn.uid);
-                crate::dialect::send_error(&conn, &Error::WsInternal);
+                crate::dialect::send_error(&shard, &conn, &Error::WsInternal);
             }
         }
     })

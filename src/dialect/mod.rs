@@ -18,8 +18,9 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
     if !conn.registered.get() {
         return; // a refused login that is closing
     }
+    crate::metrics::bump(&shard.metrics.messages_received, 1);
     if !shard.allow_message(conn) {
-        send_error(conn, &Error::RateLimited);
+        send_error(shard, conn, &Error::RateLimited);
         return;
     }
     let result = match conn.dialect {
@@ -27,19 +28,27 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
         Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
     };
     if let Err(e) = result {
-        send_error(conn, &e);
+        send_error(shard, conn, &e);
     }
 }
 
 /// Binary messages are not part of either dialect: 2001.
 pub fn on_binary(shard: &Shard, conn: &Conn) {
-    if conn.registered.get() && shard.allow_message(conn) {
-        send_error(conn, &Error::BadFrame);
+    if !conn.registered.get() {
+        return;
     }
+    crate::metrics::bump(&shard.metrics.messages_received, 1);
+    let e = if shard.allow_message(conn) {
+        Error::BadFrame
+    } else {
+        Error::RateLimited
+    };
+    send_error(shard, conn, &e);
 }
 
 /// Reports `e` in the connection's dialect; the connection stays open.
-pub fn send_error(conn: &Conn, e: &Error) {
+pub fn send_error(shard: &Shard, conn: &Conn, e: &Error) {
+    shard.metrics.error(e.code());
     let body = match conn.dialect {
         Dialect::Notify => notify::event0(e),
         Dialect::Chat { .. } => crate::json::error_object(e),

@@ -27,6 +27,8 @@ pub struct Notification {
     pub msg: Arc<[u8]>,
     /// The event-1 frame.
     pub frame: Frame,
+    /// When it was created (delivery latency).
+    pub created: std::time::Instant,
 }
 
 impl Notification {
@@ -54,6 +56,7 @@ impl Notification {
             create_time,
             msg: msg.into(),
             frame: frame::text(&event),
+            created: std::time::Instant::now(),
         }
     }
 }
@@ -93,6 +96,7 @@ pub async fn deliver(
     uids: Vec<(u16, String)>,
     note: Arc<Notification>,
 ) -> Result<usize, Error> {
+    let started = std::time::Instant::now();
     shard.store.add_unread(
         &domain,
         uids.iter().map(|(slot, uid)| (*slot, uid.as_str())),
@@ -110,7 +114,11 @@ pub async fn deliver(
             }
         }
     }
+    let m = &shard.metrics;
+    m.delivery.observe(note.created.elapsed());
+    crate::metrics::bump(&m.messages_delivered, online as u64);
     shard.store.durable().await?;
+    shard.metrics.store_write.observe(started.elapsed());
     Ok(online)
 }
 

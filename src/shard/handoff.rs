@@ -25,6 +25,7 @@ pub fn hand_off(shard: &Rc<Shard>, target: usize, stream: TcpStream, upgrade: Up
         }
     };
     drop(stream);
+    crate::metrics::bump(&shard.metrics.cross_shard_hops, 1);
     let sent = shard.peer(target).send(Box::new(move |owner: &Rc<Shard>| {
         // SAFETY: `fd` is an owned, open TCP socket; ownership moves into the stream.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };

@@ -26,6 +26,7 @@ pub struct InboxTx {
     waker: Arc<AtomicWaker>,
 }
 
+#[derive(Clone)]
 pub struct InboxRx {
     rx: Receiver<Envelope>,
     waker: Arc<AtomicWaker>,
@@ -49,6 +50,17 @@ impl InboxTx {
         let ok = self.tx.send(env).is_ok();
         self.waker.wake();
         ok
+    }
+}
+
+impl InboxRx {
+    /// Envelopes waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Shard {
     stop_waiters: RefCell<Vec<Waker>>,
     started: std::time::Instant,
     open_conns: Arc<AtomicUsize>,
+    pub metrics: crate::metrics::Metrics,
+    /// A second handle on this shard's inbox, only to read its depth for /metrics.
+    inbox_probe: InboxRx,
 }
 
 /// One open connection counted against `max_connections`; released on drop, on whichever
@@ -84,6 +87,7 @@ impl Shard {
         if target == self.id {
             return f(self.clone()).await;
         }
+        crate::metrics::bump(&self.metrics.cross_shard_hops, 1);
         let (tx, rx) = oneshot::channel();
         let sent = self.peers[target].send(Box::new(move |owner: &Rc<Shard>| {
             let owner = owner.clone();
@@ -122,6 +126,17 @@ impl Shard {
         let n = conn.rate_count.get() + 1;
         conn.rate_count.set(n);
         n <= self.rt.max_messages_per_sec
+    }
+
+    /// This shard's numbers for `/metrics`.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        let s = self.sessions.borrow();
+        self.metrics.snapshot(
+            self.id,
+            s.notify_count(),
+            s.count() - s.notify_count(),
+            self.inbox_probe.len(),
+        )
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -217,6 +232,8 @@ pub async fn run(seed: Seed) {
         stop_waiters: RefCell::new(Vec::new()),
         started: std::time::Instant::now(),
         open_conns: seed.open_conns,
+        metrics: crate::metrics::Metrics::default(),
+        inbox_probe: seed.inbox.clone(),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(heartbeat(shard.clone())).detach();

@@ -57,6 +57,7 @@ type Users = HashMap<Box<str>, Vec<Rc<Conn>>>;
 pub struct Sessions {
     users: HashMap<Box<str>, Users>,
     count: usize,
+    notify: usize,
 }
 
 impl Sessions {
@@ -67,8 +68,9 @@ impl Sessions {
             .or_default()
             .entry(conn.uid.clone())
             .or_default()
-            .push(conn);
+            .push(conn.clone());
         self.count += 1;
+        self.notify += usize::from(conn.is_notify());
     }
 
     pub fn remove(&mut self, conn: &Conn) {
@@ -82,6 +84,7 @@ impl Sessions {
             if let Some(i) = list.iter().position(|c| c.id == conn.id) {
                 list.swap_remove(i);
                 self.count -= 1;
+                self.notify -= usize::from(conn.is_notify());
             }
             if list.is_empty() {
                 domain.remove(&*conn.uid);
@@ -102,6 +105,10 @@ impl Sessions {
 
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    pub fn notify_count(&self) -> usize {
+        self.notify
     }
 
     pub fn for_each(&self, mut f: impl FnMut(&Rc<Conn>)) {

@@ -92,6 +92,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
     }
     shard.sessions.borrow_mut().remove(&conn);
     let code = conn.out.borrow().closing().unwrap_or(close::NORMAL);
+    shard.metrics.close(code);
     log::debug!(
         "connection {} of {}/{} closing with {code}",
         conn.id,

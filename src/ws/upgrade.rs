@@ -107,7 +107,7 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
     let (login, (domain, uid)) = match checked {
         Ok(v) => v,
         Err(e) => {
-            log::info!(
+            log::warn!(
                 "refused login ({}): {e}",
                 if up.chat { "chat" } else { "notify" }
             );

@@ -1,6 +1,7 @@
-//! Admin calls of PROTOCOL.md §2 (admin key): `POST /broadcast` — event 1 to every online
-//! notify connection of a domain, encoded once, sent on every shard, NOT persisted (no
-//! unread entry, by contract).
+//! Admin calls of PROTOCOL.md §2 (admin key): `GET /presence` and `POST /kick`, answered by
+//! the user's owner shard, and `POST /broadcast` — event 1 to every online notify
+//! connection of a domain, encoded once, sent on every shard, NOT persisted (no unread
+//! entry, by contract).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use simd_json::prelude::*;
 
 use crate::dialect::notify::Notification;
 use crate::json;
+use crate::net::http;
+use crate::route;
 use crate::shard::Shard;
 use crate::ws::outbound;
 use crate::Error;
@@ -45,6 +48,7 @@ pub async fn broadcast(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Er
                         n += 1;
                     }
                 });
+                crate::metrics::bump(&s.metrics.messages_delivered, n);
                 Ok(n)
             })
             .await?;
@@ -53,4 +57,96 @@ pub async fn broadcast(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Er
     out.extend_from_slice(&note.id.hex());
     out.extend_from_slice(format!("\",\"online\":{online}}}").as_bytes());
     Ok(out)
+}
+
+/// `GET /presence?domain=&uid=`.
+pub async fn presence(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    let domain = match http::param(q, "domain") {
+        None => shard.rt.default_domain.clone(),
+        Some(_) => super::name_param(q, "domain")?.to_string(),
+    };
+    let uid = super::name_param(q, "uid")?.to_string();
+    let owner = route::owner(route::slot_of(&domain, &uid), shard.shards());
+    shard
+        .call(owner, move |s| async move {
+            let sessions = s.sessions.borrow();
+            let conns = sessions.of(&domain, &uid);
+            let mut out =
+                format!("{{\"online\":{},\"connections\":[", !conns.is_empty()).into_bytes();
+            for (i, c) in conns.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"dialect\":");
+                json::push_str(&mut out, if c.is_notify() { "notify" } else { "chat" });
+                out.extend_from_slice(b",\"resource\":");
+                match c.resource() {
+                    Some(r) => json::push_str(&mut out, r),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(format!(",\"since\":{}}}", c.since_ms).as_bytes());
+            }
+            out.extend_from_slice(b"]}");
+            Ok(out)
+        })
+        .await
+}
+
+/// `POST /kick` `{"domain"?, "uid", "resource"?, "code"?}`: closes the user's connections
+/// (or that resource's) with `code` (default 4001).
+pub async fn kick(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+    let v = json::parse(body)
+        .filter(|v| v.is_object())
+        .ok_or(Error::param("body"))?;
+    let domain = json::name_or(
+        &v,
+        "domain",
+        &shard.rt.default_domain,
+        Error::param("domain"),
+    )?
+    .to_string();
+    let uid = json::str_of(&v, "uid")
+        .filter(|s| crate::auth::valid_name(s))
+        .ok_or(Error::param("uid"))?
+        .to_string();
+    let resource = match v.get("resource") {
+        None => None,
+        Some(r) => Some(
+            r.as_str()
+                .filter(|s| crate::auth::valid_name(s))
+                .ok_or(Error::param("resource"))?
+                .to_string(),
+        ),
+    };
+    // Codes an application may send (RFC 6455 §7.4): 1000, or 3000–4999.
+    let code = match v.get("code") {
+        None => 4001,
+        Some(c) => c
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| *c == 1000 || (3000..=4999).contains(c))
+            .ok_or(Error::param("code"))?,
+    };
+    let owner = route::owner(route::slot_of(&domain, &uid), shard.shards());
+    let closed = shard
+        .call(owner, move |s| async move {
+            let targets: Vec<_> = s
+                .sessions
+                .borrow()
+                .of(&domain, &uid)
+                .iter()
+                .filter(|c| resource.is_none() || c.resource() == resource.as_deref())
+                .cloned()
+                .collect();
+            for c in &targets {
+                outbound::close(c, code);
+            }
+            log::info!(
+                "kick: closed {} connection(s) of {domain}/{uid} with {code}",
+                targets.len()
+            );
+            Ok(targets.len())
+        })
+        .await?;
+    Ok(format!("{{\"closed\":{closed}}}").into_bytes())
 }

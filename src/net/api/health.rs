@@ -1,4 +1,5 @@
-//! `GET /healthz`: shard count and open WebSocket connections, summed over shards.
+//! `GET /healthz` (shard count and open WebSocket connections) and `GET /metrics`
+//! (Prometheus text): both ask every shard once, at request time.
 
 use std::rc::Rc;
 
@@ -17,4 +18,12 @@ pub async fn healthz(shard: &Rc<Shard>) -> Result<Vec<u8>, Error> {
         shard.shards()
     )
     .into_bytes())
+}
+
+pub async fn metrics(shard: &Rc<Shard>) -> Result<Vec<u8>, Error> {
+    let mut snaps = Vec::with_capacity(shard.shards());
+    for i in 0..shard.shards() {
+        snaps.push(shard.call(i, |s| async move { Ok(s.snapshot()) }).await?);
+    }
+    Ok(crate::metrics::render(&snaps).into_bytes())
 }

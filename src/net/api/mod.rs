@@ -14,8 +14,10 @@ use super::http::{self, Request};
 use crate::shard::Shard;
 use crate::Error;
 
-const API_PATHS: [&str; 7] = [
+const API_PATHS: [&str; 9] = [
     "/broadcast",
+    "/presence",
+    "/kick",
     "/auth/websocket",
     "/push",
     "/message",
@@ -34,10 +36,18 @@ pub async fn serve(
     req: &Request,
     body: &mut [u8],
 ) -> (u16, &'static str, Vec<u8>) {
-    let result = route(shard, req, body).await;
-    match result {
+    if req.path == "/metrics" && req.method == "GET" {
+        return match health::metrics(shard).await {
+            Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
+            Err(e) => (e.http_status(), http::JSON, crate::json::error_envelope(&e)),
+        };
+    }
+    match route(shard, req, body).await {
         Ok(content) => (200, http::JSON, crate::json::ok_envelope(&content)),
-        Err(e) => (e.http_status(), http::JSON, crate::json::error_envelope(&e)),
+        Err(e) => {
+            shard.metrics.error(e.code());
+            (e.http_status(), http::JSON, crate::json::error_envelope(&e))
+        }
     }
 }
 
@@ -54,13 +64,21 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
             admin(shard, req)?;
             message::message(shard, body).await
         }
+        ("/presence", "GET") => {
+            admin(shard, req)?;
+            admin::presence(shard, &query()?).await
+        }
+        ("/kick", "POST") => {
+            admin(shard, req)?;
+            admin::kick(shard, body).await
+        }
         ("/broadcast", "POST") => {
             admin(shard, req)?;
             admin::broadcast(shard, body).await
         }
         ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
         ("/healthz", "GET") => health::healthz(shard).await,
-        (path, _) if is_api_path(path) && path != "/metrics" => Err(Error::MethodNotAllowed),
+        (path, _) if is_api_path(path) => Err(Error::MethodNotAllowed),
         _ => Err(Error::NotFound),
     }
 }

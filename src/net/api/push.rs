@@ -55,6 +55,7 @@ pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> 
         }
     }
     let recipients = seen.len();
+    crate::metrics::bump(&shard.metrics.pushes, 1);
     let note = Arc::new(Notification::new(
         shard.ids.next(),
         title,

@@ -1,0 +1,384 @@
+//! Per-shard metrics, summed at scrape time (`GET /metrics`, Prometheus text format).
+//!
+//! Invariants: counters are plain `Cell`s of the shard that owns them — no atomics, no
+//! locks, no cross-shard traffic on the message path (STYLE.md rule 6); a scrape asks each
+//! shard once for a `Send` [`Snapshot`] through its inbox.
+
+use std::cell::Cell;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Latency bucket bounds, microseconds.
+pub const BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// Close codes counted one by one; anything else is counted as "other".
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1008, 1009, 1011, 1013, 4000];
+
+/// Error codes of PROTOCOL.md.
+pub const ERROR_CODES: [u16; 16] = [
+    1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 2000, 2001, 2002, 2003, 2004, 2005,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [Cell<u64>; 12],
+    count: Cell<u64>,
+    sum_us: Cell<u64>,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            bump(&self.buckets[i], 1);
+        }
+        bump(&self.count, 1);
+        bump(&self.sum_us, us);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].get()),
+            count: self.count.get(),
+            sum_us: self.sum_us.get(),
+        }
+    }
+}
+
+pub fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get().wrapping_add(n));
+}
+
+/// One shard's counters.
+#[derive(Default)]
+pub struct Metrics {
+    pub messages_received: Cell<u64>,
+    pub messages_delivered: Cell<u64>,
+    pub pushes: Cell<u64>,
+    pub chat_messages: Cell<u64>,
+    pub offline_queued: Cell<u64>,
+    pub offline_delivered: Cell<u64>,
+    pub cross_shard_hops: Cell<u64>,
+    pub closes: [Cell<u64>; 9],
+    pub errors: [Cell<u64>; 16],
+    pub store_write: Histogram,
+    pub delivery: Histogram,
+}
+
+impl Metrics {
+    pub fn close(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        bump(&self.closes[i], 1);
+    }
+
+    pub fn error(&self, code: u16) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            bump(&self.errors[i], 1);
+        }
+    }
+
+    pub fn snapshot(
+        &self,
+        shard: usize,
+        notify: usize,
+        chat: usize,
+        inbox_depth: usize,
+    ) -> Snapshot {
+        Snapshot {
+            shard,
+            notify,
+            chat,
+            inbox_depth,
+            messages_received: self.messages_received.get(),
+            messages_delivered: self.messages_delivered.get(),
+            pushes: self.pushes.get(),
+            chat_messages: self.chat_messages.get(),
+            offline_queued: self.offline_queued.get(),
+            offline_delivered: self.offline_delivered.get(),
+            cross_shard_hops: self.cross_shard_hops.get(),
+            closes: std::array::from_fn(|i| self.closes[i].get()),
+            errors: std::array::from_fn(|i| self.errors[i].get()),
+            store_write: self.store_write.snapshot(),
+            delivery: self.delivery.snapshot(),
+        }
+    }
+}
+
+pub struct HistogramSnapshot {
+    buckets: [u64; 12],
+    count: u64,
+    sum_us: u64,
+}
+
+/// A shard's numbers at scrape time; `Send`.
+pub struct Snapshot {
+    pub shard: usize,
+    pub notify: usize,
+    pub chat: usize,
+    pub inbox_depth: usize,
+    pub messages_received: u64,
+    pub messages_delivered: u64,
+    pub pushes: u64,
+    pub chat_messages: u64,
+    pub offline_queued: u64,
+    pub offline_delivered: u64,
+    pub cross_shard_hops: u64,
+    pub closes: [u64; 9],
+    pub errors: [u64; 16],
+    pub store_write: HistogramSnapshot,
+    pub delivery: HistogramSnapshot,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_{name} {help}\n# TYPE shardcast_{name} {kind}"
+    );
+}
+
+fn per_shard(
+    out: &mut String,
+    shards: &[Snapshot],
+    name: &str,
+    kind: &str,
+    help: &str,
+    f: impl Fn(&Snapshot) -> u64,
+) {
+    header(out, name, kind, help);
+    for s in shards {
+        let _ = writeln!(out, "shardcast_{name}{{shard=\"{}\"}} {}", s.shard, f(s));
+    }
+}
+
+fn histogram(
+    out: &mut String,
+    shards: &[Snapshot],
+    name: &str,
+    help: &str,
+    f: impl Fn(&Snapshot) -> &HistogramSnapshot,
+) {
+    header(out, name, "histogram", help);
+    for s in shards {
+        let h = f(s);
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS_US.iter().enumerate() {
+            cumulative += h.buckets[i];
+            let le = *b as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "shardcast_{name}_bucket{{shard=\"{}\",le=\"{le}\"}} {cumulative}",
+                s.shard
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shardcast_{name}_bucket{{shard=\"{}\",le=\"+Inf\"}} {}",
+            s.shard, h.count
+        );
+        let _ = writeln!(
+            out,
+            "shardcast_{name}_sum{{shard=\"{}\"}} {}",
+            s.shard,
+            h.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "shardcast_{name}_count{{shard=\"{}\"}} {}",
+            s.shard, h.count
+        );
+    }
+}
+
+/// The Prometheus text exposition of all shards plus process figures.
+pub fn render(shards: &[Snapshot]) -> String {
+    let mut out = String::with_capacity(8192);
+    header(
+        &mut out,
+        "connections",
+        "gauge",
+        "Open WebSocket connections.",
+    );
+    for s in shards {
+        let _ = writeln!(
+            out,
+            "shardcast_connections{{shard=\"{}\",dialect=\"notify\"}} {}",
+            s.shard, s.notify
+        );
+        let _ = writeln!(
+            out,
+            "shardcast_connections{{shard=\"{}\",dialect=\"chat\"}} {}",
+            s.shard, s.chat
+        );
+    }
+    per_shard(
+        &mut out,
+        shards,
+        "messages_received_total",
+        "counter",
+        "Client WebSocket messages received.",
+        |s| s.messages_received,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "messages_delivered_total",
+        "counter",
+        "Frames of notifications and chat messages queued to connections.",
+        |s| s.messages_delivered,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "pushes_total",
+        "counter",
+        "POST /push calls served.",
+        |s| s.pushes,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "chat_messages_total",
+        "counter",
+        "Chat messages stored on their recipient's shard.",
+        |s| s.chat_messages,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "offline_queued_total",
+        "counter",
+        "Chat messages queued for an offline recipient.",
+        |s| s.offline_queued,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "offline_delivered_total",
+        "counter",
+        "Queued chat messages delivered at login.",
+        |s| s.offline_delivered,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "cross_shard_hops_total",
+        "counter",
+        "Envelopes sent to another shard's inbox.",
+        |s| s.cross_shard_hops,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "inbox_depth",
+        "gauge",
+        "Envelopes waiting in the shard's inbox.",
+        |s| s.inbox_depth as u64,
+    );
+    histogram(
+        &mut out,
+        shards,
+        "store_write_seconds",
+        "Store write plus commit, per push or chat message on the owner shard.",
+        |s| &s.store_write,
+    );
+    histogram(
+        &mut out,
+        shards,
+        "delivery_seconds",
+        "From message creation to its frames being queued on the owner shard.",
+        |s| &s.delivery,
+    );
+    header(
+        &mut out,
+        "closes_total",
+        "counter",
+        "WebSocket closes by close code.",
+    );
+    for s in shards {
+        for (i, n) in s.closes.iter().enumerate() {
+            let code = CLOSE_CODES
+                .get(i)
+                .map_or("other".to_string(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "shardcast_closes_total{{shard=\"{}\",code=\"{code}\"}} {n}",
+                s.shard
+            );
+        }
+    }
+    header(
+        &mut out,
+        "errors_total",
+        "counter",
+        "Errors answered, by protocol code.",
+    );
+    for s in shards {
+        for (i, n) in s.errors.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_errors_total{{shard=\"{}\",code=\"{}\"}} {n}",
+                s.shard, ERROR_CODES[i]
+            );
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let open_files = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    header(
+        &mut out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+    );
+    let _ = writeln!(
+        out,
+        "shardcast_process_resident_memory_bytes {}",
+        rss_kib * 1024
+    );
+    header(
+        &mut out,
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+    );
+    let _ = writeln!(out, "shardcast_process_open_fds {open_files}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_text() {
+        let m = Metrics::default();
+        m.store_write.observe(Duration::from_micros(40));
+        m.store_write.observe(Duration::from_micros(700));
+        m.store_write.observe(Duration::from_secs(2));
+        m.close(1013);
+        m.close(3999);
+        m.error(2005);
+        let text = render(&[m.snapshot(0, 1, 2, 0)]);
+        assert!(
+            text.contains("shardcast_store_write_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("shardcast_store_write_seconds_bucket{shard=\"0\",le=\"0.001\"} 2"));
+        assert!(text.contains("shardcast_store_write_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3"));
+        assert!(text.contains("shardcast_store_write_seconds_count{shard=\"0\"} 3"));
+        assert!(text.contains("shardcast_closes_total{shard=\"0\",code=\"1013\"} 1"));
+        assert!(text.contains("shardcast_closes_total{shard=\"0\",code=\"other\"} 1"));
+        assert!(text.contains("shardcast_errors_total{shard=\"0\",code=\"2005\"} 1"));
+        assert!(text.contains("shardcast_connections{shard=\"0\",dialect=\"chat\"} 2"));
+    }
+}
