@@ -72,7 +72,7 @@ impl Drop for ExitNotice {
 pub fn start(rt: Runtime) -> Result<Server, String> {
     std::fs::create_dir_all(&rt.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
-    store::check_meta(&rt.data_dir, rt.shards)?;
+    store::migrate::prepare(&rt)?;
     let mut dbs = Vec::with_capacity(rt.shards);
     for i in 0..rt.shards {
         dbs.push(store::open_db(&rt, i)?);

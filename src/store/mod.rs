@@ -9,8 +9,8 @@
 
 pub mod commit;
 pub mod keys;
+pub mod migrate;
 
-use std::path::Path;
 use std::rc::Rc;
 
 use sled::IVec;
@@ -19,9 +19,6 @@ use crate::auth::Token;
 use crate::config::Runtime;
 use crate::dialect::chat::ChatMessage;
 use crate::Error;
-
-/// The current on-disk format; stored in `data_dir/shardcast.meta`.
-pub const FORMAT: u32 = 1;
 
 pub struct Store {
     db: sled::Db,
@@ -37,30 +34,6 @@ pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
         .flush_every_ms(Some(500))
         .open()
         .map_err(|e| format!("cannot open store {}: {e}", path.display()))
-}
-
-/// Checks (or, for a new directory, writes) the layout the data was written with.
-pub fn check_meta(data_dir: &Path, shards: usize) -> Result<(), String> {
-    let path = data_dir.join("shardcast.meta");
-    let want = format!(
-        "format = {FORMAT}\nslots = {}\nshards = {shards}\n",
-        crate::route::SLOTS
-    );
-    match std::fs::read_to_string(&path) {
-        Ok(have) if have == want => Ok(()),
-        Ok(have) => Err(format!(
-            "{} was written with a different layout:\n{have}but this start asks for:\n{want}\
-             Start with the shard count the data was written with (resharding is not implemented yet).",
-            path.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = data_dir.join("shardcast.meta.tmp");
-            std::fs::write(&tmp, want.as_bytes())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
 }
 
 /// One page of chat history, newest first.

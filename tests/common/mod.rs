@@ -23,33 +23,62 @@ pub struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
+    keys: BTreeMap<String, String>,
 }
 
 impl Server {
     /// Starts a broker with 2 shards; `overrides` are `key = value` TOML lines.
     pub fn start(overrides: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
-        keys.insert("listen", "\"127.0.0.1:0\"".into());
-        keys.insert("data_dir", format!("{:?}", dir.path().join("data")));
-        keys.insert("shards", "2".into());
-        keys.insert("secret", format!("{SECRET:?}"));
-        keys.insert("admin_key", format!("{ADMIN:?}"));
-        keys.insert("log_level", "\"warn\"".into());
+        let mut keys: BTreeMap<String, String> = BTreeMap::new();
+        keys.insert("listen".into(), "\"127.0.0.1:0\"".into());
+        keys.insert("data_dir".into(), format!("{:?}", dir.path().join("data")));
+        keys.insert("shards".into(), "2".into());
+        keys.insert("secret".into(), format!("{SECRET:?}"));
+        keys.insert("admin_key".into(), format!("{ADMIN:?}"));
+        keys.insert("log_level".into(), "\"warn\"".into());
         for (k, v) in overrides {
-            keys.insert(k, v.to_string());
+            keys.insert(k.to_string(), v.to_string());
         }
-        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let config = dir.path().join("shardcast.toml");
-        std::fs::write(&config, text).expect("write config");
         let mut s = Server {
             addr: "127.0.0.1:1".parse().expect("addr"),
             child: None,
             dir,
             config,
+            keys,
         };
+        s.write_config();
         s.spawn();
         s
+    }
+
+    fn write_config(&self) {
+        let text: String = self
+            .keys
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Changes one config key for the next start.
+    pub fn reconfigure(&mut self, key: &str, value: &str) {
+        self.keys.insert(key.to_string(), value.to_string());
+        self.write_config();
+    }
+
+    /// Starts the broker without waiting for it to listen (for killing it mid-start).
+    pub fn spawn_detached(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shardcast");
+        self.child = Some(child);
     }
 
     fn spawn(&mut self) {

@@ -1,0 +1,199 @@
+//! The data directory's layout record and resharding (DESIGN.md "Config"; STYLE.md rule 4).
+//!
+//! `data_dir/shardcast.meta` records the format, `SLOTS` and the shard count the data was
+//! written with. When a start asks for another shard count, every key moves to the shard
+//! that owns its slot under the new count before anything is served.
+//!
+//! Invariants (crash safety): the meta file says `migrating_to = N` before the first key
+//! moves and is rewritten, atomically, only after the last one has; a key is copied to its
+//! new shard and that shard flushed before it is removed from the old one, so a kill at
+//! any point leaves every key in at least one place and the next start simply runs the
+//! move again (copying is idempotent: nothing else writes while it runs).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Runtime;
+use crate::route::{owner, SLOTS};
+
+/// The on-disk format.
+pub const FORMAT: i64 = 1;
+
+/// Keys moved per batch (bounds memory during a migration).
+const BATCH: usize = 10_000;
+
+struct Meta {
+    shards: usize,
+    migrating_to: Option<usize>,
+}
+
+fn meta_path(dir: &Path) -> PathBuf {
+    dir.join("shardcast.meta")
+}
+
+fn read_meta(dir: &Path) -> Result<Option<Meta>, String> {
+    let path = meta_path(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let bad = |why: &str| {
+        format!(
+            "{}: {why}; it was not written by this shardcast",
+            path.display()
+        )
+    };
+    let t: toml::Table = text.parse().map_err(|_| bad("not valid TOML"))?;
+    let int = |k: &str| t.get(k).and_then(|v| v.as_integer());
+    if int("format") != Some(FORMAT) {
+        return Err(bad(&format!("format is not {FORMAT}")));
+    }
+    if int("slots") != i64::try_from(SLOTS).ok() {
+        return Err(bad(&format!("slots is not {SLOTS}")));
+    }
+    let count = |k: &str| {
+        int(k)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+    };
+    Ok(Some(Meta {
+        shards: count("shards").ok_or_else(|| bad("no shard count"))?,
+        migrating_to: count("migrating_to"),
+    }))
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
+    let mut text = format!(
+        "format = {FORMAT}\nslots = {SLOTS}\nshards = {}\n",
+        meta.shards
+    );
+    if let Some(n) = meta.migrating_to {
+        text.push_str(&format!("migrating_to = {n}\n"));
+    }
+    let tmp = dir.join("shardcast.meta.tmp");
+    let path = meta_path(dir);
+    std::fs::write(&tmp, text.as_bytes())
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Makes the data directory match `rt.shards` before the shards start: records the layout
+/// of a new directory, or moves every slot to its new owner (finishing an interrupted
+/// move first).
+pub fn prepare(rt: &Runtime) -> Result<(), String> {
+    let dir = rt.data_dir.as_path();
+    let Some(meta) = read_meta(dir)? else {
+        return write_meta(
+            dir,
+            &Meta {
+                shards: rt.shards,
+                migrating_to: None,
+            },
+        );
+    };
+    if meta.shards == rt.shards && meta.migrating_to.is_none() {
+        return Ok(());
+    }
+    log::warn!(
+        "resharding {}: {} → {} shards{}; nothing is served until it is done",
+        dir.display(),
+        meta.shards,
+        rt.shards,
+        meta.migrating_to.map_or(String::new(), |n| format!(
+            " (an interrupted move to {n} shards is redone)"
+        ))
+    );
+    write_meta(
+        dir,
+        &Meta {
+            shards: meta.shards,
+            migrating_to: Some(rt.shards),
+        },
+    )?;
+    let moved = move_slots(rt, meta.shards.max(meta.migrating_to.unwrap_or(0)))?;
+    write_meta(
+        dir,
+        &Meta {
+            shards: rt.shards,
+            migrating_to: None,
+        },
+    )?;
+    log::warn!("resharding done: {moved} keys moved; {} shards", rt.shards);
+    Ok(())
+}
+
+/// Moves every key of shard directories `0..max(old, new)` to `owner(slot, new)`.
+fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
+    let target = rt.shards;
+    let span = old.max(target);
+    let mut dbs = Vec::with_capacity(span);
+    for i in 0..span {
+        dbs.push(super::open_db(rt, i)?);
+    }
+    let err = |e: sled::Error| format!("resharding: store error: {e}");
+    let mut moved = 0u64;
+    for (i, db) in dbs.iter().enumerate() {
+        // Resume after the last key looked at: keys that stay are read once.
+        let mut after: Option<sled::IVec> = None;
+        loop {
+            let mut out: Vec<sled::Batch> = (0..target).map(|_| sled::Batch::default()).collect();
+            let mut touched = vec![false; target];
+            let mut remove = sled::Batch::default();
+            let mut n = 0;
+            let range = match &after {
+                None => db.range::<&[u8], _>(..),
+                Some(k) => db.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(k.as_ref()),
+                    std::ops::Bound::Unbounded,
+                )),
+            };
+            let mut last = None;
+            for kv in range {
+                let (k, v) = kv.map_err(err)?;
+                last = Some(k.clone());
+                let slot = match k.get(..2) {
+                    Some(b) => u16::from_be_bytes([b[0], b[1]]),
+                    None => continue,
+                };
+                if usize::from(slot) >= SLOTS {
+                    continue;
+                }
+                let j = owner(slot, target);
+                if j == i {
+                    continue;
+                }
+                out[j].insert(k.clone(), v);
+                touched[j] = true;
+                remove.remove(k);
+                n += 1;
+                if n == BATCH {
+                    break;
+                }
+            }
+            for (j, batch) in out.into_iter().enumerate() {
+                if touched[j] {
+                    dbs[j].apply_batch(batch).map_err(err)?;
+                    dbs[j].flush().map_err(err)?;
+                }
+            }
+            if n > 0 {
+                db.apply_batch(remove).map_err(err)?;
+                db.flush().map_err(err)?;
+                moved += n as u64;
+            }
+            if n < BATCH {
+                break;
+            }
+            after = last;
+        }
+    }
+    drop(dbs);
+    for i in target..span {
+        let path = rt.data_dir.join(format!("shard-{i}"));
+        std::fs::remove_dir_all(&path)
+            .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    }
+    Ok(moved)
+}
