@@ -50,6 +50,10 @@ struct File {
     request_timeout_secs: f64,
     profile: String,
     allowed_origins: Vec<String>,
+    retention_interval_secs: f64,
+    history_max_age_secs: u64,
+    history_max_per_user: u64,
+    offline_ttl_secs: u64,
     log_level: String,
 }
 
@@ -93,6 +97,10 @@ pub struct Runtime {
     pub request_timeout: Duration,
     pub production: bool,
     pub allowed_origins: Vec<String>,
+    pub retention_interval: Duration,
+    pub history_max_age_secs: u64,
+    pub history_max_per_user: u64,
+    pub offline_ttl_secs: u64,
     pub log_level: log::LevelFilter,
 }
 
@@ -126,7 +134,8 @@ impl Runtime {
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
              max_outbound_bytes = {}\nmax_connections = {}\nmax_messages_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
-             allowed_origins = {:?}\nlog_level = {:?}\n",
+             allowed_origins = {:?}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
+             history_max_per_user = {}\noffline_ttl_secs = {}\nlog_level = {:?}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.shards,
@@ -153,6 +162,10 @@ impl Runtime {
             d(self.idle_timeout),
             d(self.request_timeout),
             self.allowed_origins,
+            d(self.retention_interval),
+            self.history_max_age_secs,
+            self.history_max_per_user,
+            self.offline_ttl_secs,
             self.log_level.to_string().to_lowercase(),
         )
     }
@@ -321,6 +334,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     let ping_interval = secs("ping_interval_secs", f.ping_interval_secs)?;
     let idle_timeout = secs("idle_timeout_secs", f.idle_timeout_secs)?;
     let request_timeout = secs("request_timeout_secs", f.request_timeout_secs)?;
+    let retention_interval = secs("retention_interval_secs", f.retention_interval_secs)?;
     if f.max_connections == 0 {
         return Err(bad("max_connections", "must be at least 1"));
     }
@@ -376,6 +390,10 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         request_timeout,
         production,
         allowed_origins: f.allowed_origins,
+        retention_interval,
+        history_max_age_secs: f.history_max_age_secs,
+        history_max_per_user: f.history_max_per_user,
+        offline_ttl_secs: f.offline_ttl_secs,
         log_level,
     })
 }

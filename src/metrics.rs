@@ -65,6 +65,8 @@ pub struct Metrics {
     pub errors: [Cell<u64>; 16],
     pub store_write: Histogram,
     pub delivery: Histogram,
+    /// Removed by retention: tokens, unread, offline, history.
+    pub retention_removed: [Cell<u64>; 4],
 }
 
 impl Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
             errors: std::array::from_fn(|i| self.errors[i].get()),
             store_write: self.store_write.snapshot(),
             delivery: self.delivery.snapshot(),
+            retention_removed: std::array::from_fn(|i| self.retention_removed[i].get()),
         }
     }
 }
@@ -132,6 +135,7 @@ pub struct Snapshot {
     pub errors: [u64; 16],
     pub store_write: HistogramSnapshot,
     pub delivery: HistogramSnapshot,
+    pub retention_removed: [u64; 4],
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -323,6 +327,21 @@ pub fn render(shards: &[Snapshot]) -> String {
                 out,
                 "shardcast_errors_total{{shard=\"{}\",code=\"{}\"}} {n}",
                 s.shard, ERROR_CODES[i]
+            );
+        }
+    }
+    header(
+        &mut out,
+        "retention_removed_total",
+        "counter",
+        "Entries removed by retention, by kind.",
+    );
+    for s in shards {
+        for (i, kind) in ["token", "unread", "offline", "history"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_retention_removed_total{{shard=\"{}\",kind=\"{kind}\"}} {}",
+                s.shard, s.retention_removed[i]
             );
         }
     }

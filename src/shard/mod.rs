@@ -199,6 +199,57 @@ async fn heartbeat(shard: Rc<Shard>) {
     }
 }
 
+/// Runs a retention pass every `retention_interval`, one step of the store at a time with
+/// a yield between steps, so the message path is never held up by more than one step.
+async fn retention(shard: Rc<Shard>) {
+    let rt = &shard.rt;
+    let policy = crate::store::retain::Policy {
+        max_unread: rt.max_unread,
+        history_max_age_secs: rt.history_max_age_secs,
+        history_max_per_user: rt.history_max_per_user,
+        offline_ttl_secs: rt.offline_ttl_secs,
+    };
+    loop {
+        futures_lite::future::or(
+            glommio::timer::sleep(rt.retention_interval),
+            shard.stopped(),
+        )
+        .await;
+        if shard.is_stopping() {
+            return;
+        }
+        let now = crate::ids::now_secs();
+        let mut removed = crate::store::retain::Removed::default();
+        let mut after: Option<sled::IVec> = None;
+        loop {
+            match shard
+                .store
+                .retain_step(after.as_deref(), &policy, now, &mut removed)
+            {
+                Ok(Some(k)) => after = Some(k),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("shard {}: retention step failed: {e}", shard.id);
+                    break;
+                }
+            }
+            glommio::executor().yield_now().await;
+        }
+        let counts = [
+            removed.tokens,
+            removed.unread,
+            removed.offline,
+            removed.history,
+        ];
+        for (cell, n) in shard.metrics.retention_removed.iter().zip(counts) {
+            crate::metrics::bump(cell, n);
+        }
+        if counts.iter().sum::<u64>() > 0 {
+            log::info!("shard {}: retention removed {removed:?}", shard.id);
+        }
+    }
+}
+
 /// What a shard thread needs to start; all `Send`.
 pub struct Seed {
     pub id: usize,
@@ -237,6 +288,7 @@ pub async fn run(seed: Seed) {
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(heartbeat(shard.clone())).detach();
+    glommio::spawn_local(retention(shard.clone())).detach();
     // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
     let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
     crate::net::accept::accept_loop(shard.clone(), listener).await;

@@ -9,6 +9,8 @@
 //! slot h user                               → last history seq (u64)
 //! slot F user(to) user(from) fseq(8)        → seq(8) of that message in H
 //! slot f user(to) user(from)                → last fseq (u64)
+//! slot g user                               → first retained history seq (absent: 1)
+//! slot e user(to) user(from)                → first retained fseq (absent: 1)
 //! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
 //! ```
 //! Invariant: domain and uid are 1..=128 bytes (auth::valid_name), so each length fits in
@@ -21,6 +23,16 @@ pub const HISTORY: u8 = b'H';
 pub const HISTORY_SEQ: u8 = b'h';
 pub const FROM: u8 = b'F';
 pub const FROM_SEQ: u8 = b'f';
+pub const HISTORY_FIRST: u8 = b'g';
+pub const FROM_FIRST: u8 = b'e';
+
+/// Length of the `slot kind user` prefix of a key, if it has one.
+pub fn user_prefix_len(key: &[u8]) -> Option<usize> {
+    let dlen = usize::from(*key.get(3)?);
+    let ulen = usize::from(*key.get(4 + dlen)?);
+    let end = 5 + dlen + ulen;
+    (key.len() >= end).then_some(end)
+}
 
 fn push_name(out: &mut Vec<u8>, s: &str) {
     // Names are validated to at most 128 bytes before they reach the store.
@@ -100,6 +112,16 @@ mod tests {
         assert_eq!(&a[..3], &[0, 1, UNREAD]);
         let p = pair(7, FROM, "d", "to", "from");
         assert!(p.starts_with(&user(7, FROM, "d", "to")));
+    }
+
+    #[test]
+    fn user_prefixes() {
+        let k = with_suffix(user(9, HISTORY, "dom", "uid"), &5u64.to_be_bytes());
+        assert_eq!(
+            user_prefix_len(&k),
+            Some(user(9, HISTORY, "dom", "uid").len())
+        );
+        assert_eq!(user_prefix_len(&[0, 1, b'H', 200]), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod commit;
 pub mod keys;
 pub mod migrate;
+pub mod retain;
 
 use std::rc::Rc;
 
@@ -217,30 +218,29 @@ impl Store {
         page: u64,
         size: u64,
     ) -> Result<HistoryPage, Error> {
-        let (total, index_prefix) = match from {
+        // Sequence numbers are dense between the first retained one and the last one, so
+        // a page is a range of them: no scan, whatever the history's length.
+        let (last_key, first_key, index_prefix) = match from {
             None => (
-                keys::u64_value(
-                    self.db
-                        .get(keys::user(slot, keys::HISTORY_SEQ, domain, to))?
-                        .as_deref(),
-                ),
+                keys::user(slot, keys::HISTORY_SEQ, domain, to),
+                keys::user(slot, keys::HISTORY_FIRST, domain, to),
                 None,
             ),
             Some(from) => (
-                keys::u64_value(
-                    self.db
-                        .get(keys::pair(slot, keys::FROM_SEQ, domain, to, from))?
-                        .as_deref(),
-                ),
+                keys::pair(slot, keys::FROM_SEQ, domain, to, from),
+                keys::pair(slot, keys::FROM_FIRST, domain, to, from),
                 Some(keys::pair(slot, keys::FROM, domain, to, from)),
             ),
         };
+        let last = keys::u64_value(self.db.get(last_key)?.as_deref());
+        let first = keys::u64_value(self.db.get(first_key)?.as_deref()).max(1);
+        let total = (last + 1).saturating_sub(first);
         let skip = page.saturating_sub(1).saturating_mul(size);
         let mut items = Vec::new();
         let history = keys::user(slot, keys::HISTORY, domain, to);
         if skip < total {
-            let newest = total - skip;
-            let oldest = newest.saturating_sub(size) + 1;
+            let newest = last - skip;
+            let oldest = (newest.saturating_sub(size) + 1).max(first);
             for n in (oldest..=newest).rev() {
                 let seq = match &index_prefix {
                     None => n,
