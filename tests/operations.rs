@@ -61,6 +61,21 @@ fn cli_commands_and_exit_codes() {
         let (code, _, err) = shardcast(&["--config", bad.to_str().expect("path")]);
         assert!(code == 2 && err.contains(word), "{text}: {err}");
     }
+    // The production profile refuses the development secrets it ships with.
+    let prod = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/dedicated-host.toml");
+    let (code, _, err) = shardcast(&["check-config", prod]);
+    assert!(code == 2 && err.contains("profile"), "{err}");
+    let text = std::fs::read_to_string(prod)
+        .expect("read")
+        .replace("dev-secret-change-me", "s1")
+        .replace("dev-admin-key-change-me", "a1");
+    let mine = dir.path().join("prod.toml");
+    std::fs::write(&mine, text).expect("write");
+    let (code, out, err) = shardcast(&["check-config", mine.to_str().expect("path")]);
+    assert!(
+        code == 0 && out.contains("profile = \"production\"") && out.contains("pin_cpus = true"),
+        "{err}"
+    );
     let (code, _, err) = shardcast(&["--config", "/nonexistent/shardcast.toml"]);
     assert!(
         code == 2 && err.contains("/nonexistent/shardcast.toml"),
