@@ -1,46 +1,39 @@
 //! shardcast-bench: the load generator (a separate binary, so the server stays lean).
 //!
-//! Scenario implemented so far: `idle` — start a broker, open N notify connections through
-//! the real token + upgrade path, hold them, and report connections/s and the broker's RSS
-//! per connection (from /proc/<pid>/status). Loopback only; every loop is bounded in count
-//! and time.
+//! Scenarios (each prints a human summary and one JSON line):
+//! - `idle`:  open N WebSocket subscribers through the real login path, hold them, report
+//!   connections/s and the server's RSS per connection.
+//! - `push`:  N online subscribers, P keep-alive publishers publishing to random single
+//!   users; closed loop (`--rate 0`) or open loop at `--rate` msgs/s; delivered msgs/s,
+//!   delivery latency p50/p99/p999/max (from the *scheduled* send time in open loop, so
+//!   queueing is not hidden), lost and duplicated messages (every subscriber checks each
+//!   message addressed to it arrives exactly once), server CPU µs per delivered message.
+//! - `chat`:  N pairs of chat users on `/ws`, each sending to its partner; msgs/s and
+//!   end-to-end latency, history persisted (shardcast only).
+//! - `storm`: connect/disconnect churn; handshakes/s and handshake latency (for shardcast
+//!   the token fetch and the unread list are included).
 //!
-//! Usage: shardcast-bench idle [--conns N] [--shards S] [--server PATH]
+//! Targets: `shardcast` (started by the generator unless `--addr` and `--pid` are given) or
+//! `nchan` (`--addr` and `--pid` of an nginx+nchan started by `benches/compare.sh`).
+//! Loopback only; every loop is bounded in count and time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench-secret";
 const ADMIN: &str = "bench-admin";
+/// No scenario runs longer than this.
 const DEADLINE: Duration = Duration::from_secs(300);
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let scenario = args.first().map(String::as_str).unwrap_or("");
-    let opt = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| die(&format!("{name} needs a number")))
-            })
-            .unwrap_or(default)
-    };
-    let server = args
-        .iter()
-        .position(|a| a == "--server")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| {
-            let me = std::env::current_exe().unwrap_or_else(|_| die("cannot find own path"));
-            me.with_file_name("shardcast").display().to_string()
-        });
-    match scenario {
-        "idle" => idle(&server, opt("--conns", 10_000), opt("--shards", 2)),
-        _ => die("usage: shardcast-bench idle [--conns N] [--shards S] [--server PATH]"),
-    }
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn die(msg: &str) -> ! {
@@ -48,18 +41,93 @@ fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
+struct Opts {
+    args: Vec<String>,
+}
+
+impl Opts {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.args.get(i + 1))
+            .map(String::as_str)
+    }
+    fn num(&self, name: &str, default: u64) -> u64 {
+        self.get(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| die(&format!("{name} needs a number")))
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Shardcast,
+    Nchan,
+}
+
+struct Target {
+    kind: Kind,
+    addr: String,
+    pids: Vec<u32>,
+    shards: u64,
+    _broker: Option<Broker>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = Opts { args };
+    let scenario = o.args.first().cloned().unwrap_or_default();
+    let kind = match o.get("--target").unwrap_or("shardcast") {
+        "shardcast" => Kind::Shardcast,
+        "nchan" => Kind::Nchan,
+        other => die(&format!("unknown target {other}")),
+    };
+    let shards = o.num("--shards", 2);
+    let target = match (o.get("--addr"), o.get("--pid")) {
+        (Some(addr), Some(pids)) => Target {
+            kind,
+            addr: addr.to_string(),
+            pids: pids
+                .split(',')
+                .map(|p| p.parse().unwrap_or_else(|_| die("--pid takes pids")))
+                .collect(),
+            shards,
+            _broker: None,
+        },
+        _ if kind == Kind::Nchan => die("nchan needs --addr and --pid (see benches/compare.sh)"),
+        _ => {
+            let server = o.get("--server").map(str::to_string).unwrap_or_else(|| {
+                let me = std::env::current_exe().unwrap_or_else(|_| die("own path"));
+                me.with_file_name("shardcast").display().to_string()
+            });
+            let broker = start_broker(&server, shards, o.get("--durability").unwrap_or("group"));
+            Target {
+                kind,
+                addr: broker.addr.clone(),
+                pids: vec![broker.child.id()],
+                shards,
+                _broker: Some(broker),
+            }
+        }
+    };
+    now_ns();
+    match scenario.as_str() {
+        "idle" => idle(&target, o.num("--conns", 10_000) as usize),
+        "push" => push(&target, &o),
+        "chat" => chat(&target, &o),
+        "storm" => storm(&target, &o),
+        _ => die("usage: shardcast-bench idle|push|chat|storm [--target shardcast|nchan] [--addr A --pid P] [--shards N] ..."),
+    }
+}
+
+// ---------------------------------------------------------------- the broker under test
+
 struct Broker {
     child: std::process::Child,
     addr: String,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Broker {
@@ -67,18 +135,23 @@ impl Drop for Broker {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn start_broker(server: &str, shards: usize) -> Broker {
+fn start_broker(server: &str, shards: u64, durability: &str) -> Broker {
     let dir = std::env::temp_dir().join(format!("shardcast-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("temp dir: {e}")));
     let config = dir.join("bench.toml");
+    // Heartbeats off for the run (the generator's readers do not answer pings), limits
+    // that let one client send as fast as it can.
     std::fs::write(
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshards = {shards}\nsecret = \"{SECRET}\"\n\
-             admin_key = \"{ADMIN}\"\nlog_level = \"warn\"\n",
+             admin_key = \"{ADMIN}\"\nlog_level = \"warn\"\ndurability = \"{durability}\"\n\
+             ping_interval_secs = 3600.0\nidle_timeout_secs = 7200.0\nmax_messages_per_sec = 1000000\n",
             dir.join("data")
         ),
     )
@@ -99,24 +172,55 @@ fn start_broker(server: &str, shards: usize) -> Broker {
         .strip_prefix("shardcast listening on ")
         .unwrap_or_else(|| die(&format!("unexpected broker output {line:?}")))
         .to_string();
-    Broker {
-        child,
-        addr,
-        _dir: TempDir(dir),
-    }
+    Broker { child, addr, dir }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+fn proc_field(pid: u32, f: impl Fn(&str) -> Option<u64>) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| f(&s))
         .unwrap_or(0)
 }
+
+/// utime + stime of the target's processes, µs.
+fn cpu_us(t: &Target) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    t.pids
+        .iter()
+        .map(|&p| {
+            proc_field(p, |s| {
+                // Fields after the command name (which may hold spaces) start at ')'.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+        })
+        .sum::<u64>()
+        * 1_000_000
+        / hz
+}
+
+fn rss_kib(t: &Target) -> u64 {
+    t.pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------- HTTP and WebSocket
 
 fn md5_hex(s: &str) -> String {
     use md5::{Digest, Md5};
@@ -126,123 +230,629 @@ fn md5_hex(s: &str) -> String {
         .collect()
 }
 
-/// Issues tokens for `uids` over one keep-alive connection.
-fn tokens(addr: &str, uids: &[String]) -> Vec<String> {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect: {e}")));
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut r = BufReader::new(
-        s.try_clone()
-            .unwrap_or_else(|e| die(&format!("clone: {e}"))),
-    );
-    let mut out = Vec::with_capacity(uids.len());
-    // Pipelined in batches, so that one group commit serves a whole batch.
-    for batch in uids.chunks(256) {
-        let mut reqs = String::new();
-        for uid in batch {
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .to_string();
-            let sign = md5_hex(&(md5_hex(uid) + &md5_hex(&ts) + &md5_hex(SECRET)));
-            reqs.push_str(&format!(
-                "GET /auth/websocket?uid={uid}&timestamp={ts}&sign={sign} HTTP/1.1\r\nHost: b\r\n\r\n"
-            ));
-        }
-        s.write_all(reqs.as_bytes())
-            .unwrap_or_else(|e| die(&format!("write: {e}")));
-        for _ in batch {
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line)
-                    .unwrap_or_else(|e| die(&format!("read: {e}")));
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            r.read_exact(&mut body)
-                .unwrap_or_else(|e| die(&format!("body: {e}")));
-            let body = String::from_utf8_lossy(&body);
-            let token = body
-                .split("\"token\":\"")
-                .nth(1)
-                .and_then(|t| t.get(..32))
-                .unwrap_or_else(|| die(&format!("no token in {body}")));
-            out.push(token.to_string());
-        }
-    }
-    out
+/// A keep-alive HTTP/1.1 client.
+struct Http {
+    s: TcpStream,
+    buf: Vec<u8>,
 }
 
-/// Opens a notify connection and reads the 101 and the event-2 frame.
-fn connect(addr: &str, token: &str) -> TcpStream {
+impl Http {
+    fn connect(addr: &str) -> Http {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect {addr}: {e}")));
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let _ = s.set_nodelay(true);
+        Http { s, buf: Vec::new() }
+    }
+
+    /// Sends one request and returns the response body.
+    fn call(&mut self, method: &str, target: &str, auth: Option<&str>, body: &str) -> Vec<u8> {
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: Bearer {a}\r\n"));
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: b\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.s
+            .write_all(req.as_bytes())
+            .unwrap_or_else(|e| die(&format!("write: {e}")));
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = self
+                .buf
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4)
+            {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + len {
+                    if !head.starts_with("http/1.1 2") {
+                        die(&format!(
+                            "{target}: {}",
+                            String::from_utf8_lossy(&self.buf[..end + len])
+                        ));
+                    }
+                    let body = self.buf[end..end + len].to_vec();
+                    self.buf.drain(..end + len);
+                    return body;
+                }
+            }
+            let n = self
+                .s
+                .read(&mut chunk)
+                .unwrap_or_else(|e| die(&format!("read: {e}")));
+            if n == 0 {
+                die("server closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn token(&mut self, uid: &str) -> String {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let sign = md5_hex(&(md5_hex(uid) + &md5_hex(&ts) + &md5_hex(SECRET)));
+        let body = self.call(
+            "GET",
+            &format!("/auth/websocket?uid={uid}&timestamp={ts}&sign={sign}"),
+            None,
+            "",
+        );
+        let body = String::from_utf8_lossy(&body);
+        body.split("\"token\":\"")
+            .nth(1)
+            .and_then(|t| t.get(..32))
+            .unwrap_or_else(|| die(&format!("no token in {body}")))
+            .to_string()
+    }
+}
+
+/// Opens a WebSocket to `path` and returns once the upgrade is done and, when
+/// `until_event2`, the unread list has arrived. Returns the socket and leftover bytes.
+fn ws_open(addr: &str, path: &str, until_event2: bool) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect: {e}")));
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let _ = s.set_nodelay(true);
     write!(
         s,
-        "GET /?token={token} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap_or_else(|e| die(&format!("write: {e}")));
-    let mut buf = [0u8; 512];
     let mut got = Vec::new();
-    // The 101 head, then at least the event-2 frame ({"event":2,...}).
-    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.windows(9).any(|w| w == b"\"event\":2"))
-    {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            if !got.starts_with(b"HTTP/1.1 101") {
+                die(&format!(
+                    "upgrade refused: {}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            let rest = &got[end..];
+            if !until_event2 || rest.windows(9).any(|w| w == b"\"event\":2") {
+                let rest = rest.to_vec();
+                return (s, rest);
+            }
+        }
         let n = s
             .read(&mut buf)
             .unwrap_or_else(|e| die(&format!("handshake: {e}")));
         if n == 0 {
-            die("connection closed during handshake");
+            die("closed during the handshake");
         }
         got.extend_from_slice(&buf[..n]);
     }
-    s
 }
 
-fn idle(server: &str, conns: usize, shards: usize) {
-    if conns > 18_000 {
-        die("--conns must stay below the 20,000 open-file cap");
+/// A masked client text frame.
+fn client_text(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x81];
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
     }
-    let broker = start_broker(server, shards);
-    let pid = broker.child.id();
-    let uids: Vec<String> = (0..conns).map(|i| format!("idle{i}")).collect();
-    // Setup, not measured: tokens over 8 keep-alive connections in parallel.
-    let toks: Vec<String> = std::thread::scope(|sc| {
-        let handles: Vec<_> = uids
-            .chunks(conns.div_ceil(8).max(1))
-            .map(|chunk| sc.spawn(|| tokens(&broker.addr, chunk)))
+    let mask = [0x5a, 0x17, 0x3c, 0x81];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Subscriber `idx` of a scenario: a socket opened for the target's dialect.
+fn subscribe(t: &Target, http: &mut Http, idx: usize) -> (TcpStream, Vec<u8>) {
+    let user = format!("u{idx}");
+    match t.kind {
+        Kind::Shardcast => {
+            let token = http.token(&user);
+            ws_open(&t.addr, &format!("/?token={token}"), true)
+        }
+        Kind::Nchan => ws_open(&t.addr, &format!("/sub/{user}"), false),
+    }
+}
+
+// ---------------------------------------------------------------- receiving
+
+/// The marker carried by every benchmark message: `#S<seq>U<user>T<sent ns>E`.
+fn marker(seq: u64, user: usize, sent_ns: u64) -> String {
+    format!("#S{seq}U{user}T{sent_ns}E")
+}
+
+fn parse_marker(p: &[u8]) -> Option<(u64, usize, u64)> {
+    let at = p.windows(2).position(|w| w == b"#S")? + 2;
+    let end = p[at..].iter().position(|&b| b == b'E')? + at;
+    let s = std::str::from_utf8(&p[at..end]).ok()?;
+    let (seq, rest) = s.split_once('U')?;
+    let (user, sent) = rest.split_once('T')?;
+    Some((seq.parse().ok()?, user.parse().ok()?, sent.parse().ok()?))
+}
+
+/// What the readers saw.
+struct Seen {
+    /// Per sequence number: how many times it arrived.
+    counts: Vec<AtomicU8>,
+    wrong_user: AtomicUsize,
+    received: AtomicUsize,
+    last_ns: AtomicU64,
+}
+
+/// Reads every socket in `socks` (nonblocking, with poll(2)) until `stop`; records each
+/// marker's arrival and latency.
+fn reader(
+    socks: Vec<(usize, TcpStream, Vec<u8>)>,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut lat = Vec::new();
+    let mut bufs: Vec<Vec<u8>> = socks.iter().map(|(_, _, rest)| rest.clone()).collect();
+    for (_, s, _) in &socks {
+        s.set_nonblocking(true).ok();
+    }
+    let mut fds: Vec<libc::pollfd> = socks
+        .iter()
+        .map(|(_, s, _)| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut chunk = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `fds` is a valid array of pollfd for the sockets held in `socks`.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        if n <= 0 {
+            continue;
+        }
+        for (i, pfd) in fds.iter_mut().enumerate() {
+            if pfd.revents == 0 {
+                continue;
+            }
+            pfd.revents = 0;
+            let (idx, s, _) = &socks[i];
+            loop {
+                match (&*s).read(&mut chunk) {
+                    Ok(0) => {
+                        pfd.fd = -1;
+                        break;
+                    }
+                    Ok(k) => bufs[i].extend_from_slice(&chunk[..k]),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ns();
+            let buf = &mut bufs[i];
+            let mut at = 0;
+            while at + 2 <= buf.len() {
+                let (len, hl) = match buf[at + 1] & 0x7F {
+                    126 if at + 4 <= buf.len() => (
+                        usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])),
+                        4,
+                    ),
+                    127 if at + 10 <= buf.len() => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&buf[at + 2..at + 10]);
+                        (
+                            usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+                            10,
+                        )
+                    }
+                    n if n < 126 => (usize::from(n), 2),
+                    _ => break,
+                };
+                if at + hl + len > buf.len() {
+                    break;
+                }
+                let payload = &buf[at + hl..at + hl + len];
+                if buf[at] & 0x0F == 1 {
+                    if let Some((seq, user, sent)) = parse_marker(payload) {
+                        if let Some(c) = seen.counts.get(usize::try_from(seq).unwrap_or(usize::MAX))
+                        {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if user != *idx {
+                            seen.wrong_user.fetch_add(1, Ordering::Relaxed);
+                        }
+                        seen.received.fetch_add(1, Ordering::Relaxed);
+                        seen.last_ns.fetch_max(now, Ordering::Relaxed);
+                        lat.push(now.saturating_sub(sent));
+                    }
+                }
+                at += hl + len;
+            }
+            buf.drain(..at);
+        }
+    }
+    lat
+}
+
+fn spawn_readers(
+    socks: Vec<(usize, TcpStream, Vec<u8>)>,
+    threads: usize,
+    seen: &Arc<Seen>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<u64>>> {
+    let mut groups: Vec<Vec<(usize, TcpStream, Vec<u8>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (i, s) in socks.into_iter().enumerate() {
+        groups[i % threads].push(s);
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || reader(g, seen, stop))
+        })
+        .collect()
+}
+
+fn percentiles(mut lat: Vec<u64>) -> (f64, f64, f64, f64) {
+    if lat.is_empty() {
+        return (0.0, 0.0, 0.0, 0.0);
+    }
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e6;
+    (
+        q(0.50),
+        q(0.99),
+        q(0.999),
+        *lat.last().unwrap_or(&0) as f64 / 1e6,
+    )
+}
+
+fn name(t: &Target) -> &'static str {
+    match t.kind {
+        Kind::Shardcast => "shardcast",
+        Kind::Nchan => "nchan",
+    }
+}
+
+/// Opens `conns` subscribers with 4 threads (setup, not measured unless asked).
+fn open_subscribers(t: &Target, conns: usize) -> Vec<(usize, TcpStream, Vec<u8>)> {
+    let per = conns.div_ceil(4).max(1);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..conns)
+            .collect::<Vec<_>>()
+            .chunks(per)
+            .map(|chunk| {
+                let chunk = chunk.to_vec();
+                sc.spawn(move || {
+                    let mut http = Http::connect(&t.addr);
+                    chunk
+                        .into_iter()
+                        .map(|i| {
+                            let (s, rest) = subscribe(t, &mut http, i);
+                            (i, s, rest)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|_| die("token thread failed")))
+            .flat_map(|h| h.join().unwrap_or_else(|_| die("subscriber thread failed")))
             .collect()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let rss_before = rss_kib(pid);
-    let start = Instant::now();
-    let mut held = Vec::with_capacity(conns);
-    for t in &toks {
-        if start.elapsed() > DEADLINE {
-            die("deadline passed");
-        }
-        held.push(connect(&broker.addr, t));
+    })
+}
+
+// ---------------------------------------------------------------- scenarios
+
+fn idle(t: &Target, conns: usize) {
+    if conns > 18_000 {
+        die("--conns must stay below the 20,000 open-file cap");
     }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(t);
+    let start = Instant::now();
+    let held = open_subscribers(t, conns);
     let secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let rss_after = rss_kib(pid);
-    let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / conns as f64;
+    let after = rss_kib(t);
+    let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / conns as f64;
     println!(
-        "idle: {conns} connections on {shards} shards in {secs:.2} s ({:.0}/s); broker RSS {rss_before} KiB → {rss_after} KiB: {per_conn:.0} bytes per connection",
+        "idle [{}]: {conns} connections in {secs:.2} s ({:.0}/s, token fetch included for shardcast); server RSS {before} KiB → {after} KiB: {per_conn:.0} bytes per connection",
+        name(t),
         conns as f64 / secs
     );
     println!(
-        "{{\"scenario\":\"idle\",\"conns\":{conns},\"shards\":{shards},\"conns_per_s\":{:.0},\"rss_before_kib\":{rss_before},\"rss_after_kib\":{rss_after},\"rss_bytes_per_conn\":{per_conn:.0}}}",
+        "{{\"scenario\":\"idle\",\"target\":\"{}\",\"shards\":{},\"conns\":{conns},\"conns_per_s\":{:.0},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"rss_bytes_per_conn\":{per_conn:.0}}}",
+        name(t),
+        t.shards,
         conns as f64 / secs
     );
     drop(held);
+}
+
+fn push(t: &Target, o: &Opts) {
+    let subs = o.num("--conns", 1000) as usize;
+    let publishers = o.num("--publishers", 4) as usize;
+    let messages = o.num("--messages", 20_000) as usize;
+    let rate = o.num("--rate", 0);
+    let size = o.num("--size", 64) as usize;
+    let socks = open_subscribers(t, subs);
+    let seen = Arc::new(Seen {
+        counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
+        wrong_user: AtomicUsize::new(0),
+        received: AtomicUsize::new(0),
+        last_ns: AtomicU64::new(0),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(socks, 2, &seen, &stop);
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_us(t);
+    let t0 = now_ns();
+    let pad = "x".repeat(size.saturating_sub(40));
+    let pubs: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (next, addr, pad, kind) = (next.clone(), t.addr.clone(), pad.clone(), t.kind);
+            std::thread::spawn(move || {
+                let mut http = Http::connect(&addr);
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (now_ns() | 1);
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= messages || now_ns() - t0 > DEADLINE.as_nanos() as u64 {
+                        return;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let user = (rng % subs as u64) as usize;
+                    // Open loop: each message has its slot; latency counts from the slot.
+                    let sent = if rate > 0 {
+                        let slot = t0 + (seq as u64) * 1_000_000_000 / rate;
+                        while now_ns() < slot {
+                            std::thread::sleep(Duration::from_nanos(
+                                (slot - now_ns()).min(1_000_000),
+                            ));
+                        }
+                        slot
+                    } else {
+                        now_ns()
+                    };
+                    let m = format!("{}{pad}", marker(seq as u64, user, sent));
+                    match kind {
+                        Kind::Shardcast => {
+                            let body = format!(
+                                "{{\"uids\":[\"u{user}\"],\"title\":\"b\",\"content\":\"{m}\"}}"
+                            );
+                            http.call("POST", "/push", Some(ADMIN), &body);
+                        }
+                        Kind::Nchan => {
+                            http.call("POST", &format!("/pub/u{user}"), None, &m);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in pubs {
+        let _ = p.join();
+    }
+    let published_ns = now_ns() - t0;
+    let sent = next.load(Ordering::Relaxed).min(messages);
+    // Wait for the stragglers, bounded.
+    let wait_end = Instant::now() + Duration::from_secs(5);
+    while seen.received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu = cpu_us(t) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let lat: Vec<u64> = readers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    let delivered = seen.received.load(Ordering::Relaxed);
+    let lost = seen.counts[..sent]
+        .iter()
+        .filter(|c| c.load(Ordering::Relaxed) == 0)
+        .count();
+    let dup: usize = seen.counts[..sent]
+        .iter()
+        .map(|c| usize::from(c.load(Ordering::Relaxed).saturating_sub(1)))
+        .sum();
+    let span_s =
+        (seen.last_ns.load(Ordering::Relaxed).saturating_sub(t0)).max(published_ns) as f64 / 1e9;
+    let (p50, p99, p999, max) = percentiles(lat);
+    let cpu_per_msg = cpu as f64 / delivered.max(1) as f64;
+    let mode = if rate > 0 {
+        format!("open loop {rate}/s")
+    } else {
+        "closed loop".to_string()
+    };
+    println!(
+        "push [{}, {mode}]: {subs} subscribers, {publishers} publishers, {sent} sent, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; \
+         latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}, duplicated {dup}, misdelivered {}; server CPU {cpu_per_msg:.1} µs/msg",
+        name(t),
+        delivered as f64 / span_s,
+        seen.wrong_user.load(Ordering::Relaxed)
+    );
+    println!(
+        "{{\"scenario\":\"push\",\"target\":\"{}\",\"shards\":{},\"mode\":\"{mode}\",\"subscribers\":{subs},\"publishers\":{publishers},\"sent\":{sent},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"duplicated\":{dup},\"server_cpu_us_per_msg\":{cpu_per_msg:.1}}}",
+        name(t),
+        t.shards,
+        delivered as f64 / span_s
+    );
+}
+
+fn chat(t: &Target, o: &Opts) {
+    if t.kind != Kind::Shardcast {
+        die("chat runs against shardcast only");
+    }
+    let pairs = o.num("--pairs", 100) as usize;
+    let messages = o.num("--messages", 20_000) as usize;
+    let rate = o.num("--rate", 0);
+    let mut http = Http::connect(&t.addr);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..pairs {
+        for (side, list) in [("a", &mut senders), ("b", &mut receivers)] {
+            let uid = format!("{side}{i}");
+            let token = http.token(&uid);
+            let (s, rest) = ws_open(
+                &t.addr,
+                &format!("/ws?id={uid}&name={uid}&domain=default&resource=bench&token={token}"),
+                false,
+            );
+            list.push((i, s, rest));
+        }
+    }
+    let seen = Arc::new(Seen {
+        counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
+        wrong_user: AtomicUsize::new(0),
+        received: AtomicUsize::new(0),
+        last_ns: AtomicU64::new(0),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(receivers, 1, &seen, &stop);
+    let cpu_before = cpu_us(t);
+    let t0 = now_ns();
+    // One writer over every sender socket, round robin by sequence number.
+    let mut socks: Vec<TcpStream> = senders.into_iter().map(|(_, s, _)| s).collect();
+    for seq in 0..messages {
+        if now_ns() - t0 > DEADLINE.as_nanos() as u64 {
+            break;
+        }
+        let pair = seq % pairs;
+        let sent = if rate > 0 {
+            let slot = t0 + (seq as u64) * 1_000_000_000 / rate;
+            while now_ns() < slot {
+                std::thread::sleep(Duration::from_nanos((slot - now_ns()).min(1_000_000)));
+            }
+            slot
+        } else {
+            now_ns()
+        };
+        let msg = format!(
+            "{{\"toId\":\"b{pair}\",\"type\":10,\"content\":\"{}\"}}",
+            marker(seq as u64, pair, sent)
+        );
+        socks[pair]
+            .write_all(&client_text(msg.as_bytes()))
+            .unwrap_or_else(|e| die(&format!("send: {e}")));
+    }
+    let wait_end = Instant::now() + Duration::from_secs(5);
+    while seen.received.load(Ordering::Relaxed) < messages && Instant::now() < wait_end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu = cpu_us(t) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let lat: Vec<u64> = readers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    let delivered = lat.len();
+    let lost = seen
+        .counts
+        .iter()
+        .filter(|c| c.load(Ordering::Relaxed) == 0)
+        .count();
+    let span_s = seen
+        .last_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(t0)
+        .max(1) as f64
+        / 1e9;
+    let (p50, p99, p999, max) = percentiles(lat);
+    let mode = if rate > 0 {
+        format!("open loop {rate}/s")
+    } else {
+        "closed loop".to_string()
+    };
+    println!(
+        "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg",
+        delivered as f64 / span_s,
+        cpu as f64 / delivered.max(1) as f64
+    );
+    println!(
+        "{{\"scenario\":\"chat\",\"target\":\"shardcast\",\"shards\":{},\"mode\":\"{mode}\",\"pairs\":{pairs},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"server_cpu_us_per_msg\":{:.1}}}",
+        t.shards,
+        delivered as f64 / span_s,
+        cpu as f64 / delivered.max(1) as f64
+    );
+}
+
+fn storm(t: &Target, o: &Opts) {
+    let workers = o.num("--workers", 4) as usize;
+    let seconds = o.num("--seconds", 5).min(60);
+    let max = o.num("--max", 200_000) as usize;
+    let done = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let cpu_before = cpu_us(t);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (addr, kind, done) = (t.addr.clone(), t.kind, done.clone());
+            std::thread::spawn(move || {
+                let mut http = if kind == Kind::Shardcast {
+                    Some(Http::connect(&addr))
+                } else {
+                    None
+                };
+                let mut lat = Vec::new();
+                let mut i = 0usize;
+                while Instant::now() < end && done.fetch_add(1, Ordering::Relaxed) < max {
+                    let user = format!("s{w}x{}", i % 1000);
+                    i += 1;
+                    let t0 = Instant::now();
+                    let (s, _) = match (&mut http, kind) {
+                        (Some(h), Kind::Shardcast) => {
+                            let token = h.token(&user);
+                            ws_open(&addr, &format!("/?token={token}"), true)
+                        }
+                        _ => ws_open(&addr, &format!("/sub/{user}"), false),
+                    };
+                    lat.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                    drop(s);
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_us(t) - cpu_before;
+    let n = lat.len();
+    let (p50, p99, p999, maxl) = percentiles(lat);
+    println!(
+        "storm [{}]: {n} handshakes in {secs:.2} s = {:.0}/s with {workers} workers; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {maxl:.3}; server CPU {:.1} µs/handshake",
+        name(t),
+        n as f64 / secs,
+        cpu as f64 / n.max(1) as f64
+    );
+    println!(
+        "{{\"scenario\":\"storm\",\"target\":\"{}\",\"shards\":{},\"handshakes\":{n},\"per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{maxl:.3},\"server_cpu_us_per_handshake\":{:.1}}}",
+        name(t),
+        t.shards,
+        n as f64 / secs,
+        cpu as f64 / n.max(1) as f64
+    );
 }
