@@ -380,6 +380,22 @@ fn subscribe(t: &Target, http: &mut Http, idx: usize) -> (TcpStream, Vec<u8>) {
 
 // ---------------------------------------------------------------- receiving
 
+/// Open loop (`rate > 0`): waits for message `seq`'s slot and returns it, so latency
+/// counts from when the message was due, not from when it could be sent. Closed loop:
+/// now.
+fn pace(t0: u64, seq: u64, rate: u64) -> u64 {
+    match (seq * 1_000_000_000).checked_div(rate) {
+        Some(offset) => {
+            let slot = t0 + offset;
+            while now_ns() < slot {
+                std::thread::sleep(Duration::from_nanos((slot - now_ns()).min(1_000_000)));
+            }
+            slot
+        }
+        None => now_ns(),
+    }
+}
+
 /// The marker carried by every benchmark message: `#S<seq>U<user>T<sent ns>E`.
 fn marker(seq: u64, user: usize, sent_ns: u64) -> String {
     format!("#S{seq}U{user}T{sent_ns}E")
@@ -739,15 +755,7 @@ fn chat(t: &Target, o: &Opts) {
             break;
         }
         let pair = seq % pairs;
-        let sent = if rate > 0 {
-            let slot = t0 + (seq as u64) * 1_000_000_000 / rate;
-            while now_ns() < slot {
-                std::thread::sleep(Duration::from_nanos((slot - now_ns()).min(1_000_000)));
-            }
-            slot
-        } else {
-            now_ns()
-        };
+        let sent = pace(t0, seq as u64, rate);
         let msg = format!(
             "{{\"toId\":\"b{pair}\",\"type\":10,\"content\":\"{}\"}}",
             marker(seq as u64, pair, sent)
