@@ -639,18 +639,7 @@ fn push(t: &Target, o: &Opts) {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let user = (rng % subs as u64) as usize;
-                    // Open loop: each message has its slot; latency counts from the slot.
-                    let sent = if rate > 0 {
-                        let slot = t0 + (seq as u64) * 1_000_000_000 / rate;
-                        while now_ns() < slot {
-                            std::thread::sleep(Duration::from_nanos(
-                                (slot - now_ns()).min(1_000_000),
-                            ));
-                        }
-                        slot
-                    } else {
-                        now_ns()
-                    };
+                    let sent = pace(t0, seq as u64, rate);
                     let m = format!("{}{pad}", marker(seq as u64, user, sent));
                     match kind {
                         Kind::Shardcast => {
