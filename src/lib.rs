@@ -17,7 +17,7 @@
 //! Invariants worth naming: all state of a user lives on its owner shard and is touched by
 //! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`
 //! envelopes cross shards; a payload is encoded once per message, not per recipient; an
-//! acknowledgement (`/push`, `/message`, chat `ack`, a token) is sent only after the write
+//! acknowledgement (`/push`, `/message`, chat `ack`) is sent only after the write
 //! is durable per `durability`; a connection's error never ends its shard.
 
 pub mod auth;

@@ -366,15 +366,26 @@ fn client_text(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Subscriber `idx` of a scenario: a socket opened for the target's dialect.
-fn subscribe(t: &Target, http: &mut Http, idx: usize) -> (TcpStream, Vec<u8>) {
-    let user = format!("u{idx}");
+/// The channel (Nchan) of user `idx`: unique per run, so that messages Nchan keeps from
+/// an earlier run are never replayed into this one.
+fn channel(idx: usize) -> String {
+    format!("r{}u{idx}", std::process::id())
+}
+
+/// Subscriber `idx`'s login: a shardcast token (fetched beforehand, so that connection
+/// figures measure connections), or nothing for Nchan.
+fn login(t: &Target, http: &mut Http, idx: usize) -> String {
     match t.kind {
-        Kind::Shardcast => {
-            let token = http.token(&user);
-            ws_open(&t.addr, &format!("/?token={token}"), true)
-        }
-        Kind::Nchan => ws_open(&t.addr, &format!("/sub/{user}"), false),
+        Kind::Shardcast => http.token(&format!("u{idx}")),
+        Kind::Nchan => String::new(),
+    }
+}
+
+/// Subscriber `idx` of a scenario: a socket opened for the target's dialect.
+fn subscribe(t: &Target, login: &str, idx: usize) -> (TcpStream, Vec<u8>) {
+    match t.kind {
+        Kind::Shardcast => ws_open(&t.addr, &format!("/?token={login}"), true),
+        Kind::Nchan => ws_open(&t.addr, &format!("/sub/{}", channel(idx)), false),
     }
 }
 
@@ -549,8 +560,8 @@ fn name(t: &Target) -> &'static str {
     }
 }
 
-/// Opens `conns` subscribers with 4 threads (setup, not measured unless asked).
-fn open_subscribers(t: &Target, conns: usize) -> Vec<(usize, TcpStream, Vec<u8>)> {
+/// Logins for `conns` subscribers, fetched by 4 threads.
+fn logins(t: &Target, conns: usize) -> Vec<String> {
     let per = conns.div_ceil(4).max(1);
     std::thread::scope(|sc| {
         let handles: Vec<_> = (0..conns)
@@ -562,8 +573,32 @@ fn open_subscribers(t: &Target, conns: usize) -> Vec<(usize, TcpStream, Vec<u8>)
                     let mut http = Http::connect(&t.addr);
                     chunk
                         .into_iter()
+                        .map(|i| login(t, &mut http, i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| die("login thread failed")))
+            .collect()
+    })
+}
+
+/// Opens a subscriber per login with 4 threads.
+fn open_subscribers(t: &Target, logins: &[String]) -> Vec<(usize, TcpStream, Vec<u8>)> {
+    let per = logins.len().div_ceil(4).max(1);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..logins.len())
+            .collect::<Vec<_>>()
+            .chunks(per)
+            .map(|chunk| {
+                let chunk = chunk.to_vec();
+                sc.spawn(move || {
+                    chunk
+                        .into_iter()
                         .map(|i| {
-                            let (s, rest) = subscribe(t, &mut http, i);
+                            let (s, rest) = subscribe(t, &logins[i], i);
                             (i, s, rest)
                         })
                         .collect::<Vec<_>>()
@@ -583,16 +618,17 @@ fn idle(t: &Target, conns: usize) {
     if conns > 18_000 {
         die("--conns must stay below the 20,000 open-file cap");
     }
+    let logins = logins(t, conns);
     std::thread::sleep(Duration::from_millis(200));
     let before = rss_kib(t);
     let start = Instant::now();
-    let held = open_subscribers(t, conns);
+    let held = open_subscribers(t, &logins);
     let secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(t);
     let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / conns as f64;
     println!(
-        "idle [{}]: {conns} connections in {secs:.2} s ({:.0}/s, token fetch included for shardcast); server RSS {before} KiB → {after} KiB: {per_conn:.0} bytes per connection",
+        "idle [{}]: {conns} connections in {secs:.2} s ({:.0}/s; shardcast tokens fetched beforehand); server RSS {before} KiB → {after} KiB: {per_conn:.0} bytes per connection",
         name(t),
         conns as f64 / secs
     );
@@ -611,7 +647,7 @@ fn push(t: &Target, o: &Opts) {
     let messages = o.num("--messages", 20_000) as usize;
     let rate = o.num("--rate", 0);
     let size = o.num("--size", 64) as usize;
-    let socks = open_subscribers(t, subs);
+    let socks = open_subscribers(t, &logins(t, subs));
     let seen = Arc::new(Seen {
         counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
         wrong_user: AtomicUsize::new(0),
@@ -649,7 +685,7 @@ fn push(t: &Target, o: &Opts) {
                             http.call("POST", "/push", Some(ADMIN), &body);
                         }
                         Kind::Nchan => {
-                            http.call("POST", &format!("/pub/u{user}"), None, &m);
+                            http.call("POST", &format!("/pub/{}", channel(user)), None, &m);
                         }
                     }
                 }
@@ -822,7 +858,7 @@ fn storm(t: &Target, o: &Opts) {
                             let token = h.token(&user);
                             ws_open(&addr, &format!("/?token={token}"), true)
                         }
-                        _ => ws_open(&addr, &format!("/sub/{user}"), false),
+                        _ => ws_open(&addr, &format!("/sub/r{}{user}", std::process::id()), false),
                     };
                     lat.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
                     drop(s);
