@@ -1,6 +1,7 @@
 //! Hot paths one by one: request head parse, client frame parse + JSON, encode-once of a
-//! notification, sign check, and store appends (sled, in memory of the page cache; the
-//! durable flush is a separate cost measured by the load generator).
+//! notification, sign check, the cross-shard hop (our crossbeam inbox against glommio's
+//! shared channel), and store appends (sled without a flush, then per durability mode
+//! with the acknowledgement's wait).
 //!
 //! Run: `cargo bench` (or `cargo bench -- <filter>`).
 
@@ -112,12 +113,125 @@ fn store_append(c: &mut Criterion) {
     g.finish();
 }
 
+/// Items moved from one glommio executor to another: enqueue → wake → drain. Returns the
+/// time from the first send to the last receive.
+fn hop_inbox(items: u64, batch: u64) -> std::time::Duration {
+    let (tx, rx) = shardcast::shard::inbox::new::<u64>();
+    let consumer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let mut got = 0;
+            let mut buf = Vec::new();
+            while got < items {
+                rx.next_batch(&mut buf).await;
+                got += buf.len() as u64;
+                buf.clear();
+            }
+            std::time::Instant::now()
+        })
+        .expect("consumer");
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < items {
+        let n = batch.min(items - sent);
+        tx.send_all(sent..sent + n);
+        sent += n;
+    }
+    consumer.join().expect("consumer").duration_since(start)
+}
+
+/// The same hop through glommio's own shared channel (the alternative DESIGN.md names).
+fn hop_glommio(items: u64) -> std::time::Duration {
+    let (tx, rx) = glommio::channels::shared_channel::new_bounded::<u64>(4096);
+    let consumer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let rx = rx.connect().await;
+            for _ in 0..items {
+                rx.recv().await.expect("item");
+            }
+            std::time::Instant::now()
+        })
+        .expect("consumer");
+    let producer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let tx = tx.connect().await;
+            let start = std::time::Instant::now();
+            for i in 0..items {
+                tx.send(i).await.expect("send");
+            }
+            start
+        })
+        .expect("producer");
+    let start = producer.join().expect("producer");
+    consumer.join().expect("consumer").duration_since(start)
+}
+
+fn cross_shard_hop(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cross_shard_hop_10k");
+    g.throughput(Throughput::Elements(10_000));
+    g.sample_size(20);
+    g.bench_function("crossbeam_inbox_one_by_one", |b| {
+        b.iter_custom(|iters| hop_inbox(10_000 * iters, 1))
+    });
+    g.bench_function("crossbeam_inbox_batches_of_64", |b| {
+        b.iter_custom(|iters| hop_inbox(10_000 * iters, 64))
+    });
+    g.bench_function("glommio_shared_channel", |b| {
+        b.iter_custom(|iters| hop_glommio(10_000 * iters))
+    });
+    g.finish();
+}
+
+/// One writer appending unread entries and waiting for each acknowledgement.
+fn durable_appends(mode: &str, iters: u64) -> std::time::Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = shardcast::config::from_str(&format!(
+        "data_dir = {:?}\ndurability = \"{mode}\"",
+        dir.path()
+    ))
+    .expect("config");
+    let db = shardcast::store::open_db(&rt, 0).expect("db");
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let store = Store::new(db, &rt);
+            let ids = IdGen::new(0);
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let n = Notification::new(ids.next(), "t", "content of a notification", 0);
+                store
+                    .add_unread("default", std::iter::once((7u16, "user_1")), &n.id, &n.msg)
+                    .expect("stored");
+                store.durable().await.expect("durable");
+            }
+            start.elapsed()
+        })
+        .expect("executor")
+        .join()
+        .expect("join")
+}
+
+fn store_durability(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_append_acknowledged");
+    g.sample_size(10);
+    for mode in ["async", "group", "sync"] {
+        g.bench_function(mode, |b| {
+            b.iter_custom(|iters| durable_appends(mode, iters))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     http_head,
     client_frame,
     encode_once,
     sign_check,
-    store_append
+    cross_shard_hop,
+    store_append,
+    store_durability
 );
 criterion_main!(benches);

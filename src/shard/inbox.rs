@@ -20,19 +20,35 @@ use super::Shard;
 pub type Envelope = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
 /// The sending side of one shard's inbox; cloned into every shard.
-#[derive(Clone)]
-pub struct InboxTx {
-    tx: Sender<Envelope>,
+pub struct InboxTx<T = Envelope> {
+    tx: Sender<T>,
     waker: Arc<AtomicWaker>,
 }
 
-#[derive(Clone)]
-pub struct InboxRx {
-    rx: Receiver<Envelope>,
+impl<T> Clone for InboxTx<T> {
+    fn clone(&self) -> Self {
+        InboxTx {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+pub struct InboxRx<T = Envelope> {
+    rx: Receiver<T>,
     waker: Arc<AtomicWaker>,
 }
 
-pub fn new() -> (InboxTx, InboxRx) {
+impl<T> Clone for InboxRx<T> {
+    fn clone(&self) -> Self {
+        InboxRx {
+            rx: self.rx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+pub fn new<T>() -> (InboxTx<T>, InboxRx<T>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let waker = Arc::new(AtomicWaker::new());
     (
@@ -44,16 +60,23 @@ pub fn new() -> (InboxTx, InboxRx) {
     )
 }
 
-impl InboxTx {
-    /// Queues `env`; false when the shard has stopped.
-    pub fn send(&self, env: Envelope) -> bool {
-        let ok = self.tx.send(env).is_ok();
+impl<T> InboxTx<T> {
+    /// Queues `item` and wakes the owner; false when the shard has stopped.
+    pub fn send(&self, item: T) -> bool {
+        let ok = self.tx.send(item).is_ok();
+        self.waker.wake();
+        ok
+    }
+
+    /// Queues a batch with a single wake-up.
+    pub fn send_all(&self, items: impl IntoIterator<Item = T>) -> bool {
+        let ok = items.into_iter().all(|i| self.tx.send(i).is_ok());
         self.waker.wake();
         ok
     }
 }
 
-impl InboxRx {
+impl<T> InboxRx<T> {
     /// Envelopes waiting.
     pub fn len(&self) -> usize {
         self.rx.len()
@@ -62,22 +85,27 @@ impl InboxRx {
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
-}
 
-/// Runs on the owner shard for its whole life: drain, run, park.
-pub async fn drain(shard: Rc<Shard>, inbox: InboxRx) {
-    let mut batch: Vec<Envelope> = Vec::new();
-    loop {
+    /// Waits until something is queued, then moves everything queued into `batch`.
+    pub async fn next_batch(&self, batch: &mut Vec<T>) {
         std::future::poll_fn(|cx| {
-            inbox.waker.register(cx.waker());
-            batch.extend(inbox.rx.try_iter());
+            self.waker.register(cx.waker());
+            batch.extend(self.rx.try_iter());
             if batch.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
             }
         })
-        .await;
+        .await
+    }
+}
+
+/// Runs on the owner shard for its whole life: drain, run, park.
+pub async fn drain(shard: Rc<Shard>, inbox: InboxRx) {
+    let mut batch: Vec<Envelope> = Vec::new();
+    loop {
+        inbox.next_batch(&mut batch).await;
         for env in batch.drain(..) {
             env(&shard);
         }
