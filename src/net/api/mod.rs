@@ -2,6 +2,7 @@
 //! admin-key check. Handlers return the encoded `content` object or an [`Error`].
 
 mod admin;
+mod console;
 mod health;
 mod message;
 mod message_log;
@@ -14,7 +15,9 @@ use super::http::{self, Request};
 use crate::shard::Shard;
 use crate::Error;
 
-const API_PATHS: [&str; 9] = [
+const API_PATHS: [&str; 11] = [
+    "/console",
+    "/console/dev-token",
     "/broadcast",
     "/presence",
     "/kick",
@@ -36,6 +39,13 @@ pub async fn serve(
     req: &Request,
     body: &mut [u8],
 ) -> (u16, &'static str, Vec<u8>) {
+    if req.path == "/console" && req.method == "GET" {
+        return (
+            200,
+            "text/html; charset=utf-8",
+            console::PAGE.as_bytes().to_vec(),
+        );
+    }
     if req.path == "/metrics" && req.method == "GET" {
         return match health::metrics(shard).await {
             Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
@@ -78,6 +88,7 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
         }
         ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
         ("/healthz", "GET") => health::healthz(shard).await,
+        ("/console/dev-token", "GET") => console::dev_token(shard, &query()?).await,
         (path, _) if is_api_path(path) => Err(Error::MethodNotAllowed),
         _ => Err(Error::NotFound),
     }

@@ -30,6 +30,11 @@ pub async fn issue(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>,
     if ts.abs_diff(crate::ids::now_secs()) > shard.rt.sign_window_secs {
         return Err(Error::StaleTimestamp);
     }
+    issue_for(shard, domain, uid).await
+}
+
+/// Issues and stores a token for `(domain, uid)` (checks already done).
+pub async fn issue_for(shard: &Rc<Shard>, domain: &str, uid: &str) -> Result<Vec<u8>, Error> {
     let slot = route::slot_of(domain, uid);
     let token = Token::generate(slot)?;
     let ttl = shard.rt.token_ttl_secs;

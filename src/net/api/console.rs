@@ -1,0 +1,26 @@
+//! `GET /console`: the web console, one page embedded in the binary (no build step, no
+//! external resources). `GET /console/dev-token`: a development-only helper that issues a
+//! token without a sign — it exists only while the broker runs with the development
+//! secrets shipped in `tuning/default.toml` and the development profile, and answers 404
+//! otherwise, so no secret or shortcut reaches a production page.
+
+use std::rc::Rc;
+
+use super::name_param;
+use crate::net::http;
+use crate::shard::Shard;
+use crate::Error;
+
+pub const PAGE: &str = include_str!("console.html");
+
+pub async fn dev_token(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    if shard.rt.production || !shard.rt.uses_dev_secrets() {
+        return Err(Error::NotFound);
+    }
+    let uid = name_param(q, "uid")?;
+    let domain = match http::param(q, "domain").filter(|d| !d.is_empty()) {
+        None => shard.rt.default_domain.as_str(),
+        Some(_) => name_param(q, "domain")?,
+    };
+    super::token::issue_for(shard, domain, uid).await
+}
