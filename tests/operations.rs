@@ -204,3 +204,32 @@ fn presence_kick_and_broadcast() {
     let (s, v) = server.admin_post("/kick", &json!({"uid": "p1", "code": 1006}));
     assert_eq!((s, v["code"].as_i64()), (400, Some(1001)));
 }
+
+#[test]
+fn console_page_is_served_and_the_dev_token_helper_exists_only_with_dev_secrets() {
+    // The harness runs with its own secrets: no helper.
+    let server = Server::start(&[]);
+    let raw = server.raw(b"GET /console HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 200")
+            && text.contains("text/html")
+            && text.contains("shardcast console")
+    );
+    assert!(
+        !text.contains(ADMIN) && !text.contains(common::SECRET),
+        "no secret in the page"
+    );
+    let (s, v) = server.get("/console/dev-token?uid=x");
+    assert_eq!((s, v["code"].as_i64()), (404, Some(1006)));
+    // With the shipped development secrets it issues working tokens.
+    let dev = Server::start(&[
+        ("secret", "\"dev-secret-change-me\""),
+        ("admin_key", "\"dev-admin-key-change-me\""),
+    ]);
+    let (s, v) = dev.get("/console/dev-token?uid=devuser");
+    assert_eq!(s, 200, "{v}");
+    let token = v["content"]["token"].as_str().expect("token");
+    let mut ws = common::Ws::connect(&dev.url(&format!("/?token={token}")));
+    assert_eq!(ws.recv()["event"], 2);
+}
