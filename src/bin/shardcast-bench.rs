@@ -430,6 +430,62 @@ struct Seen {
     last_ns: AtomicU64,
 }
 
+impl Seen {
+    fn new(messages: usize) -> Arc<Seen> {
+        Arc::new(Seen {
+            counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
+            wrong_user: AtomicUsize::new(0),
+            received: AtomicUsize::new(0),
+            last_ns: AtomicU64::new(0),
+        })
+    }
+}
+
+/// What a run measured once its messages were sent.
+struct Outcome {
+    lat: Vec<u64>,
+    delivered: usize,
+    lost: usize,
+    duplicated: usize,
+    cpu_us: u64,
+}
+
+/// Waits (at most 5 s) for the `sent` messages still on their way, stops the readers and
+/// counts: delivered, lost (never arrived), duplicated (arrived more than once).
+fn finish(
+    t: &Target,
+    seen: &Seen,
+    stop: &AtomicBool,
+    readers: Vec<std::thread::JoinHandle<Vec<u64>>>,
+    sent: usize,
+    cpu_before: u64,
+) -> Outcome {
+    let wait_end = Instant::now() + Duration::from_secs(5);
+    while seen.received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu_us = cpu_us(t) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let lat: Vec<u64> = readers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    let counts = &seen.counts[..sent];
+    Outcome {
+        delivered: lat.len(),
+        lost: counts
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed) == 0)
+            .count(),
+        duplicated: counts
+            .iter()
+            .map(|c| usize::from(c.load(Ordering::Relaxed).saturating_sub(1)))
+            .sum(),
+        lat,
+        cpu_us,
+    }
+}
+
 /// Reads every socket in `socks` (nonblocking, with poll(2)) until `stop`; records each
 /// marker's arrival and latency.
 fn reader(
@@ -648,12 +704,7 @@ fn push(t: &Target, o: &Opts) {
     let rate = o.num("--rate", 0);
     let size = o.num("--size", 64) as usize;
     let socks = open_subscribers(t, &logins(t, subs));
-    let seen = Arc::new(Seen {
-        counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
-        wrong_user: AtomicUsize::new(0),
-        received: AtomicUsize::new(0),
-        last_ns: AtomicU64::new(0),
-    });
+    let seen = Seen::new(messages);
     let stop = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(socks, 2, &seen, &stop);
     let next = Arc::new(AtomicUsize::new(0));
@@ -697,26 +748,13 @@ fn push(t: &Target, o: &Opts) {
     }
     let published_ns = now_ns() - t0;
     let sent = next.load(Ordering::Relaxed).min(messages);
-    // Wait for the stragglers, bounded.
-    let wait_end = Instant::now() + Duration::from_secs(5);
-    while seen.received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let cpu = cpu_us(t) - cpu_before;
-    stop.store(true, Ordering::Relaxed);
-    let lat: Vec<u64> = readers
-        .into_iter()
-        .flat_map(|h| h.join().unwrap_or_default())
-        .collect();
-    let delivered = seen.received.load(Ordering::Relaxed);
-    let lost = seen.counts[..sent]
-        .iter()
-        .filter(|c| c.load(Ordering::Relaxed) == 0)
-        .count();
-    let dup: usize = seen.counts[..sent]
-        .iter()
-        .map(|c| usize::from(c.load(Ordering::Relaxed).saturating_sub(1)))
-        .sum();
+    let Outcome {
+        lat,
+        delivered,
+        lost,
+        duplicated: dup,
+        cpu_us: cpu,
+    } = finish(t, &seen, &stop, readers, sent, cpu_before);
     let span_s =
         (seen.last_ns.load(Ordering::Relaxed).saturating_sub(t0)).max(published_ns) as f64 / 1e9;
     let (p50, p99, p999, max) = percentiles(lat);
@@ -763,12 +801,7 @@ fn chat(t: &Target, o: &Opts) {
             list.push((i, s, rest));
         }
     }
-    let seen = Arc::new(Seen {
-        counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
-        wrong_user: AtomicUsize::new(0),
-        received: AtomicUsize::new(0),
-        last_ns: AtomicU64::new(0),
-    });
+    let seen = Seen::new(messages);
     let stop = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(receivers, 1, &seen, &stop);
     let cpu_before = cpu_us(t);
@@ -789,22 +822,13 @@ fn chat(t: &Target, o: &Opts) {
             .write_all(&client_text(msg.as_bytes()))
             .unwrap_or_else(|e| die(&format!("send: {e}")));
     }
-    let wait_end = Instant::now() + Duration::from_secs(5);
-    while seen.received.load(Ordering::Relaxed) < messages && Instant::now() < wait_end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let cpu = cpu_us(t) - cpu_before;
-    stop.store(true, Ordering::Relaxed);
-    let lat: Vec<u64> = readers
-        .into_iter()
-        .flat_map(|h| h.join().unwrap_or_default())
-        .collect();
-    let delivered = lat.len();
-    let lost = seen
-        .counts
-        .iter()
-        .filter(|c| c.load(Ordering::Relaxed) == 0)
-        .count();
+    let Outcome {
+        lat,
+        delivered,
+        lost,
+        cpu_us: cpu,
+        ..
+    } = finish(t, &seen, &stop, readers, messages, cpu_before);
     let span_s = seen
         .last_ns
         .load(Ordering::Relaxed)
