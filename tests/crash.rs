@@ -60,7 +60,7 @@ fn run_crash(durability: &str) {
     }
     assert!(common::wait_until(
         std::time::Duration::from_secs(60),
-        || acked.load(Ordering::Relaxed) >= 400
+        || acked.load(Ordering::Relaxed) >= 2000
     ));
     server.kill9();
     stop.store(true, Ordering::Relaxed);
