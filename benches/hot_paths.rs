@@ -107,7 +107,8 @@ fn store_append(c: &mut Criterion) {
     g.bench_function("chat_history_and_offline", |b| {
         b.iter(|| {
             let m = ChatMessage::new(ids.next(), "d", "u2", "u1", "U1", "web", 10, "hello there");
-            store.append_chat(9, &m, true).expect("stored")
+            store.append_chat(9, &m).expect("stored");
+            store.queue_offline(9, &m).expect("queued")
         })
     });
     g.finish();

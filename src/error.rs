@@ -151,6 +151,7 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
     pub const AUTH: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
     pub const SLOW_CONSUMER: u16 = 1013;
     pub const REPLACED: u16 = 4000;
 }

@@ -390,3 +390,24 @@ fn backend_message_type_100_reaches_user_and_history() {
         assert!(v["msg"].as_str().unwrap_or("").contains(word), "{v}");
     }
 }
+
+#[test]
+fn a_message_to_a_user_whose_only_connection_is_closing_is_queued() {
+    let server = Server::start(&[]);
+    let mut vic = server.chat(D, "vic", "web", false);
+    // Kick and send at once: the connection is closing, so the message must be queued.
+    let (_, k) = server.admin_post("/kick", &json!({"domain": D, "uid": "vic"}));
+    assert_eq!(k["content"]["closed"], 1);
+    let (_, v) = server.admin_post(
+        "/message",
+        &json!({"domain": D, "toId": "vic", "type": 10, "content": "after the kick"}),
+    );
+    assert_eq!(v["content"]["offline"], true, "{v}");
+    assert_eq!(vic.expect_close(), 4001);
+    let mut again = server.chat(D, "vic", "web", false);
+    let m = again.recv();
+    assert_eq!(
+        (m["content"].as_str(), m["offline"].as_bool()),
+        (Some("after the kick"), Some(true))
+    );
+}

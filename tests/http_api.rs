@@ -131,6 +131,13 @@ fn token_errors() {
         sign("u1", &old, SECRET)
     ));
     assert_eq!((s, v["code"].as_i64()), (401, Some(1003)), "{v}");
+    // A millisecond timestamp is a timestamp far outside the window, not a bad parameter.
+    let ms = (now_secs() * 1000).to_string();
+    let (s, v) = server.get(&format!(
+        "/auth/websocket?uid=u1&timestamp={ms}&sign={}",
+        sign("u1", &ms, SECRET)
+    ));
+    assert_eq!((s, v["code"].as_i64()), (401, Some(1003)), "{v}");
     let future = (now_secs() + 301).to_string();
     let (s, v) = server.get(&format!(
         "/auth/websocket?uid=u1&timestamp={future}&sign={}",

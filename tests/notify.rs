@@ -144,6 +144,7 @@ fn bad_token_gets_event0_1004_and_close_1008() {
     for target in [
         "/?token=00000000000000000000000000000000".to_string(),
         "/?token=short".to_string(),
+        "/?token=%zz".to_string(),
         "/".to_string(),
         "/anything?token=ffffffffffffffffffffffffffffffff".to_string(),
     ] {

@@ -123,13 +123,15 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         }
         sessions.add(conn.clone());
     }
-    let queued = shard
-        .store
-        .take_offline(conn.slot, &conn.domain, &conn.uid)?;
-    crate::metrics::bump(&shard.metrics.offline_delivered, queued.len() as u64);
-    for core in queued {
+    let queued = shard.store.offline(conn.slot, &conn.domain, &conn.uid)?;
+    let mut keys = Vec::with_capacity(queued.len());
+    for (key, core) in queued {
         outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
+        keys.push(key);
     }
+    // Removed from the store once written (ws::conn), not before: a connection that dies
+    // first leaves the queue for the next login (at least once, never lost).
+    *conn.offline_keys.borrow_mut() = keys;
     Ok(())
 }
 
@@ -138,25 +140,31 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
 pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
     let started = std::time::Instant::now();
     let slot = route::slot_of(&msg.domain, &msg.to);
+    // Connections already closing (kicked, idle, replaced) no longer count as online.
     let online: Vec<Rc<Conn>> = shard
         .sessions
         .borrow()
         .of(&msg.domain, &msg.to)
         .iter()
-        .filter(|c| !c.is_notify())
+        .filter(|c| !c.is_notify() && c.out.borrow().closing().is_none())
         .cloned()
         .collect();
-    let offline = online.is_empty();
-    shard.store.append_chat(slot, &msg, offline)?;
-    if !offline {
+    shard.store.append_chat(slot, &msg)?;
+    let mut delivered = 0u64;
+    if !online.is_empty() {
         let f = frame::text(&msg.with_offline(false));
         for conn in &online {
-            outbound::send(conn, &f);
+            delivered += u64::from(outbound::send(conn, &f));
         }
+    }
+    // Queued exactly when it reached no resource (a send can also fail: slow consumer).
+    let offline = delivered == 0;
+    if offline {
+        shard.store.queue_offline(slot, &msg)?;
     }
     let m = &shard.metrics;
     crate::metrics::bump(&m.chat_messages, 1);
-    crate::metrics::bump(&m.messages_delivered, online.len() as u64);
+    crate::metrics::bump(&m.messages_delivered, delivered);
     crate::metrics::bump(&m.offline_queued, u64::from(offline));
     m.delivery.observe(msg.created.elapsed());
     shard.store.durable().await?;

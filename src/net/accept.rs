@@ -208,7 +208,13 @@ async fn upgrade(
         }
     }
     let chat = req.path == "/ws";
-    let login = http::parse_query(&req.query).and_then(|q| login(&q, chat));
+    // The notify dialect knows one login error (PROTOCOL.md §3): a query it cannot read
+    // is a token it cannot read, 1004.
+    let login = match http::parse_query(&req.query) {
+        Ok(q) => login(&q, chat),
+        Err(_) if !chat => Err(Error::BadToken),
+        Err(e) => Err(e),
+    };
     let up = Upgrade {
         accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         chat,

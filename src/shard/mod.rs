@@ -46,6 +46,8 @@ pub struct Shard {
     started: std::time::Instant,
     open_conns: Arc<AtomicUsize>,
     pub metrics: crate::metrics::Metrics,
+    /// WebSocket connection tasks still running (shutdown waits for them to close).
+    pub live_conns: Cell<usize>,
     /// A second handle on this shard's inbox, only to read its depth for /metrics.
     inbox_probe: InboxRx,
 }
@@ -92,7 +94,16 @@ impl Shard {
         let sent = self.peers[target].send(Box::new(move |owner: &Rc<Shard>| {
             let owner = owner.clone();
             glommio::spawn_local(async move {
-                let _ = tx.send(f(owner).await);
+                use futures_lite::FutureExt;
+                // A panic in the work ends this call (the caller sees an error), not the shard.
+                match std::panic::AssertUnwindSafe(f(owner)).catch_unwind().await {
+                    Ok(result) => {
+                        let _ = tx.send(result);
+                    }
+                    Err(_) => {
+                        log::error!("a cross-shard call panicked; it fails, the shard goes on")
+                    }
+                }
             })
             .detach();
         }));
@@ -149,7 +160,11 @@ impl Shard {
             if self.stopping.get() {
                 Poll::Ready(())
             } else {
-                self.stop_waiters.borrow_mut().push(cx.waker().clone());
+                // One entry per waiting task, however often it is polled.
+                let mut waiters = self.stop_waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -284,6 +299,7 @@ pub async fn run(seed: Seed) {
         started: std::time::Instant::now(),
         open_conns: seed.open_conns,
         metrics: crate::metrics::Metrics::default(),
+        live_conns: Cell::new(0),
         inbox_probe: seed.inbox.clone(),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
@@ -299,7 +315,7 @@ pub async fn run(seed: Seed) {
         crate::ws::outbound::close(&conn, crate::error::close::GOING_AWAY);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while shard.sessions.borrow().count() > 0 && std::time::Instant::now() < deadline {
+    while shard.live_conns.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if let Err(e) = shard.store.flush() {

@@ -35,6 +35,8 @@ pub struct Conn {
     /// Rate limit: start of the current one-second window and messages in it.
     pub rate_window_ms: Cell<u64>,
     pub rate_count: Cell<u32>,
+    /// Offline-queue entries sent in the greeting, removed from the store once written.
+    pub offline_keys: RefCell<Vec<sled::IVec>>,
 }
 
 impl Conn {

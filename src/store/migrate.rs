@@ -112,7 +112,25 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
             migrating_to: Some(rt.shards),
         },
     )?;
-    let moved = move_slots(rt, meta.shards.max(meta.migrating_to.unwrap_or(0)))?;
+    // Every shard directory on disk takes part, so a move interrupted on its way to a
+    // larger count (then redone towards another one) strands nothing.
+    let on_disk = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("shard-")?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0);
+    let moved = move_slots(
+        rt,
+        meta.shards.max(meta.migrating_to.unwrap_or(0)).max(on_disk),
+    )?;
     write_meta(
         dir,
         &Meta {

@@ -156,26 +156,24 @@ impl Store {
         Ok(missing)
     }
 
-    /// Appends a chat message to its recipient's history (and to its offline queue when
-    /// `offline`), in one atomic batch. The stored value is the message's core (see
-    /// `dialect::chat`).
-    pub fn append_chat(&self, slot: u16, msg: &ChatMessage, offline: bool) -> Result<(), Error> {
+    /// Appends a chat message to its recipient's history (and the fromId index). The
+    /// stored value is the message's core (see `dialect::chat`).
+    pub fn append_chat(&self, slot: u16, msg: &ChatMessage) -> Result<(), Error> {
         let (domain, to, from) = (msg.domain.as_str(), msg.to.as_str(), msg.from.as_str());
         let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
         let seq = keys::u64_value(self.db.get(&seq_key)?.as_deref()) + 1;
         let fseq_key = keys::pair(slot, keys::FROM_SEQ, domain, to, from);
         let fseq = keys::u64_value(self.db.get(&fseq_key)?.as_deref()) + 1;
-        let value = IVec::from(msg.core.as_slice());
         // Ordered so that a crash between two writes exposes nothing: the entries first
         // (invisible until the counters cover them, and overwritten by the next message if
-        // they never do), then the counters, then the offline entry. sled recovers a
-        // prefix of its log, and nothing is acknowledged before `durable()`.
+        // they never do), then the counters. sled recovers a prefix of its log, and
+        // nothing is acknowledged before `durable()`.
         self.db.insert(
             keys::with_suffix(
                 keys::user(slot, keys::HISTORY, domain, to),
                 &seq.to_be_bytes(),
             ),
-            value.clone(),
+            msg.core.as_slice(),
         )?;
         self.db.insert(
             keys::with_suffix(
@@ -186,25 +184,37 @@ impl Store {
         )?;
         self.db.insert(seq_key, &seq.to_be_bytes())?;
         self.db.insert(fseq_key, &fseq.to_be_bytes())?;
-        if offline {
-            self.db.insert(
-                keys::with_suffix(keys::user(slot, keys::OFFLINE, domain, to), &msg.id.0),
-                value,
-            )?;
-        }
         Ok(())
     }
 
-    /// Takes `to`'s offline queue, oldest first, and empties it.
-    pub fn take_offline(&self, slot: u16, domain: &str, to: &str) -> Result<Vec<IVec>, Error> {
+    /// Queues a chat message for its offline recipient (after `append_chat`).
+    pub fn queue_offline(&self, slot: u16, msg: &ChatMessage) -> Result<(), Error> {
+        self.db.insert(
+            keys::with_suffix(
+                keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to),
+                &msg.id.0,
+            ),
+            msg.core.as_slice(),
+        )?;
+        Ok(())
+    }
+
+    /// `to`'s offline queue, oldest first, as (key, message core). Entries stay until
+    /// [`Store::remove_offline`]: they are removed once written to the connection.
+    pub fn offline(&self, slot: u16, domain: &str, to: &str) -> Result<Vec<(IVec, IVec)>, Error> {
         let prefix = keys::user(slot, keys::OFFLINE, domain, to);
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            self.db.remove(k)?;
-            out.push(v);
+            out.push(kv?);
         }
         Ok(out)
+    }
+
+    pub fn remove_offline(&self, keys: &[IVec]) -> Result<(), Error> {
+        for k in keys {
+            self.db.remove(k)?;
+        }
+        Ok(())
     }
 
     /// Page `page` (1-based) of `size` of `to`'s history, newest first, optionally only

@@ -33,19 +33,38 @@ struct Fragments {
     data: Vec<u8>,
 }
 
-/// Takes a connection out of the session table however its task ends (a panic included).
-struct Leave(Rc<Shard>, Rc<Conn>);
+/// Counts a connection task as live and takes the connection out of the session table
+/// however the task ends (a panic included).
+pub struct Leave(Rc<Shard>, Rc<Conn>);
+
+impl Leave {
+    pub fn new(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Leave {
+        shard.live_conns.set(shard.live_conns.get() + 1);
+        Leave(shard.clone(), conn.clone())
+    }
+}
 
 impl Drop for Leave {
     fn drop(&mut self) {
+        self.0
+            .live_conns
+            .set(self.0.live_conns.get().saturating_sub(1));
         if let Ok(mut sessions) = self.0.sessions.try_borrow_mut() {
             sessions.remove(&self.1);
         }
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut rbuf: Vec<u8>) {
-    let _leave = Leave(shard.clone(), conn.clone());
+/// Runs the connection until it ends; `leave` was taken when the connection was created,
+/// before it joined the session table.
+pub async fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    conn: Rc<Conn>,
+    mut rbuf: Vec<u8>,
+    leave: Leave,
+) {
+    let _leave = leave;
     let mut frag: Option<Fragments> = None;
     if !rbuf.is_empty() {
         process(&shard, &conn, &mut rbuf, &mut frag);
@@ -53,8 +72,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut 
     loop {
         let io = std::future::poll_fn(|cx| {
             let mut out = conn.out.borrow_mut();
-            if let Poll::Ready(Err(_)) = out.poll_flush(cx, &mut stream) {
-                return Poll::Ready(Io::Gone);
+            match out.poll_flush(cx, &mut stream) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                Poll::Ready(Ok(())) => delivered_offline(&shard, &conn),
+                Poll::Pending => {}
             }
             if out.closing().is_some() {
                 return Poll::Ready(Io::Closing);
@@ -125,6 +146,18 @@ async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream, grace: Duration) {
         }
     };
     futures_lite::future::or(finish, glommio::timer::sleep(grace)).await;
+}
+
+/// The greeting's offline messages have been written: remove them from the queue.
+fn delivered_offline(shard: &Shard, conn: &Conn) {
+    if conn.offline_keys.borrow().is_empty() {
+        return;
+    }
+    let keys = std::mem::take(&mut *conn.offline_keys.borrow_mut());
+    crate::metrics::bump(&shard.metrics.offline_delivered, keys.len() as u64);
+    if let Err(e) = shard.store.remove_offline(&keys) {
+        log::error!("removing delivered offline messages failed: {e}");
+    }
 }
 
 /// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.

@@ -1,9 +1,11 @@
 //! What a connection still has to write: a queue of shared, already-encoded frames.
 //!
 //! Invariants: frames are `Arc`s encoded once per message, never copied per recipient;
-//! the bytes queued for one connection never exceed `max_outbound_bytes` — a consumer
-//! that falls further behind loses its queue (its unread list and history stay in the
-//! store) and is closed with 1013; a frame that has been partly written is always
+//! the live traffic queued for one connection never exceeds `max_outbound_bytes` — a
+//! consumer that falls further behind loses its queued live frames (its unread list and
+//! history stay in the store) and is closed with 1013; the greeting (101, event 2, the
+//! offline queue) is bounded by what the store holds for the user, is not counted against
+//! that limit and is never dropped; a frame that has been partly written is always
 //! finished, so the byte stream stays well-formed; after `close` nothing more is queued.
 
 use std::collections::VecDeque;
@@ -18,9 +20,11 @@ use crate::error::close::SLOW_CONSUMER;
 use crate::shard::session::Conn;
 
 pub struct Outbound {
-    queue: VecDeque<Frame>,
+    /// Frames to write, each marked whether it counts against `max`.
+    queue: VecDeque<(Frame, bool)>,
     /// Bytes of the front frame already written.
     offset: usize,
+    /// Bytes of counted frames queued.
     bytes: usize,
     max: usize,
     /// The close code once a close frame has been queued.
@@ -44,6 +48,10 @@ impl Outbound {
         self.close
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     pub fn set_waker(&mut self, w: &Waker) {
         match &self.waker {
             Some(old) if old.will_wake(w) => {}
@@ -57,15 +65,17 @@ impl Outbound {
         }
     }
 
-    fn push(&mut self, f: Frame) {
-        self.bytes += f.len();
-        self.queue.push_back(f);
+    fn push(&mut self, f: Frame, counted: bool) {
+        if counted {
+            self.bytes += f.len();
+        }
+        self.queue.push_back((f, counted));
         self.wake();
     }
 
     fn push_close(&mut self, code: u16) {
         self.close = Some(code);
-        self.push(frame::close(code));
+        self.push(frame::close(code), false);
     }
 
     /// Writes as much of the queue as the socket takes. `Ready(Ok)` once empty.
@@ -74,7 +84,7 @@ impl Outbound {
         cx: &mut Context<'_>,
         stream: &mut TcpStream,
     ) -> Poll<std::io::Result<()>> {
-        while let Some(front) = self.queue.front() {
+        while let Some((front, counted)) = self.queue.front() {
             match Pin::new(&mut *stream).poll_write(cx, &front[self.offset..]) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
@@ -82,7 +92,9 @@ impl Outbound {
                 Poll::Ready(Ok(n)) => {
                     self.offset += n;
                     if self.offset == front.len() {
-                        self.bytes -= front.len();
+                        if *counted {
+                            self.bytes -= front.len();
+                        }
                         self.offset = 0;
                         self.queue.pop_front();
                     }
@@ -96,6 +108,25 @@ impl Outbound {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// Slow consumer: drops the queued live frames (keeping a partly written front frame
+    /// and the greeting) and queues the close frame.
+    fn cut_off(&mut self) {
+        let offset = self.offset;
+        let mut i = 0;
+        self.queue.retain(|(_, counted)| {
+            let keep = !*counted || (i == 0 && offset > 0);
+            i += 1;
+            keep
+        });
+        self.bytes = self
+            .queue
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(f, _)| f.len())
+            .sum();
+        self.push_close(SLOW_CONSUMER);
+    }
 }
 
 /// Queues `f` for `conn`; false when the connection is closing (or was just closed as a
@@ -106,21 +137,16 @@ pub fn send(conn: &Conn, f: &Frame) -> bool {
         return false;
     }
     if out.bytes + f.len() > out.max {
-        // Keep only a partly written front frame, then say why we close.
-        let keep = usize::from(out.offset > 0);
-        let dropped: usize = out.queue.iter().skip(keep).map(|f| f.len()).sum();
-        out.queue.truncate(keep);
-        out.bytes -= dropped;
         log::warn!(
             "slow consumer: closing connection {} of {}/{} with 1013",
             conn.id,
             conn.domain,
             conn.uid
         );
-        out.push_close(SLOW_CONSUMER);
+        out.cut_off();
         return false;
     }
-    out.push(f.clone());
+    out.push(f.clone(), true);
     true
 }
 
@@ -130,12 +156,12 @@ pub fn send_owned(conn: &Conn, bytes: Vec<u8>) -> bool {
 }
 
 /// Queues the greeting of a new connection (the 101 response, event 2, the offline
-/// queue) regardless of `max_outbound_bytes`: it is bounded by what the store holds for
-/// the user, and refusing it would drop an offline queue already taken from the store.
+/// queue): not counted against `max_outbound_bytes` and never dropped (see the module
+/// invariants).
 pub fn send_greeting(conn: &Conn, bytes: Vec<u8>) {
     let mut out = conn.out.borrow_mut();
     if out.close.is_none() {
-        out.push(Frame::from(bytes));
+        out.push(Frame::from(bytes), false);
     }
 }
 
@@ -144,5 +170,30 @@ pub fn close(conn: &Conn, code: u16) {
     let mut out = conn.out.borrow_mut();
     if out.close.is_none() {
         out.push_close(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_off_keeps_greeting_and_a_partly_written_frame() {
+        let mut out = Outbound::new(10);
+        out.push(Frame::from(vec![1u8; 5]), false); // greeting
+        out.push(Frame::from(vec![2u8; 4]), true);
+        out.push(Frame::from(vec![3u8; 4]), true);
+        out.cut_off();
+        let kinds: Vec<(u8, bool)> = out.queue.iter().map(|(f, c)| (f[0], *c)).collect();
+        assert_eq!(kinds, vec![(1, false), (0x88, false)]);
+        assert_eq!(out.bytes, 0);
+        let mut out = Outbound::new(10);
+        out.push(Frame::from(vec![2u8; 4]), true);
+        out.push(Frame::from(vec![3u8; 4]), true);
+        out.offset = 2;
+        out.cut_off();
+        let kinds: Vec<u8> = out.queue.iter().map(|(f, _)| f[0]).collect();
+        assert_eq!(kinds, vec![2, 0x88], "the partly written frame is finished");
+        assert_eq!(out.bytes, 4);
     }
 }

@@ -96,7 +96,8 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
             }
         };
         match (user, &login) {
-            (Err(e), _) => Err(e),
+            // A store failure is the server's fault: 2000, close 1011 (not an auth refusal).
+            (Err(_), _) => Err(Error::WsInternal),
             (Ok(None), _) => Err(Error::BadToken),
             (Ok(Some((d, u))), Login::Chat { id, domain, .. }) if (&d, &u) != (domain, id) => {
                 Err(Error::BadToken)
@@ -112,6 +113,7 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
                 if up.chat { "chat" } else { "notify" }
             );
             let conn = new_conn(&shard, 0, String::new(), String::new(), Dialect::Notify);
+            let leave = super::conn::Leave::new(&shard, &conn);
             outbound::send_greeting(&conn, response_101(&up.accept));
             let body = if up.chat {
                 crate::json::error_object(&e)
@@ -119,8 +121,8 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
                 crate::dialect::notify::event0(&e)
             };
             outbound::send_owned(&conn, super::frame::encode(super::frame::OP_TEXT, &body));
-            outbound::close(&conn, close::AUTH);
-            super::conn::serve(shard, stream, conn, Vec::new()).await;
+            outbound::close(&conn, e.close_code().unwrap_or(close::AUTH));
+            super::conn::serve(shard, stream, conn, Vec::new(), leave).await;
             return;
         }
     };
@@ -139,6 +141,8 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         },
     };
     let conn = new_conn(&shard, slot, domain, uid, dialect);
+    // Before the greeting joins the session table: however this task ends, it leaves.
+    let leave = super::conn::Leave::new(&shard, &conn);
     outbound::send_greeting(&conn, response_101(&up.accept));
     let greeted = match conn.dialect {
         Dialect::Notify => crate::dialect::notify::greet(&shard, &conn),
@@ -146,7 +150,8 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
     };
     if let Err(e) = greeted {
         log::error!("greeting connection {} failed: {e}", conn.id);
-        outbound::close(&conn, close::AUTH);
+        crate::dialect::send_error(&shard, &conn, &Error::WsInternal);
+        outbound::close(&conn, close::INTERNAL);
     }
     log::debug!(
         "connection {} of {}/{} open on shard {} ({:?})",
@@ -156,7 +161,7 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         shard.id,
         conn.dialect
     );
-    super::conn::serve(shard, stream, conn, up.rest).await;
+    super::conn::serve(shard, stream, conn, up.rest, leave).await;
 }
 
 fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
@@ -172,5 +177,6 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         last_rx_ms: Cell::new(shard.clock_ms()),
         rate_window_ms: Cell::new(0),
         rate_count: Cell::new(0),
+        offline_keys: RefCell::new(Vec::new()),
     })
 }

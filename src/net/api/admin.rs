@@ -70,7 +70,12 @@ pub async fn presence(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u
     shard
         .call(owner, move |s| async move {
             let sessions = s.sessions.borrow();
-            let conns = sessions.of(&domain, &uid);
+            // Connections already closing (kicked, idle) are no longer present.
+            let conns: Vec<_> = sessions
+                .of(&domain, &uid)
+                .iter()
+                .filter(|c| c.out.borrow().closing().is_none())
+                .collect();
             let mut out =
                 format!("{{\"online\":{},\"connections\":[", !conns.is_empty()).into_bytes();
             for (i, c) in conns.iter().enumerate() {
