@@ -10,7 +10,6 @@
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -72,7 +71,8 @@ pub async fn serve(
     loop {
         let io = std::future::poll_fn(|cx| {
             let mut out = conn.out.borrow_mut();
-            match out.poll_flush(cx, &mut stream) {
+            let flushed = out.poll_flush(cx, &mut stream, &mut shard.scratch.borrow_mut());
+            match flushed {
                 Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
                 Poll::Ready(Ok(())) => delivered_offline(&shard, &conn),
                 Poll::Pending => {}
@@ -122,16 +122,21 @@ pub async fn serve(
     );
     // Boxed: the closing phase's state is the largest of this task's, and an open
     // connection should not carry it.
-    Box::pin(finish_close(conn, stream, shard.rt.idle_timeout)).await;
+    Box::pin(finish_close(shard, conn, stream)).await;
 }
 
 /// Closing: write what is queued (ending with the close frame), then half-close and wait
 /// for the peer to finish, within `grace` (the idle timeout: a closing connection gets as
 /// long to take its close frame as an idle one gets to speak).
-async fn finish_close(conn: Rc<Conn>, mut stream: TcpStream, grace: Duration) {
+async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+    let grace = shard.rt.idle_timeout;
     let finish = async {
-        let flushed =
-            std::future::poll_fn(|cx| conn.out.borrow_mut().poll_flush(cx, &mut stream)).await;
+        let flushed = std::future::poll_fn(|cx| {
+            conn.out
+                .borrow_mut()
+                .poll_flush(cx, &mut stream, &mut shard.scratch.borrow_mut())
+        })
+        .await;
         if flushed.is_err() {
             return;
         }

@@ -79,26 +79,37 @@ impl Outbound {
     }
 
     /// Writes as much of the queue as the socket takes. `Ready(Ok)` once empty.
+    ///
+    /// Several queued frames go out in one write: they are gathered into `scratch` (the
+    /// shard's buffer, free while this connection writes), so a greeting, a burst of
+    /// pushes or an offline queue costs one syscall, not one per frame.
     pub fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut TcpStream,
+        scratch: &mut [u8],
     ) -> Poll<std::io::Result<()>> {
-        while let Some((front, counted)) = self.queue.front() {
-            match Pin::new(&mut *stream).poll_write(cx, &front[self.offset..]) {
+        while let Some((front, _)) = self.queue.front() {
+            let rest = &front[self.offset..];
+            let chunk: &[u8] = if self.queue.len() > 1 && rest.len() < scratch.len() {
+                let mut n = 0;
+                for (i, (f, _)) in self.queue.iter().enumerate() {
+                    let part = if i == 0 { rest } else { &f[..] };
+                    if n + part.len() > scratch.len() {
+                        break;
+                    }
+                    scratch[n..n + part.len()].copy_from_slice(part);
+                    n += part.len();
+                }
+                &scratch[..n]
+            } else {
+                rest
+            };
+            match Pin::new(&mut *stream).poll_write(cx, chunk) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
-                Poll::Ready(Ok(n)) => {
-                    self.offset += n;
-                    if self.offset == front.len() {
-                        if *counted {
-                            self.bytes -= front.len();
-                        }
-                        self.offset = 0;
-                        self.queue.pop_front();
-                    }
-                }
+                Poll::Ready(Ok(n)) => self.advance(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -107,6 +118,26 @@ impl Outbound {
             self.queue = VecDeque::new();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Marks `n` bytes from the front of the queue as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some((front, counted)) = self.queue.front() else {
+                return;
+            };
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            if *counted {
+                self.bytes -= front.len();
+            }
+            self.offset = 0;
+            self.queue.pop_front();
+        }
     }
 
     /// Slow consumer: drops the queued live frames (keeping a partly written front frame
@@ -195,5 +226,20 @@ mod tests {
         let kinds: Vec<u8> = out.queue.iter().map(|(f, _)| f[0]).collect();
         assert_eq!(kinds, vec![2, 0x88], "the partly written frame is finished");
         assert_eq!(out.bytes, 4);
+    }
+
+    #[test]
+    fn advance_moves_across_frames() {
+        let mut out = Outbound::new(100);
+        out.push(Frame::from(vec![1u8; 5]), true);
+        out.push(Frame::from(vec![2u8; 5]), false);
+        out.push(Frame::from(vec![3u8; 5]), true);
+        out.advance(7);
+        assert_eq!((out.queue.len(), out.offset, out.bytes), (2, 2, 5));
+        out.advance(3);
+        assert_eq!((out.queue.len(), out.offset, out.bytes), (1, 0, 5));
+        out.advance(5);
+        assert!(out.is_empty());
+        assert_eq!(out.bytes, 0);
     }
 }
