@@ -34,22 +34,32 @@ struct Fragments {
 
 /// Counts a connection task as live and takes the connection out of the session table
 /// however the task ends (a panic included).
-pub struct Leave(Rc<Shard>, Rc<Conn>);
+/// It also holds the connection's `max_connections` permit until then.
+pub struct Leave {
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    _permit: crate::shard::ConnPermit,
+}
 
 impl Leave {
-    pub fn new(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Leave {
+    pub fn new(shard: &Rc<Shard>, conn: &Rc<Conn>, permit: crate::shard::ConnPermit) -> Leave {
         shard.live_conns.set(shard.live_conns.get() + 1);
-        Leave(shard.clone(), conn.clone())
+        Leave {
+            shard: shard.clone(),
+            conn: conn.clone(),
+            _permit: permit,
+        }
     }
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.0
+        let shard = &self.shard;
+        shard
             .live_conns
-            .set(self.0.live_conns.get().saturating_sub(1));
-        if let Ok(mut sessions) = self.0.sessions.try_borrow_mut() {
-            sessions.remove(&self.1);
+            .set(shard.live_conns.get().saturating_sub(1));
+        if let Ok(mut sessions) = shard.sessions.try_borrow_mut() {
+            sessions.remove(&self.conn);
         }
     }
 }

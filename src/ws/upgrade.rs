@@ -66,30 +66,46 @@ fn response_101(accept: &str) -> Vec<u8> {
 }
 
 /// Runs on the owner shard (or on the accepting shard when the login already failed).
-/// A panic in the connection's code ends this connection only: it is caught here, the
-/// connection leaves the session table, and the shard goes on.
+/// The login and greeting are done synchronously by [`open`], so that this task's state
+/// for the life of the connection is the connection loop alone (an idle connection's
+/// memory is mostly this future). A panic in the connection's code ends this connection
+/// only: it is caught here, the connection leaves the session table (its `Leave` guard
+/// drops), and the shard goes on.
 pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
     use futures_lite::FutureExt;
-    // The permit inside `up` lives as long as `run` (or is dropped with it on a panic).
-    let outcome = std::panic::AssertUnwindSafe(run(shard.clone(), stream, up))
-        .catch_unwind()
-        .await;
+    let id = shard.id;
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(&shard, up)))
+    {
+        Ok((conn, rest, leave)) => {
+            std::panic::AssertUnwindSafe(super::conn::serve(shard, stream, conn, rest, leave))
+                .catch_unwind()
+                .await
+        }
+        Err(cause) => Err(cause),
+    };
     if let Err(cause) = outcome {
         let why = cause
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| cause.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        log::error!(
-            "shard {}: a connection task panicked ({why}); connection dropped",
-            shard.id
-        );
+        log::error!("shard {id}: a connection task panicked ({why}); connection dropped");
     }
 }
 
-async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
+/// Checks the login, creates the connection and queues its greeting (or its error and
+/// close). Returns the connection, the bytes that arrived after the request head, and the
+/// guard that holds its `max_connections` permit and takes it out of the session table.
+fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leave) {
+    let Upgrade {
+        accept,
+        chat,
+        login,
+        rest,
+        permit,
+    } = up;
     let now = crate::ids::now_secs();
-    let checked = up.login.and_then(|login| {
+    let checked = login.and_then(|login| {
         let user = match &login {
             Login::Notify { token } | Login::Chat { token, .. } => {
                 shard.store.token_user(token, now)
@@ -110,20 +126,19 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         Err(e) => {
             log::warn!(
                 "refused login ({}): {e}",
-                if up.chat { "chat" } else { "notify" }
+                if chat { "chat" } else { "notify" }
             );
-            let conn = new_conn(&shard, 0, String::new(), String::new(), Dialect::Notify);
-            let leave = super::conn::Leave::new(&shard, &conn);
-            outbound::send_greeting(&conn, response_101(&up.accept));
-            let body = if up.chat {
+            let conn = new_conn(shard, 0, String::new(), String::new(), Dialect::Notify);
+            let leave = super::conn::Leave::new(shard, &conn, permit);
+            outbound::send_greeting(&conn, response_101(&accept));
+            let body = if chat {
                 crate::json::error_object(&e)
             } else {
                 crate::dialect::notify::event0(&e)
             };
             outbound::send_owned(&conn, super::frame::encode(super::frame::OP_TEXT, &body));
             outbound::close(&conn, e.close_code().unwrap_or(close::AUTH));
-            super::conn::serve(shard, stream, conn, Vec::new(), leave).await;
-            return;
+            return (conn, Vec::new(), leave);
         }
     };
     let slot = login.slot();
@@ -140,17 +155,17 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
             ack,
         },
     };
-    let conn = new_conn(&shard, slot, domain, uid, dialect);
+    let conn = new_conn(shard, slot, domain, uid, dialect);
     // Before the greeting joins the session table: however this task ends, it leaves.
-    let leave = super::conn::Leave::new(&shard, &conn);
-    outbound::send_greeting(&conn, response_101(&up.accept));
+    let leave = super::conn::Leave::new(shard, &conn, permit);
+    outbound::send_greeting(&conn, response_101(&accept));
     let greeted = match conn.dialect {
-        Dialect::Notify => crate::dialect::notify::greet(&shard, &conn),
-        Dialect::Chat { .. } => crate::dialect::chat::greet(&shard, &conn),
+        Dialect::Notify => crate::dialect::notify::greet(shard, &conn),
+        Dialect::Chat { .. } => crate::dialect::chat::greet(shard, &conn),
     };
     if let Err(e) = greeted {
         log::error!("greeting connection {} failed: {e}", conn.id);
-        crate::dialect::send_error(&shard, &conn, &Error::WsInternal);
+        crate::dialect::send_error(shard, &conn, &Error::WsInternal);
         outbound::close(&conn, close::INTERNAL);
     }
     log::debug!(
@@ -161,7 +176,7 @@ async fn run(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         shard.id,
         conn.dialect
     );
-    super::conn::serve(shard, stream, conn, up.rest, leave).await;
+    (conn, rest, leave)
 }
 
 fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
