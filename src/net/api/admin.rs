@@ -23,14 +23,7 @@ pub async fn broadcast(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Er
         .ok_or(Error::param("body"))?;
     let domain =
         json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?.to_string();
-    let title = json::str_of(&v, "title").ok_or(Error::param("title"))?;
-    if title.len() > super::push::MAX_TITLE_BYTES {
-        return Err(Error::too_large("title"));
-    }
-    let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;
-    if content.len() > rt.max_message_bytes {
-        return Err(Error::too_large("content"));
-    }
+    let (title, content) = super::push::title_and_content(&v, &rt)?;
     let note = Arc::new(Notification::new(
         shard.ids.next(),
         title,

@@ -15,7 +15,24 @@ use crate::shard::Shard;
 use crate::Error;
 
 /// Largest accepted title, bytes (PROTOCOL.md §2).
-pub(super) const MAX_TITLE_BYTES: usize = 1024;
+const MAX_TITLE_BYTES: usize = 1024;
+
+/// The `title` and `content` of a notification body (`/push`, `/broadcast`), checked
+/// against their limits.
+pub(super) fn title_and_content<'v>(
+    v: &'v simd_json::BorrowedValue<'_>,
+    rt: &crate::config::Runtime,
+) -> Result<(&'v str, &'v str), Error> {
+    let title = json::str_of(v, "title").ok_or(Error::param("title"))?;
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(Error::too_large("title"));
+    }
+    let content = json::str_of(v, "content").ok_or(Error::param("content"))?;
+    if content.len() > rt.max_message_bytes {
+        return Err(Error::too_large("content"));
+    }
+    Ok((title, content))
+}
 
 pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
@@ -32,14 +49,7 @@ pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> 
     if uids.len() > rt.max_push_uids {
         return Err(Error::too_large("uids"));
     }
-    let title = json::str_of(&v, "title").ok_or(Error::param("title"))?;
-    if title.len() > MAX_TITLE_BYTES {
-        return Err(Error::too_large("title"));
-    }
-    let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;
-    if content.len() > rt.max_message_bytes {
-        return Err(Error::too_large("content"));
-    }
+    let (title, content) = title_and_content(&v, &rt)?;
     let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
     let shards = shard.shards();
     let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shards];
