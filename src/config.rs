@@ -6,6 +6,7 @@
 //! an unknown key or a bad value is a start-up error that names the key; nothing is
 //! parsed again after start-up.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +45,7 @@ struct File {
     max_body_bytes: usize,
     max_outbound_bytes: usize,
     max_connections: usize,
+    max_connections_per_user: usize,
     max_messages_per_sec: u32,
     ping_interval_secs: f64,
     idle_timeout_secs: f64,
@@ -55,6 +57,29 @@ struct File {
     history_max_per_user: u64,
     offline_ttl_secs: u64,
     log_level: String,
+    domains: BTreeMap<String, DomainFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainFile {
+    secret: String,
+    admin_key: String,
+}
+
+/// A declared domain's credentials (PROTOCOL.md §1, v2).
+#[derive(Clone)]
+pub struct DomainKeys {
+    /// Signs this domain's token requests (the original formula).
+    pub secret: String,
+    /// Acts on this domain only.
+    pub admin_key: String,
+}
+
+impl std::fmt::Debug for DomainKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DomainKeys(<secrets>)")
+    }
 }
 
 /// When a write is acknowledged (PROTOCOL.md §5, DESIGN.md "Storage").
@@ -91,6 +116,7 @@ pub struct Runtime {
     pub max_body_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_user: usize,
     pub max_messages_per_sec: u32,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -102,6 +128,8 @@ pub struct Runtime {
     pub history_max_per_user: u64,
     pub offline_ttl_secs: u64,
     pub log_level: log::LevelFilter,
+    /// Declared domains by name.
+    pub domains: BTreeMap<String, DomainKeys>,
 }
 
 impl Runtime {
@@ -126,13 +154,14 @@ impl Runtime {
             Durability::Group => "group",
             Durability::Async => "async",
         };
-        format!(
+        let mut text = format!(
             "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nsecret = {:?}\nadmin_key = {:?}\n\
              profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
              sign_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
              store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
-             max_outbound_bytes = {}\nmax_connections = {}\nmax_messages_per_sec = {}\n\
+             max_outbound_bytes = {}\nmax_connections = {}\nmax_connections_per_user = {}\n\
+             max_messages_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
              allowed_origins = {:?}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
              history_max_per_user = {}\noffline_ttl_secs = {}\nlog_level = {:?}\n",
@@ -157,6 +186,7 @@ impl Runtime {
             self.max_body_bytes,
             self.max_outbound_bytes,
             self.max_connections,
+            self.max_connections_per_user,
             self.max_messages_per_sec,
             d(self.ping_interval),
             d(self.idle_timeout),
@@ -167,12 +197,27 @@ impl Runtime {
             self.history_max_per_user,
             self.offline_ttl_secs,
             self.log_level.to_string().to_lowercase(),
-        )
+        );
+        text.push_str("\n[domains]\n");
+        for (name, d) in &self.domains {
+            text.push_str(&format!(
+                "[domains.{name:?}]\nsecret = {:?}\nadmin_key = {:?}\n",
+                redact(&d.secret),
+                redact(&d.admin_key)
+            ));
+        }
+        text
     }
 
-    /// True while either shipped development secret is in use.
+    /// True while a shipped development secret is in use (top level or in a domain).
     pub fn uses_dev_secrets(&self) -> bool {
-        self.secret == DEV_SECRET || self.admin_key == DEV_ADMIN_KEY
+        let dev = |s: &str| s == DEV_SECRET || s == DEV_ADMIN_KEY;
+        dev(&self.secret)
+            || dev(&self.admin_key)
+            || self
+                .domains
+                .values()
+                .any(|d| dev(&d.secret) || dev(&d.admin_key))
     }
 }
 
@@ -201,6 +246,7 @@ pub fn load(path: Option<&Path>, overrides: &str) -> Result<Runtime, ConfigError
             Path::new("overrides"),
         )?;
     }
+    check_domain_tables(&table)?;
     let file: File = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError(format!("config: {}", e.message())))?;
@@ -241,6 +287,34 @@ fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), Co
             }
             Some(_) => {
                 base.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each `[domains.<name>]` holds exactly a string `secret` and `admin_key`; checked before
+/// deserializing so that the error names the domain as well as the key.
+fn check_domain_tables(table: &toml::Table) -> Result<(), ConfigError> {
+    let Some(toml::Value::Table(domains)) = table.get("domains") else {
+        return Ok(());
+    };
+    for (name, v) in domains {
+        let t = v.as_table().ok_or_else(|| {
+            bad(
+                &format!("domains.{name}"),
+                "must be a table with `secret` and `admin_key`",
+            )
+        })?;
+        if let Some(k) = t.keys().find(|k| *k != "secret" && *k != "admin_key") {
+            return Err(bad(
+                &format!("domains.{name}.{k}"),
+                "unknown key (a domain has `secret` and `admin_key`)",
+            ));
+        }
+        for k in ["secret", "admin_key"] {
+            if !t.get(k).is_some_and(toml::Value::is_str) {
+                return Err(bad(&format!("domains.{name}.{k}"), "required, a string"));
             }
         }
     }
@@ -338,6 +412,9 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.max_connections == 0 {
         return Err(bad("max_connections", "must be at least 1"));
     }
+    if f.max_connections_per_user == 0 {
+        return Err(bad("max_connections_per_user", "must be at least 1"));
+    }
     if f.max_messages_per_sec == 0 {
         return Err(bad("max_messages_per_sec", "must be at least 1"));
     }
@@ -357,6 +434,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
             "production refuses the development `secret`/`admin_key` shipped in tuning/default.toml; set your own",
         ));
     }
+    let domains = validate_domains(&f, production)?;
     let log_level = f
         .log_level
         .parse::<log::LevelFilter>()
@@ -384,6 +462,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_body_bytes: f.max_body_bytes,
         max_outbound_bytes: f.max_outbound_bytes,
         max_connections: f.max_connections,
+        max_connections_per_user: f.max_connections_per_user,
         max_messages_per_sec: f.max_messages_per_sec,
         ping_interval,
         idle_timeout,
@@ -395,7 +474,64 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         history_max_per_user: f.history_max_per_user,
         offline_ttl_secs: f.offline_ttl_secs,
         log_level,
+        domains,
     })
+}
+
+/// `[domains.<name>]`: valid names other than `default_domain`, non-empty credentials,
+/// every secret and admin key distinct from the others (a shared secret would let a sign
+/// or key of one tenant act on another), no development value in production.
+fn validate_domains(
+    f: &File,
+    production: bool,
+) -> Result<BTreeMap<String, DomainKeys>, ConfigError> {
+    let mut secrets = vec![f.secret.as_str()];
+    let mut admin_keys = vec![f.admin_key.as_str()];
+    let mut out = BTreeMap::new();
+    for (name, d) in &f.domains {
+        let key = |k: &str| format!("domains.{name}.{k}");
+        if !crate::auth::valid_name(name) {
+            return Err(bad(
+                &format!("domains.{name}"),
+                "a domain name is 1..=128 bytes of UTF-8 without control characters",
+            ));
+        }
+        if *name == f.default_domain {
+            return Err(bad(
+                &format!("domains.{name}"),
+                "the default domain uses the top-level `secret` and `admin_key`; do not declare it",
+            ));
+        }
+        for (k, value, seen) in [
+            ("secret", &d.secret, &mut secrets),
+            ("admin_key", &d.admin_key, &mut admin_keys),
+        ] {
+            if value.is_empty() {
+                return Err(bad(&key(k), "must not be empty"));
+            }
+            if seen.contains(&value.as_str()) {
+                return Err(bad(
+                    &key(k),
+                    "must differ from the top-level one and from every other domain's",
+                ));
+            }
+            if production && (value == DEV_SECRET || value == DEV_ADMIN_KEY) {
+                return Err(bad(
+                    &key(k),
+                    "production refuses the development values shipped in tuning/default.toml",
+                ));
+            }
+            seen.push(value);
+        }
+        out.insert(
+            name.clone(),
+            DomainKeys {
+                secret: d.secret.clone(),
+                admin_key: d.admin_key.clone(),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// `+08:00` → 28800, `-05:30` → -19800.
@@ -445,6 +581,18 @@ mod tests {
             ("profile = \"prod\"", "profile"),
             ("profile = \"production\"", "profile"),
             ("allowed_origins = \"x\"", "allowed_origins"),
+            ("max_connections_per_user = 0", "max_connections_per_user"),
+            ("[domains.shop]\nsecret = \"a\"", "domains.shop.admin_key"),
+            ("[domains.shop]\nsecret = \"a\"\nadmin_key = \"b\"\ncolour = 1", "domains.shop.colour"),
+            ("[domains.shop]\nsecret = 1\nadmin_key = \"b\"", "domains.shop.secret"),
+            ("[domains]\nshop = 1", "domains.shop"),
+            ("[domains.shop]\nsecret = \"\"\nadmin_key = \"b\"", "domains.shop.secret"),
+            ("[domains.shop]\nsecret = \"a\"\nadmin_key = \"dev-admin-key-change-me\"", "domains.shop.admin_key"),
+            ("[domains.shop]\nsecret = \"dev-secret-change-me\"\nadmin_key = \"b\"", "domains.shop.secret"),
+            ("[domains.a]\nsecret = \"s\"\nadmin_key = \"k\"\n[domains.b]\nsecret = \"s\"\nadmin_key = \"k2\"", "domains.b.secret"),
+            ("[domains.default]\nsecret = \"a\"\nadmin_key = \"b\"", "domains.default"),
+            ("[domains.\"a\\nb\"]\nsecret = \"a\"\nadmin_key = \"b\"", "domains.a"),
+            ("domains = 3", "domains"),
         ];
         for (text, key) in cases {
             let err = from_str(text).expect_err(text).to_string();
@@ -460,13 +608,29 @@ mod tests {
         let rt =
             from_str("profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"").expect("ok");
         assert!(rt.production && !rt.uses_dev_secrets());
+        let prod = "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\n";
+        let err = from_str(&format!(
+            "{prod}[domains.shop]\nsecret = \"dev-secret-change-me\"\nadmin_key = \"c\""
+        ))
+        .expect_err("dev secret in a production domain");
+        assert!(err.to_string().contains("domains.shop.secret"), "{err}");
+        let rt = from_str(&format!(
+            "{prod}[domains.shop]\nsecret = \"c\"\nadmin_key = \"d\""
+        ))
+        .expect("ok");
+        assert_eq!(rt.domains.get("shop").map(|d| d.secret.as_str()), Some("c"));
     }
 
     #[test]
     fn effective_config_round_trips_without_secrets() {
-        let rt = from_str("secret = \"hunter2\"\nshards = 3\nutc_offset = \"-05:30\"").expect("ok");
+        let rt = from_str(
+            "secret = \"hunter2\"\nshards = 3\nutc_offset = \"-05:30\"\n\
+             [domains.shop]\nsecret = \"hunter3\"\nadmin_key = \"hunter4\"",
+        )
+        .expect("ok");
         let text = rt.effective_toml();
-        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("[domains.\"shop\"]"), "{text}");
         assert!(
             text.contains("shards = 3") && text.contains("utc_offset = \"-05:30\""),
             "{text}"

@@ -28,6 +28,9 @@ pub enum Error {
     /// 1005 / 403.
     #[error("admin key missing or wrong")]
     BadAdminKey,
+    /// 1005 / 403: a declared domain's admin key used on another domain (PROTOCOL.md §1).
+    #[error("this admin key does not act on that domain")]
+    AdminOtherDomain,
     /// 1006 / 404.
     #[error("no such path")]
     NotFound,
@@ -40,6 +43,9 @@ pub enum Error {
     /// 1009 / 503.
     #[error("overloaded")]
     Overloaded,
+    /// 1009, close 1008: the user already holds `max_connections_per_user` (§5).
+    #[error("too many connections for this user")]
+    UserConnections,
     /// 2000: unknown / internal, on a WebSocket.
     #[error("internal error")]
     WsInternal,
@@ -69,11 +75,11 @@ impl Error {
             Error::BadSign => 1002,
             Error::StaleTimestamp => 1003,
             Error::BadToken => 1004,
-            Error::BadAdminKey => 1005,
+            Error::BadAdminKey | Error::AdminOtherDomain => 1005,
             Error::NotFound => 1006,
             Error::MethodNotAllowed => 1007,
             Error::TooLarge(_) => 1008,
-            Error::Overloaded => 1009,
+            Error::Overloaded | Error::UserConnections => 1009,
             Error::WsInternal => 2000,
             Error::BadFrame => 2001,
             Error::NoSuchEvent => 2002,
@@ -90,12 +96,12 @@ impl Error {
             Error::BadParam(_) => 400,
             Error::LengthRequired => 411,
             Error::BadSign | Error::StaleTimestamp | Error::BadToken => 401,
-            Error::BadAdminKey => 403,
+            Error::BadAdminKey | Error::AdminOtherDomain => 403,
             Error::NotFound => 404,
             Error::MethodNotAllowed => 405,
             Error::TooLarge(_) => 413,
             Error::Overloaded => 503,
-            Error::RateLimited => 429,
+            Error::RateLimited | Error::UserConnections => 429,
             Error::BadFrame | Error::NoSuchEvent | Error::BadField(_) | Error::NoSuchUnread(_) => {
                 400
             }
@@ -106,7 +112,7 @@ impl Error {
     /// `None` when the connection stays open after the error is reported.
     pub fn close_code(&self) -> Option<u16> {
         match self {
-            Error::BadToken | Error::BadParam(_) => Some(1008),
+            Error::BadToken | Error::BadParam(_) | Error::UserConnections => Some(1008),
             Error::TooLarge(_) => Some(1009),
             Error::Overloaded => Some(1013),
             Error::Internal | Error::WsInternal => Some(1011),
@@ -114,6 +120,7 @@ impl Error {
             | Error::BadSign
             | Error::StaleTimestamp
             | Error::BadAdminKey
+            | Error::AdminOtherDomain
             | Error::NotFound
             | Error::MethodNotAllowed
             | Error::BadFrame
@@ -179,6 +186,20 @@ mod tests {
             assert_eq!((e.code(), e.http_status()), (code, status), "{e:?}");
         }
         assert_eq!(Error::BadToken.close_code(), Some(1008));
+        assert_eq!(
+            (
+                Error::AdminOtherDomain.code(),
+                Error::AdminOtherDomain.http_status()
+            ),
+            (1005, 403)
+        );
+        assert_eq!(
+            (
+                Error::UserConnections.code(),
+                Error::UserConnections.close_code()
+            ),
+            (1009, Some(1008))
+        );
         assert_eq!(Error::BadFrame.close_code(), None);
         assert_eq!(Error::NoSuchUnread(String::new()).code(), 2004);
     }

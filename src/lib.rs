@@ -73,6 +73,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     std::fs::create_dir_all(&rt.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
     store::migrate::prepare(&rt)?;
+    let token_key = auth::TokenKey::load_or_create(&rt.data_dir)?;
     let mut dbs = Vec::with_capacity(rt.shards);
     for i in 0..rt.shards {
         dbs.push(store::open_db(&rt, i)?);
@@ -99,6 +100,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             db,
             listener,
             open_conns: open_conns.clone(),
+            token_key,
         };
         let notice = ExitNotice(id, exit_tx.clone());
         let handle = glommio::LocalExecutorBuilder::new(placement)

@@ -21,6 +21,33 @@ pub const ERROR_CODES: [u16; 16] = [
     1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 2000, 2001, 2002, 2003, 2004, 2005,
 ];
 
+/// Why a credential or a cap refused a request (`shardcast_refusals_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// A token request whose sign does not match its domain's (1002).
+    Sign,
+    /// A sign whose timestamp is outside `sign_window_secs` (1003).
+    Timestamp,
+    /// An admin call without a known admin key (1005).
+    AdminKey,
+    /// A declared domain's admin key used on another domain (1005).
+    AdminDomain,
+    /// A login past `max_connections_per_user` (1009).
+    UserConnections,
+    /// A connection past `max_connections` (1009).
+    Connections,
+}
+
+/// The `reason` label of each [`Refusal`], in declaration order.
+pub const REFUSALS: [&str; 6] = [
+    "sign",
+    "sign_timestamp",
+    "admin_key",
+    "admin_key_other_domain",
+    "max_connections_per_user",
+    "max_connections",
+];
+
 #[derive(Default)]
 pub struct Histogram {
     buckets: [Cell<u64>; 12],
@@ -67,6 +94,8 @@ pub struct Metrics {
     pub delivery: Histogram,
     /// Removed by retention: tokens, unread, offline, history.
     pub retention_removed: [Cell<u64>; 4],
+    /// Refused credentials and caps, indexed like [`REFUSALS`].
+    pub refusals: [Cell<u64>; 6],
 }
 
 impl Metrics {
@@ -76,6 +105,10 @@ impl Metrics {
             .position(|c| *c == code)
             .unwrap_or(CLOSE_CODES.len());
         bump(&self.closes[i], 1);
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        bump(&self.refusals[why as usize], 1);
     }
 
     pub fn error(&self, code: u16) {
@@ -108,6 +141,7 @@ impl Metrics {
             store_write: self.store_write.snapshot(),
             delivery: self.delivery.snapshot(),
             retention_removed: std::array::from_fn(|i| self.retention_removed[i].get()),
+            refusals: std::array::from_fn(|i| self.refusals[i].get()),
         }
     }
 }
@@ -136,6 +170,7 @@ pub struct Snapshot {
     pub store_write: HistogramSnapshot,
     pub delivery: HistogramSnapshot,
     pub retention_removed: [u64; 4],
+    pub refusals: [u64; 6],
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -345,6 +380,21 @@ pub fn render(shards: &[Snapshot]) -> String {
             );
         }
     }
+    header(
+        &mut out,
+        "refusals_total",
+        "counter",
+        "Refused signs, admin keys and connection caps, by reason.",
+    );
+    for s in shards {
+        for (i, reason) in REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_refusals_total{{shard=\"{}\",reason=\"{reason}\"}} {}",
+                s.shard, s.refusals[i]
+            );
+        }
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss_kib: u64 = status
         .lines()
@@ -387,6 +437,7 @@ mod tests {
         m.close(1013);
         m.close(3999);
         m.error(2005);
+        m.refused(Refusal::AdminDomain);
         let text = render(&[m.snapshot(0, 1, 2, 0)]);
         assert!(
             text.contains("shardcast_store_write_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1"),
@@ -399,5 +450,8 @@ mod tests {
         assert!(text.contains("shardcast_closes_total{shard=\"0\",code=\"other\"} 1"));
         assert!(text.contains("shardcast_errors_total{shard=\"0\",code=\"2005\"} 1"));
         assert!(text.contains("shardcast_connections{shard=\"0\",dialect=\"chat\"} 2"));
+        assert!(text
+            .contains("shardcast_refusals_total{shard=\"0\",reason=\"admin_key_other_domain\"} 1"));
+        assert!(text.contains("shardcast_refusals_total{shard=\"0\",reason=\"sign\"} 0"));
     }
 }

@@ -36,6 +36,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     glommio::spawn_local(contained(shard.clone(), stream, permit)).detach();
                 }
                 None => {
+                    shard.metrics.refused(crate::metrics::Refusal::Connections);
                     glommio::spawn_local(refuse(stream)).detach();
                 }
             },

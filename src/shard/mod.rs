@@ -39,6 +39,8 @@ pub struct Shard {
     pub store: Store,
     pub sessions: RefCell<Sessions>,
     pub ids: IdGen,
+    /// Signed tokens are derived under this key (the same on every shard).
+    pub token_key: crate::auth::TokenKey,
     pub scratch: RefCell<Vec<u8>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
@@ -275,6 +277,7 @@ pub struct Seed {
     pub listener: OwnedFd,
     /// Open connections of the whole process (`max_connections`).
     pub open_conns: Arc<AtomicUsize>,
+    pub token_key: crate::auth::TokenKey,
 }
 
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
@@ -292,6 +295,7 @@ pub async fn run(seed: Seed) {
         sessions: RefCell::new(Sessions::default()),
         // Validated at start-up: at most 255 shards.
         ids: IdGen::new(u8::try_from(seed.id).unwrap_or(u8::MAX)),
+        token_key: seed.token_key,
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
         next_conn: Cell::new(0),
         stopping: Cell::new(false),

@@ -70,13 +70,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     if let Some(n) = meta.migrating_to {
         text.push_str(&format!("migrating_to = {n}\n"));
     }
-    let tmp = dir.join("shardcast.meta.tmp");
-    let path = meta_path(dir);
-    std::fs::write(&tmp, text.as_bytes())
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    super::write_atomic(dir, "shardcast.meta", text.as_bytes())
 }
 
 /// Makes the data directory match `rt.shards` before the shards start: records the layout

@@ -39,6 +39,29 @@ pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
         .map_err(|e| format!("cannot open store {}: {e}", path.display()))
 }
 
+/// Writes `dir/name` so that a crash leaves either the old file or the new one, durably
+/// (temporary file fsynced, renamed, directory fsynced). Readable by the owner only: one
+/// such file is the token key.
+pub fn write_atomic(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// One page of chat history, newest first.
 pub struct HistoryPage {
     pub total: u64,
@@ -75,6 +98,12 @@ impl Store {
             keys::token_value(expire, domain, uid),
         )?;
         Ok(())
+    }
+
+    /// The expiry of a stored token, expired or not (`None` when absent or damaged).
+    pub fn token_expiry(&self, token: &Token) -> Result<Option<u64>, Error> {
+        let v = self.db.get(keys::token(token.slot(), &token.0))?;
+        Ok(v.and_then(|v| keys::parse_token_value(&v).map(|(expire, _, _)| expire)))
     }
 
     /// The `(domain, uid)` a token was issued for, if it exists and has not expired.

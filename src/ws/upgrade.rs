@@ -121,6 +121,16 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
             (Ok(Some(user)), _) => Ok((login, user)),
         }
     });
+    let checked = checked.and_then(|(login, (domain, uid))| {
+        if holds_max_connections(shard, &login, &domain, &uid) {
+            shard
+                .metrics
+                .refused(crate::metrics::Refusal::UserConnections);
+            Err(Error::UserConnections)
+        } else {
+            Ok((login, (domain, uid)))
+        }
+    });
     let (login, (domain, uid)) = match checked {
         Ok(v) => v,
         Err(e) => {
@@ -177,6 +187,24 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
         conn.dialect
     );
     (conn, rest, leave)
+}
+
+/// Whether `(domain, uid)` already holds `max_connections_per_user` live connections
+/// (PROTOCOL.md §5, v2). A chat login that will replace its resource's connection does
+/// not count that one, and connections already closing do not count.
+fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) -> bool {
+    let resource = match login {
+        Login::Chat { resource, .. } => Some(resource.as_str()),
+        Login::Notify { .. } => None,
+    };
+    let sessions = shard.sessions.borrow();
+    let held = sessions
+        .of(domain, uid)
+        .iter()
+        .filter(|c| c.out.borrow().closing().is_none())
+        .filter(|c| resource.is_none() || c.resource() != resource)
+        .count();
+    held >= shard.rt.max_connections_per_user
 }
 
 fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {

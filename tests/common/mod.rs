@@ -243,15 +243,27 @@ impl Server {
         self.http("POST", path, Some(ADMIN), Some(&body.to_string()))
     }
 
-    /// Issues a token for `(domain, uid)` through `GET /auth/websocket`.
+    /// `GET /auth/websocket` with the given parameters (`domain` omitted when `None`).
+    pub fn request_token(
+        &self,
+        domain: Option<&str>,
+        uid: &str,
+        ts: &str,
+        sign: &str,
+    ) -> (u16, Value) {
+        let domain = domain.map_or(String::new(), |d| format!("&domain={}", enc(d)));
+        self.get(&format!(
+            "/auth/websocket?uid={}&timestamp={ts}&sign={sign}{domain}",
+            enc(uid)
+        ))
+    }
+
+    /// Issues a token for `(domain, uid)` of an undeclared domain (or `default`) through
+    /// `GET /auth/websocket`, signed with the top-level secret.
     pub fn token_in(&self, domain: &str, uid: &str) -> String {
         let ts = now_secs().to_string();
-        let sign = sign(uid, &ts, SECRET);
-        let (status, v) = self.get(&format!(
-            "/auth/websocket?uid={}&timestamp={ts}&sign={sign}&domain={}",
-            enc(uid),
-            enc(domain)
-        ));
+        let (status, v) =
+            self.request_token(Some(domain), uid, &ts, &sign_in(domain, uid, &ts, SECRET));
         assert_eq!(status, 200, "{v}");
         v["content"]["token"].as_str().expect("token").to_string()
     }
@@ -341,6 +353,24 @@ pub fn sign(uid: &str, ts: &str, secret: &str) -> String {
         h(uid.as_bytes()),
         h(ts.as_bytes()),
         h(secret.as_bytes())
+    )
+    .as_bytes())
+}
+
+/// The v2 sign of PROTOCOL.md §1 for `domain` when it is not declared: the original
+/// formula for `default`, with `MD5(domain)` appended for any other domain.
+pub fn sign_in(domain: &str, uid: &str, ts: &str, secret: &str) -> String {
+    use md5::{Digest, Md5};
+    if domain == "default" {
+        return sign(uid, ts, secret);
+    }
+    let h = |s: &[u8]| -> String { Md5::digest(s).iter().map(|b| format!("{b:02x}")).collect() };
+    h(format!(
+        "{}{}{}{}",
+        h(uid.as_bytes()),
+        h(ts.as_bytes()),
+        h(secret.as_bytes()),
+        h(domain.as_bytes())
     )
     .as_bytes())
 }

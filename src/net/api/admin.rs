@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use simd_json::prelude::*;
 
+use crate::auth::AdminScope;
 use crate::dialect::notify::Notification;
 use crate::json;
 use crate::net::http;
@@ -16,13 +17,18 @@ use crate::shard::Shard;
 use crate::ws::outbound;
 use crate::Error;
 
-pub async fn broadcast(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+pub async fn broadcast(
+    shard: &Rc<Shard>,
+    scope: &AdminScope,
+    body: &mut [u8],
+) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
     let domain =
         json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?.to_string();
+    super::in_scope(shard, scope, &domain)?;
     let (title, content) = super::push::title_and_content(&v, &rt)?;
     let note = Arc::new(Notification::new(
         shard.ids.next(),
@@ -53,11 +59,16 @@ pub async fn broadcast(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Er
 }
 
 /// `GET /presence?domain=&uid=`.
-pub async fn presence(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>, Error> {
+pub async fn presence(
+    shard: &Rc<Shard>,
+    scope: &AdminScope,
+    q: &[(String, String)],
+) -> Result<Vec<u8>, Error> {
     let domain = match http::param(q, "domain") {
         None => shard.rt.default_domain.clone(),
         Some(_) => super::name_param(q, "domain")?.to_string(),
     };
+    super::in_scope(shard, scope, &domain)?;
     let uid = super::name_param(q, "uid")?.to_string();
     let owner = route::owner(route::slot_of(&domain, &uid), shard.shards());
     shard
@@ -92,7 +103,11 @@ pub async fn presence(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u
 
 /// `POST /kick` `{"domain"?, "uid", "resource"?, "code"?}`: closes the user's connections
 /// (or that resource's) with `code` (default 4001).
-pub async fn kick(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+pub async fn kick(
+    shard: &Rc<Shard>,
+    scope: &AdminScope,
+    body: &mut [u8],
+) -> Result<Vec<u8>, Error> {
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
@@ -103,6 +118,7 @@ pub async fn kick(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> 
         Error::param("domain"),
     )?
     .to_string();
+    super::in_scope(shard, scope, &domain)?;
     let uid = json::str_of(&v, "uid")
         .filter(|s| crate::auth::valid_name(s))
         .ok_or(Error::param("uid"))?

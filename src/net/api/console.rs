@@ -2,7 +2,8 @@
 //! external resources). `GET /console/dev-token`: a development-only helper that issues a
 //! token without a sign — it exists only while the broker runs with the development
 //! secrets shipped in `tuning/default.toml` and the development profile, and answers 404
-//! otherwise, so no secret or shortcut reaches a production page.
+//! otherwise, so no secret or shortcut reaches a production page. It grants what a signed
+//! request for the same `(domain, uid)` grants, no more: a token of that user only.
 
 use std::rc::Rc;
 
@@ -22,5 +23,8 @@ pub async fn dev_token(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<
         None => shard.rt.default_domain.as_str(),
         Some(_) => name_param(q, "domain")?,
     };
-    super::token::issue_for(shard, domain, uid).await
+    // As if signed now: the same path and token derivation as `/auth/websocket`, so
+    // repeated clicks within a second store one token, not one each.
+    let now = crate::ids::now_secs().to_string();
+    super::token::issue_for(shard, domain, uid, &now).await
 }

@@ -6,17 +6,23 @@ use std::sync::Arc;
 
 use simd_json::prelude::*;
 
+use crate::auth::AdminScope;
 use crate::dialect::chat::{self, ChatMessage, CLIENT_TYPES, SYSTEM_TYPE};
 use crate::json;
 use crate::shard::Shard;
 use crate::Error;
 
-pub async fn message(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+pub async fn message(
+    shard: &Rc<Shard>,
+    scope: &AdminScope,
+    body: &mut [u8],
+) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
     let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
+    super::in_scope(shard, scope, domain)?;
     let to = json::str_of(&v, "toId")
         .filter(|s| crate::auth::valid_name(s))
         .ok_or(Error::param("toId"))?;

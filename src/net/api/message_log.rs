@@ -1,6 +1,6 @@
 //! `GET /message-log`: a page of chat history, newest first, read on the recipient's owner
-//! shard. Private (PROTOCOL.md §2 decision): the admin key, a token of `toId`, or a token
-//! of `fromId` when filtering by it.
+//! shard. Private (PROTOCOL.md §2 decision): an admin key that acts on the domain, a token
+//! of `toId`, or a token of `fromId` when filtering by it.
 
 use std::rc::Rc;
 
@@ -38,14 +38,12 @@ pub async fn message_log(
     let page = number("page", 1, u64::from(u32::MAX))?;
     let size = number("size", 10, MAX_PAGE_SIZE)?;
 
-    let bearer = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::trim);
-    let is_admin =
-        bearer.is_some_and(|k| auth::secret_eq(k.as_bytes(), shard.rt.admin_key.as_bytes()));
-    if !is_admin {
+    let bearer = auth::bearer(req.authorization.as_deref());
+    // An admin key (of every domain, or of this one) reads any history of its domains; a
+    // domain's key on another domain is refused outright (1005), not tried as a token.
+    if let Some(scope) = bearer.and_then(|k| auth::admin_scope(&shard.rt, k)) {
+        super::in_scope(shard, &scope, &domain)?;
+    } else {
         let token = http::param(q, "token")
             .or(bearer)
             .and_then(Token::parse)

@@ -12,6 +12,8 @@ mod token;
 use std::rc::Rc;
 
 use super::http::{self, Request};
+use crate::auth::AdminScope;
+use crate::metrics::Refusal;
 use crate::shard::Shard;
 use crate::Error;
 
@@ -66,26 +68,11 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
     let query = || http::parse_query(&req.query);
     match (req.path.as_str(), method) {
         ("/auth/websocket", "GET") => token::issue(shard, &query()?).await,
-        ("/push", "POST") => {
-            admin(shard, req)?;
-            push::push(shard, body).await
-        }
-        ("/message", "POST") => {
-            admin(shard, req)?;
-            message::message(shard, body).await
-        }
-        ("/presence", "GET") => {
-            admin(shard, req)?;
-            admin::presence(shard, &query()?).await
-        }
-        ("/kick", "POST") => {
-            admin(shard, req)?;
-            admin::kick(shard, body).await
-        }
-        ("/broadcast", "POST") => {
-            admin(shard, req)?;
-            admin::broadcast(shard, body).await
-        }
+        ("/push", "POST") => push::push(shard, &admin(shard, req)?, body).await,
+        ("/message", "POST") => message::message(shard, &admin(shard, req)?, body).await,
+        ("/presence", "GET") => admin::presence(shard, &admin(shard, req)?, &query()?).await,
+        ("/kick", "POST") => admin::kick(shard, &admin(shard, req)?, body).await,
+        ("/broadcast", "POST") => admin::broadcast(shard, &admin(shard, req)?, body).await,
         ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
         ("/healthz", "GET") => health::healthz(shard).await,
         ("/console/dev-token", "GET") => console::dev_token(shard, &query()?).await,
@@ -94,12 +81,22 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
     }
 }
 
-fn admin(shard: &Shard, req: &Request) -> Result<(), Error> {
-    if crate::auth::admin_ok(req.authorization.as_deref(), &shard.rt.admin_key) {
-        Ok(())
-    } else {
-        Err(Error::BadAdminKey)
-    }
+/// The admin key of `Authorization: Bearer <key>` and what it may act on; every handler
+/// given a scope checks its domain with [`in_scope`] before it does anything.
+fn admin(shard: &Shard, req: &Request) -> Result<AdminScope, Error> {
+    crate::auth::bearer(req.authorization.as_deref())
+        .and_then(|key| crate::auth::admin_scope(&shard.rt, key))
+        .ok_or_else(|| {
+            shard.metrics.refused(Refusal::AdminKey);
+            Error::BadAdminKey
+        })
+}
+
+/// 1005 unless `scope` acts on `domain` (PROTOCOL.md §1 v2), counted by reason.
+fn in_scope(shard: &Shard, scope: &AdminScope, domain: &str) -> Result<(), Error> {
+    scope
+        .allow(domain)
+        .inspect_err(|_| shard.metrics.refused(Refusal::AdminDomain))
 }
 
 /// A required, valid name parameter (uid, domain, …).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use simd_json::prelude::*;
 
+use crate::auth::AdminScope;
 use crate::dialect::notify::{self, Notification};
 use crate::json;
 use crate::route;
@@ -34,7 +35,11 @@ pub(super) fn title_and_content<'v>(
     Ok((title, content))
 }
 
-pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+pub async fn push(
+    shard: &Rc<Shard>,
+    scope: &AdminScope,
+    body: &mut [u8],
+) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
@@ -51,6 +56,7 @@ pub async fn push(shard: &Rc<Shard>, body: &mut [u8]) -> Result<Vec<u8>, Error> 
     }
     let (title, content) = title_and_content(&v, &rt)?;
     let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
+    super::in_scope(shard, scope, domain)?;
     let shards = shard.shards();
     let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shards];
     let mut seen = HashSet::with_capacity(uids.len());

@@ -1,6 +1,9 @@
-//! `GET /auth/websocket`: check the sign and the timestamp, issue a token and store it on
-//! the user's owner shard before answering (tokens survive restarts; see `issue` for
-//! why a token does not wait for a disk flush).
+//! `GET /auth/websocket`: check the sign (bound to its domain) and the timestamp, then
+//! issue the token on the user's owner shard and store it there before answering (tokens
+//! survive restarts; see `issue_for` for why a token does not wait for a disk flush).
+//!
+//! Invariant (PROTOCOL.md §1 v2): a replayed `(domain, uid, timestamp, sign)` returns the
+//! token it returned the first time and writes nothing.
 
 use std::rc::Rc;
 
@@ -23,38 +26,54 @@ pub async fn issue(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>,
         None => shard.rt.default_domain.as_str(),
         Some(_) => name_param(q, "domain")?,
     };
-    if !auth::sign_matches(uid, ts_text, &shard.rt.secret, sign) {
+    if !auth::sign_matches(&auth::expected_sign(&shard.rt, domain, uid, ts_text), sign) {
+        shard.metrics.refused(crate::metrics::Refusal::Sign);
         return Err(Error::BadSign);
     }
     // All digits: a number too large for u64 is just far outside the window (1003).
     let ts: u64 = ts_text.parse().unwrap_or(u64::MAX);
     if ts.abs_diff(crate::ids::now_secs()) > shard.rt.sign_window_secs {
+        shard.metrics.refused(crate::metrics::Refusal::Timestamp);
         return Err(Error::StaleTimestamp);
     }
-    issue_for(shard, domain, uid).await
+    issue_for(shard, domain, uid, ts_text).await
 }
 
-/// Issues and stores a token for `(domain, uid)` (checks already done).
-pub async fn issue_for(shard: &Rc<Shard>, domain: &str, uid: &str) -> Result<Vec<u8>, Error> {
+/// Issues and stores the token of `(domain, uid, timestamp)` (checks already done).
+pub async fn issue_for(
+    shard: &Rc<Shard>,
+    domain: &str,
+    uid: &str,
+    timestamp: &str,
+) -> Result<Vec<u8>, Error> {
     let slot = route::slot_of(domain, uid);
-    let token = Token::generate(slot)?;
-    let ttl = shard.rt.token_ttl_secs;
+    let token = Token::derive(&shard.token_key, slot, domain, uid, timestamp);
     let (d, u) = (domain.to_string(), uid.to_string());
-    shard
+    let expire_in = shard
         .call(
             route::owner(slot, shard.shards()),
             move |owner| async move {
-                let expire = crate::ids::now_secs() + owner.rt.token_ttl_secs;
+                let now = crate::ids::now_secs();
+                // A replay of a sign whose token is still live: same token, nothing written.
+                if let Some(expire) = owner.store.token_expiry(&token)? {
+                    if expire > now {
+                        return Ok(expire - now);
+                    }
+                }
+                let ttl = owner.rt.token_ttl_secs;
                 // Not waiting for a flush (decision): a token is a credential the client
                 // re-fetches on 1004, so one lost to a crash in the ~500 ms before sled's
                 // background flush costs a re-fetch, while waiting would cost every login
                 // a disk flush. A clean shutdown flushes it like everything else.
-                owner.store.put_token(&token, &d, &u, expire)
+                owner
+                    .store
+                    .put_token(&token, &d, &u, now.saturating_add(ttl))?;
+                Ok(ttl)
             },
         )
         .await?;
     Ok(format!(
-        "{{\"token\":\"{}\",\"expire\":{ttl}}}",
+        "{{\"token\":\"{}\",\"expire\":{expire_in}}}",
         token.to_hex_string()
     )
     .into_bytes())
