@@ -52,6 +52,7 @@ struct File {
     request_timeout_secs: f64,
     profile: String,
     allowed_origins: Vec<String>,
+    conformance_echo: bool,
     retention_interval_secs: f64,
     history_max_age_secs: u64,
     history_max_per_user: u64,
@@ -123,6 +124,7 @@ pub struct Runtime {
     pub request_timeout: Duration,
     pub production: bool,
     pub allowed_origins: Vec<String>,
+    pub conformance_echo: bool,
     pub retention_interval: Duration,
     pub history_max_age_secs: u64,
     pub history_max_per_user: u64,
@@ -163,7 +165,7 @@ impl Runtime {
              max_outbound_bytes = {}\nmax_connections = {}\nmax_connections_per_user = {}\n\
              max_messages_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
-             allowed_origins = {:?}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
+             allowed_origins = {:?}\nconformance_echo = {}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
              history_max_per_user = {}\noffline_ttl_secs = {}\nlog_level = {:?}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
@@ -192,6 +194,7 @@ impl Runtime {
             d(self.idle_timeout),
             d(self.request_timeout),
             self.allowed_origins,
+            self.conformance_echo,
             d(self.retention_interval),
             self.history_max_age_secs,
             self.history_max_per_user,
@@ -434,6 +437,12 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
             "production refuses the development `secret`/`admin_key` shipped in tuning/default.toml; set your own",
         ));
     }
+    if production && f.conformance_echo {
+        return Err(bad(
+            "conformance_echo",
+            "the echo path is for conformance runs; production refuses it",
+        ));
+    }
     let domains = validate_domains(&f, production)?;
     let log_level = f
         .log_level
@@ -469,6 +478,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         request_timeout,
         production,
         allowed_origins: f.allowed_origins,
+        conformance_echo: f.conformance_echo,
         retention_interval,
         history_max_age_secs: f.history_max_age_secs,
         history_max_per_user: f.history_max_per_user,
@@ -582,6 +592,10 @@ mod tests {
             ("profile = \"production\"", "profile"),
             ("allowed_origins = \"x\"", "allowed_origins"),
             ("max_connections_per_user = 0", "max_connections_per_user"),
+            (
+                "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\nconformance_echo = true",
+                "conformance_echo",
+            ),
             ("[domains.shop]\nsecret = \"a\"", "domains.shop.admin_key"),
             ("[domains.shop]\nsecret = \"a\"\nadmin_key = \"b\"\ncolour = 1", "domains.shop.colour"),
             ("[domains.shop]\nsecret = 1\nadmin_key = \"b\"", "domains.shop.secret"),

@@ -140,6 +140,33 @@ fn malformed_websocket_frames_get_their_close_code_or_error_event() {
         (frame(0x88, &999u16.to_be_bytes(), true), 1002),
         (frame(0x88, &[3], true), 1002),
         (frame(0x88, &4000u16.to_be_bytes(), true), 4000),
+        // RFC 6455 §8.1: text that is not UTF-8 fails the connection with 1007 — in one
+        // frame, in the first fragment, in a later one, when the message ends inside a
+        // character, and in a close reason.
+        (frame(0x81, b"\xff\xfe not utf-8", true), 1007),
+        (frame(0x01, b"ok \xc0\x80", true), 1007),
+        (
+            [
+                frame(0x01, "κό".as_bytes(), true),
+                frame(0x00, b"\xed\xa0\x80", true),
+            ]
+            .concat(),
+            1007,
+        ),
+        (
+            [frame(0x01, b"\xe2\x82", true), frame(0x80, b"", true)].concat(),
+            1007,
+        ),
+        (frame(0x88, &[0x03, 0xE8, 0xFF, 0xFE], true), 1007),
+        // A 64-bit length with the top bit set is a protocol error, not a size.
+        (
+            [
+                vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1],
+                vec![1, 2, 3, 4],
+            ]
+            .concat(),
+            1002,
+        ),
         (
             [frame(0x01, b"{", true), frame(0x81, b"}", true)].concat(),
             1002,
@@ -157,7 +184,15 @@ fn malformed_websocket_frames_get_their_close_code_or_error_event() {
     // Bad messages get error events and the connection stays open (it then closes with
     // our 1000, echoed).
     let errors: Vec<(Vec<u8>, i64)> = vec![
-        (frame(0x81, b"\xff\xfe not utf-8", true), 2001),
+        // A character split across fragments is fine.
+        (
+            [
+                frame(0x01, b"{\"event\":7,\"data\":{\"x\":\"\xe2\x82", true),
+                frame(0x80, b"\xac\"}}", true),
+            ]
+            .concat(),
+            2002,
+        ),
         (frame(0x82, b"\x01\x02", true), 2001),
         (frame(0x81, br#"{"event":1e999,"data":{}}"#, true), 2001),
         (

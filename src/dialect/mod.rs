@@ -26,22 +26,29 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
     let result = match conn.dialect {
         Dialect::Notify => notify::on_text(shard, conn, payload),
         Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
+        Dialect::Echo => {
+            outbound::send_owned(conn, frame::encode(frame::OP_TEXT, payload));
+            Ok(())
+        }
     };
     if let Err(e) = result {
         send_error(shard, conn, &e);
     }
 }
 
-/// Binary messages are not part of either dialect: 2001.
-pub fn on_binary(shard: &Shard, conn: &Conn) {
+/// Binary messages are not part of either dialect: 2001 (the echo sends them back).
+pub fn on_binary(shard: &Shard, conn: &Conn, payload: &[u8]) {
     if !conn.registered.get() {
         return;
     }
     crate::metrics::bump(&shard.metrics.messages_received, 1);
-    let e = if shard.allow_message(conn) {
-        Error::BadFrame
-    } else {
+    let e = if !shard.allow_message(conn) {
         Error::RateLimited
+    } else if matches!(conn.dialect, Dialect::Echo) {
+        outbound::send_owned(conn, frame::encode(frame::OP_BINARY, payload));
+        return;
+    } else {
+        Error::BadFrame
     };
     send_error(shard, conn, &e);
 }
@@ -51,7 +58,7 @@ pub fn send_error(shard: &Shard, conn: &Conn, e: &Error) {
     shard.metrics.error(e.code());
     let body = match conn.dialect {
         Dialect::Notify => notify::event0(e),
-        Dialect::Chat { .. } => crate::json::error_object(e),
+        Dialect::Chat { .. } | Dialect::Echo => crate::json::error_object(e),
     };
     outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &body));
 }

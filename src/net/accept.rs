@@ -212,6 +212,7 @@ async fn upgrade(
     // The notify dialect knows one login error (PROTOCOL.md §3): a query it cannot read
     // is a token it cannot read, 1004.
     let login = match http::parse_query(&req.query) {
+        _ if shard.rt.conformance_echo && req.path == "/echo" => Ok(Login::Echo),
         Ok(q) => login(&q, chat),
         Err(_) if !chat => Err(Error::BadToken),
         Err(e) => Err(e),

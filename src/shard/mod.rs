@@ -183,14 +183,17 @@ impl Shard {
 }
 
 /// Pings every connection each `ping_interval` (one shared frame per shard) and closes,
-/// with 1001, those from which nothing arrived for `idle_timeout` (PROTOCOL.md §5).
+/// with 1001, those from which nothing arrived for `idle_timeout`, and with 1008 those
+/// whose frame or fragmented message is unfinished after `request_timeout` (PROTOCOL.md §5).
 /// The scan is per tick, not per message.
 async fn heartbeat(shard: Rc<Shard>) {
     let (ping_every, idle) = (shard.rt.ping_interval, shard.rt.idle_timeout);
-    let tick = (ping_every.min(idle) / 4).max(Duration::from_millis(5));
+    let tick =
+        (ping_every.min(idle).min(shard.rt.request_timeout) / 4).max(Duration::from_millis(5));
     let ping: crate::ws::frame::Frame =
         crate::ws::frame::encode(crate::ws::frame::OP_PING, b"").into();
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let request_ms = u64::try_from(shard.rt.request_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut last_ping = shard.clock_ms();
     let ping_ms = u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX);
     while !shard.is_stopping() {
@@ -201,7 +204,14 @@ async fn heartbeat(shard: Rc<Shard>) {
             last_ping = now;
         }
         shard.sessions.borrow().for_each(|conn| {
-            if now.saturating_sub(conn.last_rx_ms.get()) >= idle_ms {
+            let partial_for = conn
+                .partial_since_ms
+                .get()
+                .map_or(0, |t| now.saturating_sub(t));
+            if partial_for >= request_ms {
+                log::debug!("connection {}: frame unfinished for too long", conn.id);
+                crate::ws::outbound::close(conn, crate::error::close::AUTH);
+            } else if now.saturating_sub(conn.last_rx_ms.get()) >= idle_ms {
                 log::debug!(
                     "connection {} of {}/{} idle: closing",
                     conn.id,

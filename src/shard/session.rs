@@ -17,6 +17,9 @@ pub enum Dialect {
         resource: Box<str>,
         ack: bool,
     },
+    /// The conformance echo (`conformance_echo`, never in production): every message is
+    /// sent back, so Autobahn|Testsuite can judge the real frame and connection code.
+    Echo,
 }
 
 /// One live WebSocket connection as the rest of the shard sees it.
@@ -37,13 +40,18 @@ pub struct Conn {
     pub rate_count: Cell<u32>,
     /// Offline-queue entries sent in the greeting, removed from the store once written.
     pub offline_keys: RefCell<Vec<sled::IVec>>,
+    /// Shard clock (ms) when the oldest unfinished frame or fragmented message began:
+    /// it must be complete within `request_timeout_secs` (PROTOCOL.md §5 v2).
+    pub partial_since_ms: Cell<Option<u64>>,
+    /// A refused login: its close handshake gets at most 2 s (PROTOCOL.md §5 v2).
+    pub refused: bool,
 }
 
 impl Conn {
     pub fn resource(&self) -> Option<&str> {
         match &self.dialect {
             Dialect::Chat { resource, .. } => Some(resource),
-            Dialect::Notify => None,
+            Dialect::Notify | Dialect::Echo => None,
         }
     }
 

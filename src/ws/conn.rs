@@ -4,8 +4,10 @@
 //!
 //! Invariants: one task owns the socket, so reads, writes, pongs and the close frame never
 //! interleave; an idle connection holds no read buffer (bytes of an unfinished frame only);
-//! a message over `max_frame_bytes` closes with 1009, a protocol violation with 1002; the
-//! connection leaves the session table as soon as it starts closing.
+//! a message over `max_frame_bytes` closes with 1009, a protocol violation with 1002, text
+//! (or a close reason) that is not UTF-8 with 1007 as soon as the bytes show it, fragment
+//! by fragment (RFC 6455 §8.1); the connection leaves the session table as soon as it
+//! starts closing.
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,6 +22,9 @@ use crate::error::close;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
+/// Longest a refused login may take to answer the server's close frame.
+const REFUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum Io {
     Read,
     Gone,
@@ -30,6 +35,23 @@ enum Io {
 struct Fragments {
     opcode: u8,
     data: Vec<u8>,
+    /// Bytes of a text message already known to be valid UTF-8 (complete characters).
+    checked: usize,
+    /// Shard clock (ms) at its first fragment.
+    since_ms: u64,
+}
+
+impl Fragments {
+    /// Appends a fragment; false when a text message can no longer be valid UTF-8.
+    fn append(&mut self, payload: &[u8]) -> bool {
+        self.data.extend_from_slice(payload);
+        self.opcode != frame::OP_TEXT || frame::utf8_advance(&self.data, &mut self.checked)
+    }
+
+    /// At the final fragment: a text message must not end inside a character.
+    fn complete(&self) -> bool {
+        self.opcode != frame::OP_TEXT || self.checked == self.data.len()
+    }
 }
 
 /// Counts a connection task as live and takes the connection out of the session table
@@ -137,9 +159,14 @@ pub async fn serve(
 
 /// Closing: write what is queued (ending with the close frame), then half-close and wait
 /// for the peer to finish, within `grace` (the idle timeout: a closing connection gets as
-/// long to take its close frame as an idle one gets to speak).
+/// long to take its close frame as an idle one gets to speak; a refused login gets at most
+/// 2 s, PROTOCOL.md §5, so that bad logins cannot hold sockets).
 async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
-    let grace = shard.rt.idle_timeout;
+    let grace = if conn.refused {
+        shard.rt.idle_timeout.min(REFUSED_GRACE)
+    } else {
+        shard.rt.idle_timeout
+    };
     let finish = async {
         let flushed = std::future::poll_fn(|cx| {
             conn.out
@@ -205,13 +232,23 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
                 outbound::close(conn, close::PROTOCOL);
             }
             frame::OP_TEXT | frame::OP_BINARY if !h.fin => {
-                *frag = Some(Fragments {
+                let mut f = Fragments {
                     opcode: h.opcode,
-                    data: payload.to_vec(),
-                });
+                    data: Vec::new(),
+                    checked: 0,
+                    since_ms: shard.clock_ms(),
+                };
+                if f.append(payload) {
+                    *frag = Some(f);
+                } else {
+                    outbound::close(conn, close::INVALID_UTF8);
+                }
+            }
+            frame::OP_TEXT if std::str::from_utf8(payload).is_err() => {
+                outbound::close(conn, close::INVALID_UTF8);
             }
             frame::OP_TEXT => crate::dialect::on_text(shard, conn, payload),
-            frame::OP_BINARY => crate::dialect::on_binary(shard, conn),
+            frame::OP_BINARY => crate::dialect::on_binary(shard, conn, payload),
             frame::OP_CONT => match frag {
                 None => outbound::close(conn, close::PROTOCOL),
                 Some(f) if f.data.len() + payload.len() > max => {
@@ -219,13 +256,15 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
                     outbound::close(conn, close::TOO_BIG);
                 }
                 Some(f) => {
-                    f.data.extend_from_slice(payload);
-                    if h.fin {
+                    if !f.append(payload) || (h.fin && !f.complete()) {
+                        *frag = None;
+                        outbound::close(conn, close::INVALID_UTF8);
+                    } else if h.fin {
                         if let Some(mut f) = frag.take() {
                             if f.opcode == frame::OP_TEXT {
                                 crate::dialect::on_text(shard, conn, &mut f.data);
                             } else {
-                                crate::dialect::on_binary(shard, conn);
+                                crate::dialect::on_binary(shard, conn, &f.data);
                             }
                         }
                     }
@@ -235,21 +274,57 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
                 outbound::send_owned(conn, frame::encode(frame::OP_PONG, payload));
             }
             frame::OP_PONG => {}
-            _ => {
-                // OP_CLOSE: echo a valid code (RFC 6455 §5.5.1), refuse an invalid one.
-                let code = match payload {
-                    [] => close::NORMAL,
-                    [a, b, ..] if frame::valid_close_code(u16::from_be_bytes([*a, *b])) => {
-                        u16::from_be_bytes([*a, *b])
-                    }
-                    _ => close::PROTOCOL,
-                };
-                outbound::close(conn, code);
-            }
+            _ => outbound::close(conn, close_reply(payload)),
         }
     }
     rbuf.drain(..pos);
     if rbuf.is_empty() && rbuf.capacity() > 0 {
         *rbuf = Vec::new();
+    }
+    // The unfinished frame began in this read if a frame was completed in it (or none
+    // was pending before); a fragmented message counts from its first fragment.
+    let frame_since = match conn.partial_since_ms.get() {
+        _ if rbuf.is_empty() => None,
+        Some(t) if pos == 0 => Some(t),
+        _ => Some(shard.clock_ms()),
+    };
+    let since = match (frame_since, frag.as_ref().map(|f| f.since_ms)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    conn.partial_since_ms.set(since);
+}
+
+/// The code to answer a client's close frame with (RFC 6455 §5.5.1, §7.4): its own code
+/// when valid, 1002 for a bad code or a 1-byte body, 1007 for a reason that is not UTF-8.
+fn close_reply(payload: &[u8]) -> u16 {
+    match payload {
+        [] => close::NORMAL,
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !frame::valid_close_code(code) {
+                close::PROTOCOL
+            } else if std::str::from_utf8(reason).is_err() {
+                close::INVALID_UTF8
+            } else {
+                code
+            }
+        }
+        [_] => close::PROTOCOL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_replies() {
+        assert_eq!(close_reply(&[]), 1000);
+        assert_eq!(close_reply(&[0x03]), 1002);
+        assert_eq!(close_reply(&[0x03, 0xE8]), 1000);
+        assert_eq!(close_reply(&[0x0F, 0xA0, b'o', b'k']), 4000);
+        assert_eq!(close_reply(&[0x03, 0xED]), 1002, "1005 may not be sent");
+        assert_eq!(close_reply(&[0x03, 0xE8, 0xCE, 0xBA, 0xFF]), 1007);
     }
 }

@@ -70,6 +70,11 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
     if control && (!fin || len > 125) {
         return Err(FrameError::Protocol("bad control frame"));
     }
+    // RFC 6455 §5.2: "the most significant bit MUST be 0" — a violation (1002), not a
+    // size the server merely refuses (1009).
+    if len >> 63 != 0 {
+        return Err(FrameError::Protocol("64-bit length with the top bit set"));
+    }
     let payload_len = usize::try_from(len).map_err(|_| FrameError::TooBig)?;
     if payload_len > max_payload {
         return Err(FrameError::TooBig);
@@ -119,6 +124,26 @@ pub fn text(payload: &[u8]) -> Frame {
 
 pub fn close(code: u16) -> Frame {
     encode(OP_CLOSE, &code.to_be_bytes()).into()
+}
+
+/// Validates `data[*checked..]` as UTF-8 that may stop inside a character (a fragment
+/// boundary), moving `checked` past the complete characters. False as soon as a byte
+/// is seen that no continuation could make valid (RFC 6455 §8.1: fail at once, 1007).
+pub fn utf8_advance(data: &[u8], checked: &mut usize) -> bool {
+    let Some(rest) = data.get(*checked..) else {
+        return true;
+    };
+    match std::str::from_utf8(rest) {
+        Ok(_) => {
+            *checked = data.len();
+            true
+        }
+        Err(e) if e.error_len().is_none() => {
+            *checked += e.valid_up_to();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether a close code received from a client is one it may send (RFC 6455 §7.4).
@@ -189,11 +214,44 @@ mod tests {
         ));
         let big = client_frame(0x81, &[0u8; 200]);
         assert_eq!(parse_header(&big, 100), Err(FrameError::TooBig));
+        assert_eq!(
+            parse_header(&[0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], usize::MAX),
+            Err(FrameError::Protocol("64-bit length with the top bit set"))
+        );
         // Refused from the header alone: no payload needed.
         assert_eq!(
             parse_header(&[0x81, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0], 100),
             Err(FrameError::TooBig)
         );
+    }
+
+    #[test]
+    fn utf8_is_checked_across_fragment_boundaries() {
+        let text = "κόσμε €𝄞".as_bytes();
+        // Any split point: valid so far, and complete at the end.
+        for cut in 0..=text.len() {
+            let mut data = text[..cut].to_vec();
+            let mut checked = 0;
+            assert!(utf8_advance(&data, &mut checked), "prefix {cut}");
+            data.extend_from_slice(&text[cut..]);
+            assert!(utf8_advance(&data, &mut checked));
+            assert_eq!(checked, text.len());
+        }
+        // Invalid bytes fail as soon as they arrive, even mid-character.
+        for bad in [
+            &[0xFFu8][..],
+            &[0xC0, 0x80],
+            &[0xED, 0xA0],
+            &[0xF4, 0x90],
+            &[0xF5],
+        ] {
+            let mut checked = 0;
+            assert!(!utf8_advance(bad, &mut checked), "{bad:?}");
+        }
+        // An unfinished character stays unchecked until it completes.
+        let mut checked = 0;
+        assert!(utf8_advance(&[b'a', 0xE2, 0x82], &mut checked));
+        assert_eq!(checked, 1);
     }
 
     #[test]

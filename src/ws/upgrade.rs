@@ -31,6 +31,8 @@ pub enum Login {
         token: Token,
         ack: bool,
     },
+    /// `/echo` with `conformance_echo = true` (development profile only): no login.
+    Echo,
 }
 
 impl Login {
@@ -39,6 +41,7 @@ impl Login {
         match self {
             Login::Notify { token } => token.slot(),
             Login::Chat { id, domain, .. } => crate::route::slot_of(domain, id),
+            Login::Echo => 0,
         }
     }
 }
@@ -110,6 +113,7 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
             Login::Notify { token } | Login::Chat { token, .. } => {
                 shard.store.token_user(token, now)
             }
+            Login::Echo => Ok(Some((String::new(), "echo".to_string()))),
         };
         match (user, &login) {
             // A store failure is the server's fault: 2000, close 1011 (not an auth refusal).
@@ -122,7 +126,7 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
         }
     });
     let checked = checked.and_then(|(login, (domain, uid))| {
-        if holds_max_connections(shard, &login, &domain, &uid) {
+        if !matches!(login, Login::Echo) && holds_max_connections(shard, &login, &domain, &uid) {
             shard
                 .metrics
                 .refused(crate::metrics::Refusal::UserConnections);
@@ -138,7 +142,14 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
                 "refused login ({}): {e}",
                 if chat { "chat" } else { "notify" }
             );
-            let conn = new_conn(shard, 0, String::new(), String::new(), Dialect::Notify);
+            let conn = new_conn(
+                shard,
+                0,
+                String::new(),
+                String::new(),
+                Dialect::Notify,
+                true,
+            );
             let leave = super::conn::Leave::new(shard, &conn, permit);
             outbound::send_greeting(&conn, response_101(&accept));
             let body = if chat {
@@ -154,6 +165,7 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
     let slot = login.slot();
     let dialect = match login {
         Login::Notify { .. } => Dialect::Notify,
+        Login::Echo => Dialect::Echo,
         Login::Chat {
             name,
             resource,
@@ -165,13 +177,17 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
             ack,
         },
     };
-    let conn = new_conn(shard, slot, domain, uid, dialect);
+    let conn = new_conn(shard, slot, domain, uid, dialect, false);
     // Before the greeting joins the session table: however this task ends, it leaves.
     let leave = super::conn::Leave::new(shard, &conn, permit);
     outbound::send_greeting(&conn, response_101(&accept));
     let greeted = match conn.dialect {
         Dialect::Notify => crate::dialect::notify::greet(shard, &conn),
         Dialect::Chat { .. } => crate::dialect::chat::greet(shard, &conn),
+        Dialect::Echo => {
+            shard.sessions.borrow_mut().add(conn.clone());
+            Ok(())
+        }
     };
     if let Err(e) = greeted {
         log::error!("greeting connection {} failed: {e}", conn.id);
@@ -195,7 +211,7 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
 fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) -> bool {
     let resource = match login {
         Login::Chat { resource, .. } => Some(resource.as_str()),
-        Login::Notify { .. } => None,
+        Login::Notify { .. } | Login::Echo => None,
     };
     let sessions = shard.sessions.borrow();
     let held = sessions
@@ -207,7 +223,14 @@ fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) 
     held >= shard.rt.max_connections_per_user
 }
 
-fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
+fn new_conn(
+    shard: &Shard,
+    slot: u16,
+    domain: String,
+    uid: String,
+    dialect: Dialect,
+    refused: bool,
+) -> Rc<Conn> {
     Rc::new(Conn {
         id: shard.next_conn_id(),
         slot,
@@ -221,5 +244,7 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         rate_window_ms: Cell::new(0),
         rate_count: Cell::new(0),
         offline_keys: RefCell::new(Vec::new()),
+        partial_since_ms: Cell::new(None),
+        refused,
     })
 }

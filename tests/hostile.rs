@@ -1,0 +1,133 @@
+//! Hostile clients, through the real broker with raw sockets (PROTOCOL.md §5 v2): nothing
+//! is held by a client that has not earned it, and the broker keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{close_code, read_frames, wait_until, Server, WAIT};
+
+/// A masked client frame.
+fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9u8, 8, 7, 6];
+    let mut out = vec![b0];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Reads until the server ends the TCP connection; returns how long that took.
+fn time_to_eof(s: &mut std::net::TcpStream) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_refused_login_is_dropped_within_2_s_and_cannot_fill_max_connections() {
+    // Idle timeout far beyond the 2 s rule, so only that rule can drop them.
+    let server = Server::start(&[("idle_timeout_secs", "60"), ("max_connections", "24")]);
+    let mut refused: Vec<_> = (0..20)
+        .map(|_| server.raw_ws("/?token=00000000000000000000000000000000", |_| {}))
+        .collect();
+    // Each gets its error and a close frame, never answers it, and is dropped.
+    for (s, rest) in refused.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut got = std::mem::take(rest);
+        let mut buf = [0u8; 256];
+        while !got.windows(2).any(|w| w == [0x88, 0x02]) {
+            let n = s.read(&mut buf).expect("error frame and close");
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&got).contains("1004"));
+        let waited = time_to_eof(s);
+        assert!(
+            waited < Duration::from_secs(5),
+            "held {waited:?} after the close frame"
+        );
+    }
+    // Their places are free again: a real user gets in (24 places, 20 were refused).
+    assert!(wait_until(WAIT, || {
+        let token = server.token("real");
+        let (mut s, rest) = server.raw_ws(&format!("/?token={token}"), |_| {});
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut got = rest;
+        let mut buf = [0u8; 256];
+        loop {
+            if String::from_utf8_lossy(&got).contains("\"event\":2") {
+                return true;
+            }
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        false
+    }));
+}
+
+#[test]
+fn a_frame_or_message_must_complete_within_request_timeout() {
+    let server = Server::start(&[("request_timeout_secs", "0.5"), ("idle_timeout_secs", "60")]);
+    let token = server.token("slow");
+    let text = format!(r#"{{"event":3,"data":{{"msg_id":"{}"}}}}"#, "0".repeat(200));
+    let text = text.as_bytes();
+
+    // All but the last byte of a frame, then one byte at a time (each arrival would
+    // reset an idle timer): closed with 1008.
+    let whole = frame(0x81, text);
+    let (mut s, rest) = server.raw_ws(&format!("/?token={token}"), |_| {});
+    s.write_all(&whole[..whole.len() - 100]).expect("write");
+    for b in &whole[whole.len() - 100..whole.len() - 85] {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let frames = read_frames(&mut s, rest);
+    let (op, payload) = frames.last().expect("a close frame");
+    assert_eq!((*op, close_code(payload)), (0x8, 1008), "{frames:?}");
+
+    // A first fragment and never the last, with pings in between: 1008 too.
+    let (mut s, rest) = server.raw_ws(&format!("/?token={token}"), |_| {});
+    s.write_all(&frame(0x01, b"{\"event\":")).expect("write");
+    for _ in 0..15 {
+        if s.write_all(&frame(0x89, b"")).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let frames = read_frames(&mut s, rest);
+    let (op, payload) = frames.last().expect("a close frame");
+    assert_eq!((*op, close_code(payload)), (0x8, 1008), "{frames:?}");
+
+    // Complete frames for longer than the timeout keep a connection open.
+    let (mut s, rest) = server.raw_ws(&format!("/?token={token}"), |_| {});
+    for _ in 0..15 {
+        s.write_all(&frame(0x89, b"hi")).expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.write_all(&frame(0x88, &1000u16.to_be_bytes()))
+        .expect("write");
+    let frames = read_frames(&mut s, rest);
+    let pongs = frames.iter().filter(|(op, _)| *op == 0xA).count();
+    assert_eq!(pongs, 15, "{frames:?}");
+    let (op, payload) = frames.last().expect("close");
+    assert_eq!((*op, close_code(payload)), (0x8, 1000));
+}
