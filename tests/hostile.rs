@@ -131,3 +131,105 @@ fn a_frame_or_message_must_complete_within_request_timeout() {
     let (op, payload) = frames.last().expect("close");
     assert_eq!((*op, close_code(payload)), (0x8, 1000));
 }
+
+/// Reads one HTTP response head (and any bytes after it) from `s`.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(1) => got.push(buf[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[test]
+fn http_admin_key_before_the_body_expect_continue_and_strict_lengths() {
+    let server = Server::start(&[]);
+    let connect = || {
+        let s = std::net::TcpStream::connect(server.addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s
+    };
+    // A wrong key on a 1 MB /push is refused from the head alone: the body is never sent.
+    let mut s = connect();
+    s.write_all(
+        b"POST /push HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .expect("write");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    // Expect: 100-continue with the right key: 100 first, then the answer to the body.
+    let body = serde_json::json!({"uids": ["u1"], "title": "t", "content": "c"}).to_string();
+    let mut s = connect();
+    write!(
+        s,
+        "POST /push HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        common::ADMIN,
+        body.len()
+    )
+    .expect("write");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    s.write_all(body.as_bytes()).expect("body");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Content-Length is digits only.
+    for bad in ["+5", "-5", "5 5"] {
+        let raw = server.raw(
+            format!("POST /push HTTP/1.1\r\nHost: t\r\nContent-Length: {bad}\r\n\r\nhello")
+                .as_bytes(),
+        );
+        let (status, v) = common::parse_response(&raw);
+        assert_eq!(
+            (status, v["code"].as_i64()),
+            (400, Some(1001)),
+            "{bad}: {v}"
+        );
+    }
+
+    // HTTP/1.0 keep-alive is confirmed, and the connection serves a second request.
+    let mut s = connect();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("write");
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("length");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).expect("body");
+    }
+
+    // A head sent one byte per write is served (it is scanned once, not re-parsed).
+    let mut s = connect();
+    for b in b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" {
+        s.write_all(&[*b]).expect("write");
+    }
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[test]
+fn a_read_report_carries_at_most_100_ids() {
+    let server = Server::start(&[]);
+    let (mut ws, _) = server.notify("reader");
+    let ids = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i:024x}")).collect() };
+    ws.send(&serde_json::json!({"event": 3, "data": {"msg_ids": ids(101)}}));
+    let v = ws.recv();
+    assert_eq!(v["data"]["code"], 2003, "{v}");
+    // 100 ids are read (none of these is unread: 2004), and the connection stays open.
+    ws.send(&serde_json::json!({"event": 3, "data": {"msg_ids": ids(100)}}));
+    let v = ws.recv();
+    assert_eq!(v["data"]["code"], 2004, "{v}");
+    let pushed = server.push(&["reader"], "t", "c");
+    assert_eq!(ws.recv()["data"]["msg"]["_id"], pushed["_id"]);
+}

@@ -63,14 +63,24 @@ fn a_client_that_answers_pings_stays_connected() {
 
 /// Sends `n` admin POSTs of `body` to `path`, pipelined in batches on one keep-alive
 /// connection, and waits for every answer.
-fn pipelined(server: &Server, path: &str, body: &str, n: usize) {
+/// Sends `n` admin POSTs pipelined, `chunk` at a time; `after_chunk(sent)` runs once each
+/// chunk is answered.
+fn pipelined(
+    server: &Server,
+    path: &str,
+    body: &str,
+    n: usize,
+    chunk: usize,
+    mut after_chunk: impl FnMut(usize),
+) {
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
     s.set_read_timeout(Some(common::WAIT)).expect("timeout");
-    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+    let mut sent = 0;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(chunk) {
         s.write_all(req.repeat(chunk.len()).as_bytes())
             .expect("write");
         let mut got = Vec::new();
@@ -84,6 +94,8 @@ fn pipelined(server: &Server, path: &str, body: &str, n: usize) {
             assert!(k > 0, "connection closed");
             got.extend_from_slice(&buf[..k]);
         }
+        sent += chunk.len();
+        after_chunk(sent);
     }
 }
 
@@ -98,9 +110,12 @@ fn a_consumer_that_never_reads_is_closed_1013_and_others_are_not_slowed() {
     let kept = server.push(&["slow"], "before the flood", "c");
     let (mut fast, _) = server.notify("fast");
     let flood = 3000;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
     let reader = std::thread::spawn(move || {
         let mut ids = Vec::new();
         while ids.len() < flood {
+            counter.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
             ids.push(
                 fast.recv()["data"]["msg"]["_id"]
                     .as_str()
@@ -113,7 +128,18 @@ fn a_consumer_that_never_reads_is_closed_1013_and_others_are_not_slowed() {
     // Broadcasts are not persisted, so the broker's memory growth is what it buffers.
     let rss_before = server.rss_kib();
     let body = json!({"title": "flood", "content": "x".repeat(2048)}).to_string();
-    pipelined(&server, "/broadcast", &body, flood);
+    // In chunks of 20 (40 KiB, within the fast client's 64 KiB bound), each sent once the
+    // fast client has read the previous one: a reader that keeps up is never cut off,
+    // however the scheduler treats this test's threads, while the one that never reads
+    // falls behind by the whole flood.
+    pipelined(&server, "/broadcast", &body, flood, 20, |sent| {
+        assert!(
+            common::wait_until(common::WAIT, || {
+                received.load(std::sync::atomic::Ordering::Relaxed) + 1 >= sent
+            }),
+            "the fast reader keeps up"
+        );
+    });
     let rss_after = server.rss_kib();
     // The fast client got every message, in order and once.
     let ids = reader.join().expect("fast reader");

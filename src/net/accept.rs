@@ -123,16 +123,29 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
     // Each request, head and body, must arrive within request_timeout of the moment the
     // connection became ready for it (slowloris, idle keep-alive).
     let mut deadline = Instant::now() + shard.rt.request_timeout;
+    // Bytes of `buf` already searched for the end of the head.
+    let mut scanned = 0;
     loop {
-        let parsed = http::parse_head(&buf, &shard.rt);
+        let parsed = match http::head_end(&buf, scanned) {
+            Some(end) if end > shard.rt.max_head_bytes => Err(Error::too_large("request head")),
+            // A blank line that does not end a head (leading empty lines) is not HTTP.
+            Some(end) => http::parse_head(&buf[..end], &shard.rt)
+                .and_then(|h| h.map(Some).ok_or(Error::param("request head"))),
+            None if buf.len() >= shard.rt.max_head_bytes => Err(Error::too_large("request head")),
+            None => Ok(None),
+        };
         let (req, head_len) = match parsed {
             Ok(Some(v)) => v,
-            Ok(None) => match read_until(&shard, &mut stream, &mut buf, deadline).await {
-                Ok(n) if n > 0 => continue,
-                _ => return,
-            },
+            Ok(None) => {
+                scanned = buf.len();
+                match read_until(&shard, &mut stream, &mut buf, deadline).await {
+                    Ok(n) if n > 0 => continue,
+                    _ => return,
+                }
+            }
             Err(e) => return write_error(&mut stream, &e, "").await,
         };
+        scanned = 0;
         if let Some(ws) = &req.upgrade {
             if is_upgrade_path(&req.path) {
                 let rest = buf.split_off(head_len);
@@ -145,7 +158,21 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
         if req.content_length > shard.rt.max_body_bytes {
             return write_error(&mut stream, &Error::too_large("body"), "").await;
         }
+        if let Err(e) = super::api::check_admin_before_body(&shard, &req) {
+            shard.metrics.error(e.code());
+            return write_error(&mut stream, &e, "").await;
+        }
         let end = head_len + req.content_length;
+        if req.expect_continue && buf.len() < end {
+            // RFC 9110 §10.1.1: the client holds the body back until it hears 100.
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         while buf.len() < end {
             match read_until(&shard, &mut stream, &mut buf, deadline).await {
                 Ok(n) if n > 0 => {}
@@ -158,7 +185,13 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
             buf = Vec::new();
         }
         let (status, content_type, out) = super::api::serve(&shard, &req, &mut body).await;
-        let resp = http::response(status, content_type, &out, req.keep_alive, "");
+        // HTTP/1.0 closes by default: its keep-alive must be confirmed (RFC 9112 §9.3).
+        let extra = if req.http10 && req.keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        let resp = http::response(status, content_type, &out, req.keep_alive, extra);
         if stream.write_all(&resp).await.is_err() {
             return;
         }

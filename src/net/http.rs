@@ -18,6 +18,10 @@ pub struct Request {
     pub keep_alive: bool,
     pub content_length: usize,
     pub chunked: bool,
+    /// `Expect: 100-continue`: the client waits for a 100 before sending the body.
+    pub expect_continue: bool,
+    /// HTTP/1.0: keep-alive must be confirmed with `Connection: keep-alive`.
+    pub http10: bool,
     pub authorization: Option<String>,
     pub origin: Option<String>,
     /// Set when the request asks for a WebSocket upgrade.
@@ -28,6 +32,18 @@ pub struct Request {
 pub struct WsHeaders {
     pub key: Option<String>,
     pub version: Option<String>,
+}
+
+/// Where the request head in `buf` ends (just past its blank line), looking only at the
+/// bytes from `from` on (minus the 3 a terminator may straddle), so that a head arriving
+/// a byte at a time is scanned once, not re-parsed from the start after every read.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3).max(1);
+    (start..buf.len()).find_map(|i| {
+        let blank = buf[i] == b'\n'
+            && (buf[i - 1] == b'\n' || (buf[i - 1] == b'\r' && i >= 2 && buf[i - 2] == b'\n'));
+        blank.then_some(i + 1)
+    })
 }
 
 /// Parses a request head from the start of `buf`; returns it and the head's length.
@@ -58,6 +74,7 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
         query: query.to_string(),
         // HTTP/1.1 keeps alive unless told otherwise; HTTP/1.0 closes.
         keep_alive: req.version == Some(1),
+        http10: req.version == Some(0),
         ..Request::default()
     };
     let mut upgrade_ws = false;
@@ -68,10 +85,12 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
         let value = std::str::from_utf8(h.value).map_err(|_| Error::param("header value"))?;
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| Error::param("Content-Length"))?;
+            // Digits only (RFC 9110 §8.6): `+5`, `-0` or `5 5` are not lengths.
+            let digits = value.trim();
+            let n = Some(digits)
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<usize>().ok())
+                .ok_or(Error::param("Content-Length"))?;
             if content_length.is_some_and(|old| old != n) {
                 return Err(Error::param("Content-Length"));
             }
@@ -92,6 +111,8 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
             upgrade_ws = value
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("expect") {
+            out.expect_continue = value.trim().eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
@@ -224,6 +245,34 @@ mod tests {
         assert!(req.keep_alive);
         assert_eq!(req.authorization.as_deref(), Some("Bearer k"));
         assert!(req.upgrade.is_none());
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head_scanning_each_byte_once() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest";
+        let end = raw.len() - 4;
+        // Fed a byte at a time, scanning only from where the last scan stopped.
+        let mut found = None;
+        for len in 1..=raw.len() {
+            found = found.or(head_end(&raw[..len], len - 1));
+        }
+        assert_eq!(found, Some(end));
+        assert_eq!(head_end(raw, 0), Some(end));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n", 0), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+        assert_eq!(head_end(b"", 0), None);
+    }
+
+    #[test]
+    fn content_length_is_digits_only_and_expect_is_read() {
+        for bad in ["+5", "-0", "5 5", "0x5", "", "99999999999999999999999"] {
+            let raw = format!("POST /push HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(parse_head(raw.as_bytes(), &rt()).is_err(), "{bad:?}");
+        }
+        let raw = b"POST /push HTTP/1.0\r\nContent-Length:  7 \r\nExpect: 100-Continue\r\nConnection: keep-alive\r\n\r\n";
+        let (req, _) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        assert_eq!(req.content_length, 7);
+        assert!(req.expect_continue && req.http10 && req.keep_alive);
     }
 
     #[test]

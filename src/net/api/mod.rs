@@ -81,6 +81,21 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
     }
 }
 
+/// Admin calls that carry a body: their key is checked right after the request head,
+/// before any body byte is read (a client without a key cannot make the broker buffer
+/// up to `max_body_bytes`).
+pub fn check_admin_before_body(shard: &Shard, req: &Request) -> Result<(), Error> {
+    let with_body = matches!(
+        req.path.as_str(),
+        "/push" | "/message" | "/kick" | "/broadcast"
+    );
+    if req.method == "POST" && with_body {
+        admin(shard, req).map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
 /// The admin key of `Authorization: Bearer <key>` and what it may act on; every handler
 /// given a scope checks its domain with [`in_scope`] before it does anything.
 fn admin(shard: &Shard, req: &Request) -> Result<AdminScope, Error> {
