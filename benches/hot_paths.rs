@@ -110,7 +110,7 @@ fn store_append(c: &mut Criterion) {
         b.iter(|| {
             let m = ChatMessage::new(ids.next(), "d", "u2", "u1", "U1", "web", 10, "hello there");
             store.append_chat(9, &m).expect("stored");
-            store.queue_offline(9, &m).expect("queued")
+            store.queue_offline(9, &m, u64::MAX).expect("queued")
         })
     });
     g.finish();

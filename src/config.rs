@@ -39,6 +39,8 @@ struct File {
     max_push_uids: usize,
     max_message_bytes: usize,
     max_unread: usize,
+    max_unread_bytes: usize,
+    max_offline_per_user: u64,
     max_frame_bytes: usize,
     max_head_bytes: usize,
     max_headers: usize,
@@ -111,6 +113,8 @@ pub struct Runtime {
     pub max_push_uids: usize,
     pub max_message_bytes: usize,
     pub max_unread: usize,
+    pub max_unread_bytes: usize,
+    pub max_offline_per_user: u64,
     pub max_frame_bytes: usize,
     pub max_head_bytes: usize,
     pub max_headers: usize,
@@ -161,6 +165,7 @@ impl Runtime {
              profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
              sign_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
              store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
+             max_unread_bytes = {}\nmax_offline_per_user = {}\n\
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
              max_outbound_bytes = {}\nmax_connections = {}\nmax_connections_per_user = {}\n\
              max_messages_per_sec = {}\n\
@@ -182,6 +187,8 @@ impl Runtime {
             self.max_push_uids,
             self.max_message_bytes,
             self.max_unread,
+            self.max_unread_bytes,
+            self.max_offline_per_user,
             self.max_frame_bytes,
             self.max_head_bytes,
             self.max_headers,
@@ -374,10 +381,11 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.group_commit_ms > 1000 {
         return Err(bad("group_commit_ms", "at most 1000"));
     }
-    let positive: [(&str, usize); 8] = [
+    let positive: [(&str, usize); 9] = [
         ("max_push_uids", f.max_push_uids),
         ("max_message_bytes", f.max_message_bytes),
         ("max_unread", f.max_unread),
+        ("max_unread_bytes", f.max_unread_bytes),
         ("max_frame_bytes", f.max_frame_bytes),
         ("max_head_bytes", f.max_head_bytes),
         ("max_headers", f.max_headers),
@@ -388,6 +396,9 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         if value == 0 {
             return Err(bad(key, "must be at least 1"));
         }
+    }
+    if f.max_offline_per_user == 0 {
+        return Err(bad("max_offline_per_user", "must be at least 1"));
     }
     if f.max_headers > crate::net::http::MAX_HEADERS {
         return Err(bad(
@@ -465,6 +476,8 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_push_uids: f.max_push_uids,
         max_message_bytes: f.max_message_bytes,
         max_unread: f.max_unread,
+        max_unread_bytes: f.max_unread_bytes,
+        max_offline_per_user: f.max_offline_per_user,
         max_frame_bytes: f.max_frame_bytes,
         max_head_bytes: f.max_head_bytes,
         max_headers: f.max_headers,

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub chat_messages: Cell<u64>,
     pub offline_queued: Cell<u64>,
     pub offline_delivered: Cell<u64>,
+    pub offline_dropped: Cell<u64>,
     pub cross_shard_hops: Cell<u64>,
     pub closes: [Cell<u64>; 9],
     pub errors: [Cell<u64>; 16],
@@ -135,6 +136,7 @@ impl Metrics {
             chat_messages: self.chat_messages.get(),
             offline_queued: self.offline_queued.get(),
             offline_delivered: self.offline_delivered.get(),
+            offline_dropped: self.offline_dropped.get(),
             cross_shard_hops: self.cross_shard_hops.get(),
             closes: std::array::from_fn(|i| self.closes[i].get()),
             errors: std::array::from_fn(|i| self.errors[i].get()),
@@ -164,6 +166,7 @@ pub struct Snapshot {
     pub chat_messages: u64,
     pub offline_queued: u64,
     pub offline_delivered: u64,
+    pub offline_dropped: u64,
     pub cross_shard_hops: u64,
     pub closes: [u64; 9],
     pub errors: [u64; 16],
@@ -301,6 +304,14 @@ pub fn render(shards: &[Snapshot]) -> String {
         "counter",
         "Queued chat messages delivered at login.",
         |s| s.offline_delivered,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "offline_dropped_total",
+        "counter",
+        "Queued chat messages that left a full offline queue (max_offline_per_user); they stay in history.",
+        |s| s.offline_dropped,
     );
     per_shard(
         &mut out,

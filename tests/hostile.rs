@@ -233,3 +233,123 @@ fn a_read_report_carries_at_most_100_ids() {
     let pushed = server.push(&["reader"], "t", "c");
     assert_eq!(ws.recv()["data"]["msg"]["_id"], pushed["_id"]);
 }
+
+/// Sends `n` chat messages of `size` bytes to `(d, to)` through `POST /message` on one
+/// keep-alive connection.
+fn fill_offline(server: &Server, d: &str, to: &str, n: usize, size: usize) {
+    let mut c = common::KeepAlive::connect(server.addr);
+    for i in 0..n {
+        let body = serde_json::json!({
+            "domain": d, "toId": to, "type": 100,
+            "content": format!("{i:06}{}", "x".repeat(size.saturating_sub(6)))
+        })
+        .to_string();
+        let (status, v) = c
+            .request("POST", "/message", Some(common::ADMIN), &body)
+            .expect("a response");
+        assert_eq!(status, 200, "{v}");
+    }
+}
+
+#[test]
+fn the_offline_queue_is_bounded_per_user_and_the_oldest_leave_it() {
+    let server = Server::start(&[("max_offline_per_user", "5")]);
+    fill_offline(&server, "d", "olga", 8, 10);
+    let mut ws = server.chat("d", "olga", "web", false);
+    let got: Vec<String> = (0..5)
+        .map(|_| {
+            let m = ws.recv();
+            assert_eq!(m["offline"], true);
+            m["content"].as_str().expect("content")[..6].to_string()
+        })
+        .collect();
+    assert_eq!(got, ["000003", "000004", "000005", "000006", "000007"]);
+    ws.expect_silence(200);
+    // History keeps all of them.
+    let (_, v) = server.http(
+        "GET",
+        "/message-log?domain=d&toId=olga",
+        Some(common::ADMIN),
+        None,
+    );
+    assert_eq!(v["content"]["total"], 8, "{v}");
+    let raw = server.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    let dropped: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("shardcast_offline_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(dropped, 3);
+}
+
+#[test]
+fn a_large_offline_queue_is_written_in_pages_within_the_outbound_bound() {
+    let server = Server::start(&[
+        ("max_outbound_bytes", "65536"),
+        ("max_offline_per_user", "5000"),
+    ]);
+    let (n, size) = (2000, 4000);
+    fill_offline(&server, "d", "pia", n, size);
+    let token = server.token_in("d", "pia");
+    let target = format!("/ws?id=pia&name=P&domain=d&resource=web&token={token}");
+    // A client that does not read: the broker holds at most a page for it, not the 8 MB
+    // queue (it was read whole into memory before).
+    let rss_before = server.rss_kib();
+    let (stalled, _) = server.raw_ws(&target, |s| {
+        s.set_recv_buffer_size(4096).expect("rcvbuf");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let growth = server.rss_kib().saturating_sub(rss_before);
+    eprintln!("stalled login with an 8 MB offline queue: broker RSS +{growth} KiB");
+    // Read whole, the queue would cost twice its 8 MB (the stored cores and their frames).
+    assert!(growth < 6144, "RSS grew {growth} KiB");
+    drop(stalled);
+    // A reading client gets the rest, oldest first, each once, with no gap: what the
+    // stalled one was sent left the queue once written to its socket (PROTOCOL.md §4:
+    // "an entry leaves the queue only once written"; it stays in history), no more.
+    let mut ws = common::Ws::connect(&server.url(&target));
+    let index = |m: &serde_json::Value| -> usize {
+        assert_eq!(m["offline"], true);
+        m["content"].as_str().expect("content")[..6]
+            .parse()
+            .expect("index")
+    };
+    let first = index(&ws.recv());
+    assert!(first < n / 2, "the stalled client took {first} of {n}");
+    for i in first + 1..n {
+        assert_eq!(index(&ws.recv()), i);
+    }
+    ws.expect_silence(200);
+    ws.close();
+    let mut again = common::Ws::connect(&server.url(&target));
+    again.expect_silence(300);
+}
+
+#[test]
+fn the_unread_list_is_bounded_in_bytes_and_keeps_the_newest() {
+    let server = Server::start(&[("max_unread_bytes", "10000")]);
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            server.push(&["ursula"], &format!("t{i}"), &"y".repeat(1000))["_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let (_, list) = server.notify("ursula");
+    let got: Vec<&str> = list
+        .iter()
+        .map(|m| m["_id"].as_str().expect("id"))
+        .collect();
+    assert!(!got.is_empty() && got.len() < 10, "{} of 20", got.len());
+    assert_eq!(
+        got,
+        ids[20 - got.len()..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let bytes: usize = list.iter().map(|m| m.to_string().len() + 1).sum();
+    assert!(bytes <= 10000, "{bytes}");
+}

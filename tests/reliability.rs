@@ -160,10 +160,11 @@ fn a_consumer_that_never_reads_is_closed_1013_and_others_are_not_slowed() {
         .filter(|(op, p)| *op == 0x1 && p.starts_with(b"{\"event\":1"))
         .count();
     assert!(delivered < flood, "{delivered} of {flood}");
-    // Memory stayed flat: far less than the ~6 MiB the slow client missed.
+    // Memory stayed flat: well under the ~6 MiB the slow client missed (the margin is
+    // for allocator and page-cache noise while other tests run beside this one).
     let growth = rss_after.saturating_sub(rss_before);
     eprintln!("slow consumer: {delivered} of {flood} delivered before 1013; broker RSS {rss_before} KiB -> {rss_after} KiB");
-    assert!(growth < 2048, "RSS grew {growth} KiB");
+    assert!(growth < 4096, "RSS grew {growth} KiB");
     // Its unread notification was not lost by the close.
     let (_ws, list) = server.notify("slow");
     assert_eq!(list.len(), 1);

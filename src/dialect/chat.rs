@@ -123,16 +123,53 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         }
         sessions.add(conn.clone());
     }
-    let queued = shard.store.offline(conn.slot, &conn.domain, &conn.uid)?;
-    let mut keys = Vec::with_capacity(queued.len());
-    for (key, core) in queued {
+    queue_offline_page(shard, conn, None).map(|_| ())
+}
+
+/// The offline queue is written a page at a time (PROTOCOL.md §4 v2): at most half of
+/// `max_outbound_bytes` is read from the store and queued, the next page only once that
+/// one is written. A page leaves the store once written, not before: a connection that
+/// dies first leaves it for the next login (at least once, never lost).
+fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Result<bool, Error> {
+    let budget = (shard.rt.max_outbound_bytes / 2).max(1);
+    let (page, more) =
+        shard
+            .store
+            .offline_page(conn.slot, &conn.domain, &conn.uid, after, budget)?;
+    let mut keys = Vec::with_capacity(page.len());
+    for (key, core) in page {
         outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
         keys.push(key);
     }
-    // Removed from the store once written (ws::conn), not before: a connection that dies
-    // first leaves the queue for the next login (at least once, never lost).
+    *conn.offline_after.borrow_mut() = if more { keys.last().cloned() } else { None };
+    let queued = !keys.is_empty();
     *conn.offline_keys.borrow_mut() = keys;
-    Ok(())
+    Ok(queued)
+}
+
+/// Called when `conn`'s outbound queue is empty: the offline page it held has been
+/// written, so it leaves the store, and the next page (if any) is queued. True when
+/// something new was queued.
+pub fn offline_page_written(shard: &Shard, conn: &Conn) -> bool {
+    let written = std::mem::take(&mut *conn.offline_keys.borrow_mut());
+    if written.is_empty() {
+        return false;
+    }
+    crate::metrics::bump(&shard.metrics.offline_delivered, written.len() as u64);
+    if let Err(e) = shard
+        .store
+        .remove_offline(conn.slot, &conn.domain, &conn.uid, &written)
+    {
+        log::error!("removing delivered offline messages failed: {e}");
+        return false;
+    }
+    let Some(after) = conn.offline_after.borrow_mut().take() else {
+        return false;
+    };
+    queue_offline_page(shard, conn, Some(&after)).unwrap_or_else(|e| {
+        log::error!("reading the offline queue failed: {e}");
+        false
+    })
 }
 
 /// Stores `msg` on this (the recipient's owner) shard and delivers it to every online
@@ -160,7 +197,10 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
     // Queued exactly when it reached no resource (a send can also fail: slow consumer).
     let offline = delivered == 0;
     if offline {
-        shard.store.queue_offline(slot, &msg)?;
+        let dropped = shard
+            .store
+            .queue_offline(slot, &msg, shard.rt.max_offline_per_user)?;
+        crate::metrics::bump(&shard.metrics.offline_dropped, dropped);
     }
     let m = &shard.metrics;
     crate::metrics::bump(&m.chat_messages, 1);

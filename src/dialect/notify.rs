@@ -71,20 +71,31 @@ pub fn event0(e: &Error) -> Vec<u8> {
 
 /// Joins the session table and queues event 2 with the user's unread list.
 pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
-    let list = shard
-        .store
-        .unread(conn.slot, &conn.domain, &conn.uid, shard.rt.max_unread)?;
+    let rt = &shard.rt;
+    let list = shard.store.unread(
+        conn.slot,
+        &conn.domain,
+        &conn.uid,
+        rt.max_unread,
+        rt.max_unread_bytes,
+    )?;
     shard.sessions.borrow_mut().add(conn.clone());
-    let mut event = Vec::with_capacity(64 + list.iter().map(|m| m.len() + 1).sum::<usize>());
-    event.extend_from_slice(b"{\"event\":2,\"data\":{\"msg_list\":[");
+    // Written straight into the frame (header, then the list): built once, bounded by
+    // `max_unread_bytes` (PROTOCOL.md §3 v2).
+    const HEAD: &[u8] = b"{\"event\":2,\"data\":{\"msg_list\":[";
+    const TAIL: &[u8] = b"]}}";
+    let len = HEAD.len() + TAIL.len() + list.iter().map(|m| m.len() + 1).sum::<usize>()
+        - usize::from(!list.is_empty());
+    let mut event = frame::header(frame::OP_TEXT, len, len);
+    event.extend_from_slice(HEAD);
     for (i, m) in list.iter().enumerate() {
         if i > 0 {
             event.push(b',');
         }
         event.extend_from_slice(m);
     }
-    event.extend_from_slice(b"]}}");
-    outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &event));
+    event.extend_from_slice(TAIL);
+    outbound::send_greeting(conn, event);
     Ok(())
 }
 

@@ -38,8 +38,10 @@ pub struct Conn {
     /// Rate limit: start of the current one-second window and messages in it.
     pub rate_window_ms: Cell<u64>,
     pub rate_count: Cell<u32>,
-    /// Offline-queue entries sent in the greeting, removed from the store once written.
+    /// Offline-queue entries queued to this connection, removed from the store once
+    /// written; and the last key of that page while more of the queue follows.
     pub offline_keys: RefCell<Vec<sled::IVec>>,
+    pub offline_after: RefCell<Option<sled::IVec>>,
     /// Shard clock (ms) when the oldest unfinished frame or fragmented message began:
     /// it must be complete within `request_timeout_secs` (PROTOCOL.md §5 v2).
     pub partial_since_ms: Cell<Option<u64>>,

@@ -5,6 +5,7 @@
 //! slot T token(16)                          → expire(8) dlen domain ulen uid
 //! slot U user id(12)                        → notification msg object (JSON)
 //! slot Q user id(12)                        → chat message core (offline queue)
+//! slot c user                               → entries in the offline queue (u64)
 //! slot H user seq(8)                        → chat message core (history, seq 1..)
 //! slot h user                               → last history seq (u64)
 //! slot F user(to) user(from) fseq(8)        → seq(8) of that message in H
@@ -19,6 +20,7 @@
 pub const TOKEN: u8 = b'T';
 pub const UNREAD: u8 = b'U';
 pub const OFFLINE: u8 = b'Q';
+pub const OFFLINE_COUNT: u8 = b'c';
 pub const HISTORY: u8 = b'H';
 pub const HISTORY_SEQ: u8 = b'h';
 pub const FROM: u8 = b'F';

@@ -146,18 +146,27 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` unread notifications of a user, oldest first.
+    /// The newest unread notifications of a user that fit in `limit` entries and
+    /// `max_bytes` bytes, oldest first (reads stop there, however long the list).
     pub fn unread(
         &self,
         slot: u16,
         domain: &str,
         uid: &str,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<IVec>, Error> {
         let prefix = keys::user(slot, keys::UNREAD, domain, uid);
         let mut out = Vec::new();
+        let mut bytes = 0;
         for kv in self.db.scan_prefix(&prefix).rev().take(limit) {
-            out.push(kv?.1);
+            let v = kv?.1;
+            // The comma between entries counts too.
+            bytes += v.len() + 1;
+            if bytes > max_bytes {
+                break;
+            }
+            out.push(v);
         }
         out.reverse();
         Ok(out)
@@ -216,32 +225,86 @@ impl Store {
         Ok(())
     }
 
-    /// Queues a chat message for its offline recipient (after `append_chat`).
-    pub fn queue_offline(&self, slot: u16, msg: &ChatMessage) -> Result<(), Error> {
+    /// Queues a chat message for its offline recipient (after `append_chat`), keeping at
+    /// most `max` queued (PROTOCOL.md §4 v2): past it the oldest leaves the queue (it
+    /// stays in history). Returns how many were dropped that way. The count is a stored
+    /// counter, so the bound costs two reads and a write, whatever the queue's length.
+    pub fn queue_offline(&self, slot: u16, msg: &ChatMessage, max: u64) -> Result<u64, Error> {
+        let prefix = keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to);
+        let count_key = keys::user(slot, keys::OFFLINE_COUNT, &msg.domain, &msg.to);
+        let mut count = keys::u64_value(self.db.get(&count_key)?.as_deref()) + 1;
         self.db.insert(
-            keys::with_suffix(
-                keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to),
-                &msg.id.0,
-            ),
+            keys::with_suffix(prefix.clone(), &msg.id.0),
             msg.core.as_slice(),
         )?;
-        Ok(())
-    }
-
-    /// `to`'s offline queue, oldest first, as (key, message core). Entries stay until
-    /// [`Store::remove_offline`]: they are removed once written to the connection.
-    pub fn offline(&self, slot: u16, domain: &str, to: &str) -> Result<Vec<(IVec, IVec)>, Error> {
-        let prefix = keys::user(slot, keys::OFFLINE, domain, to);
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(&prefix) {
-            out.push(kv?);
+        let mut dropped = 0;
+        while count > max {
+            match self.db.scan_prefix(&prefix).next() {
+                Some(kv) => {
+                    self.db.remove(kv?.0)?;
+                    dropped += 1;
+                }
+                None => break,
+            }
+            count -= 1;
         }
-        Ok(out)
+        self.db.insert(count_key, &count.to_be_bytes())?;
+        Ok(dropped)
     }
 
-    pub fn remove_offline(&self, keys: &[IVec]) -> Result<(), Error> {
+    /// Up to `budget` bytes (and at least one entry) of `to`'s offline queue after the key
+    /// `after`, oldest first, as (key, message core), and whether more follow. Entries
+    /// stay until [`Store::remove_offline`]: they are removed once written.
+    pub fn offline_page(
+        &self,
+        slot: u16,
+        domain: &str,
+        to: &str,
+        after: Option<&[u8]>,
+        budget: usize,
+    ) -> Result<(Vec<(IVec, IVec)>, bool), Error> {
+        use std::ops::Bound;
+        let prefix = keys::user(slot, keys::OFFLINE, domain, to);
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.db.range((start, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                return Ok((out, false));
+            }
+            if !out.is_empty() && bytes + v.len() > budget {
+                return Ok((out, true));
+            }
+            bytes += v.len();
+            out.push((k, v));
+        }
+        Ok((out, false))
+    }
+
+    /// Removes written offline entries of `to` (those still there) and counts them out.
+    pub fn remove_offline(
+        &self,
+        slot: u16,
+        domain: &str,
+        to: &str,
+        keys: &[IVec],
+    ) -> Result<(), Error> {
+        let mut removed = 0;
         for k in keys {
-            self.db.remove(k)?;
+            removed += u64::from(self.db.remove(k)?.is_some());
+        }
+        self.uncount_offline(&keys::user(slot, keys::OFFLINE_COUNT, domain, to), removed)
+    }
+
+    fn uncount_offline(&self, count_key: &[u8], removed: u64) -> Result<(), Error> {
+        if removed > 0 {
+            let count = keys::u64_value(self.db.get(count_key)?.as_deref());
+            self.db
+                .insert(count_key, &count.saturating_sub(removed).to_be_bytes())?;
         }
         Ok(())
     }

@@ -91,9 +91,14 @@ impl Store {
                         id.copy_from_slice(&k[at..]);
                         u64::from(MsgId(id).unix_secs())
                     });
-                    if secs.is_some_and(|s| s + policy.offline_ttl_secs <= now) {
-                        self.db.remove(&k)?;
-                        removed.offline += 1;
+                    if secs.is_some_and(|s| s.saturating_add(policy.offline_ttl_secs) <= now) {
+                        if let Some(n) = keys::user_prefix_len(&k) {
+                            let mut count_key = k[..n].to_vec();
+                            count_key[2] = keys::OFFLINE_COUNT;
+                            self.db.remove(&k)?;
+                            self.uncount_offline(&count_key, 1)?;
+                            removed.offline += 1;
+                        }
                     }
                 }
                 Some(&keys::HISTORY)

@@ -102,13 +102,22 @@ pub async fn serve(
     }
     loop {
         let io = std::future::poll_fn(|cx| {
-            let mut out = conn.out.borrow_mut();
-            let flushed = out.poll_flush(cx, &mut stream, &mut shard.scratch.borrow_mut());
-            match flushed {
-                Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
-                Poll::Ready(Ok(())) => delivered_offline(&shard, &conn),
-                Poll::Pending => {}
+            loop {
+                let flushed = conn.out.borrow_mut().poll_flush(
+                    cx,
+                    &mut stream,
+                    &mut shard.scratch.borrow_mut(),
+                );
+                match flushed {
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                    // All written: the offline page it held leaves the store and the next
+                    // one, if any, is queued and written in turn.
+                    Poll::Ready(Ok(()))
+                        if crate::dialect::chat::offline_page_written(&shard, &conn) => {}
+                    _ => break,
+                }
             }
+            let mut out = conn.out.borrow_mut();
             if out.closing().is_some() {
                 return Poll::Ready(Io::Closing);
             }
@@ -188,18 +197,6 @@ async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
         }
     };
     futures_lite::future::or(finish, glommio::timer::sleep(grace)).await;
-}
-
-/// The greeting's offline messages have been written: remove them from the queue.
-fn delivered_offline(shard: &Shard, conn: &Conn) {
-    if conn.offline_keys.borrow().is_empty() {
-        return;
-    }
-    let keys = std::mem::take(&mut *conn.offline_keys.borrow_mut());
-    crate::metrics::bump(&shard.metrics.offline_delivered, keys.len() as u64);
-    if let Err(e) = shard.store.remove_offline(&keys) {
-        log::error!("removing delivered offline messages failed: {e}");
-    }
 }
 
 /// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.

@@ -101,9 +101,17 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Encodes one unmasked, final server frame.
 pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 10);
+    let mut out = header(opcode, payload.len(), payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The header of an unmasked, final server frame of `len` payload bytes, in a buffer with
+/// room for `capacity` more bytes (the payload, written after it by the caller).
+pub fn header(opcode: u8, len: usize, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + 10);
     out.push(0x80 | opcode);
-    match payload.len() {
+    match len {
         n if n < 126 => out.push(n as u8), // n < 126 fits in u8
         n if n <= 0xFFFF => {
             out.push(126);
@@ -114,7 +122,6 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
             out.extend_from_slice(&(n as u64).to_be_bytes()); // usize ≤ 64 bits
         }
     }
-    out.extend_from_slice(payload);
     out
 }
 

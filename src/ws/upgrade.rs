@@ -244,6 +244,7 @@ fn new_conn(
         rate_window_ms: Cell::new(0),
         rate_count: Cell::new(0),
         offline_keys: RefCell::new(Vec::new()),
+        offline_after: RefCell::new(None),
         partial_since_ms: Cell::new(None),
         refused,
     })
