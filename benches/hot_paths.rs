@@ -119,7 +119,7 @@ fn store_append(c: &mut Criterion) {
 /// Items moved from one glommio executor to another: enqueue → wake → drain. Returns the
 /// time from the first send to the last receive.
 fn hop_inbox(items: u64, batch: u64) -> std::time::Duration {
-    let (tx, rx) = shardcast::shard::inbox::new::<u64>();
+    let (tx, rx) = shardcast::shard::inbox::new::<u64>(usize::MAX);
     let consumer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(256 * 1024)
         .spawn(move || async move {

@@ -48,6 +48,9 @@ struct File {
     max_outbound_bytes: usize,
     max_connections: usize,
     max_connections_per_user: usize,
+    max_inbox: usize,
+    max_inflight_writes: usize,
+    shard_call_timeout_ms: u64,
     max_messages_per_sec: u32,
     ping_interval_secs: f64,
     idle_timeout_secs: f64,
@@ -122,6 +125,9 @@ pub struct Runtime {
     pub max_outbound_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    pub max_inbox: usize,
+    pub max_inflight_writes: usize,
+    pub shard_call_timeout: Duration,
     pub max_messages_per_sec: u32,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -168,6 +174,7 @@ impl Runtime {
              max_unread_bytes = {}\nmax_offline_per_user = {}\n\
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
              max_outbound_bytes = {}\nmax_connections = {}\nmax_connections_per_user = {}\n\
+             max_inbox = {}\nmax_inflight_writes = {}\nshard_call_timeout_ms = {}\n\
              max_messages_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
              allowed_origins = {:?}\nconformance_echo = {}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
@@ -196,6 +203,9 @@ impl Runtime {
             self.max_outbound_bytes,
             self.max_connections,
             self.max_connections_per_user,
+            self.max_inbox,
+            self.max_inflight_writes,
+            self.shard_call_timeout.as_millis(),
             self.max_messages_per_sec,
             d(self.ping_interval),
             d(self.idle_timeout),
@@ -429,6 +439,15 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.max_connections_per_user == 0 {
         return Err(bad("max_connections_per_user", "must be at least 1"));
     }
+    if f.max_inbox == 0 {
+        return Err(bad("max_inbox", "must be at least 1"));
+    }
+    if f.max_inflight_writes == 0 {
+        return Err(bad("max_inflight_writes", "must be at least 1"));
+    }
+    if !(1..=600_000).contains(&f.shard_call_timeout_ms) {
+        return Err(bad("shard_call_timeout_ms", "between 1 and 600000"));
+    }
     if f.max_messages_per_sec == 0 {
         return Err(bad("max_messages_per_sec", "must be at least 1"));
     }
@@ -485,6 +504,9 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_outbound_bytes: f.max_outbound_bytes,
         max_connections: f.max_connections,
         max_connections_per_user: f.max_connections_per_user,
+        max_inbox: f.max_inbox,
+        max_inflight_writes: f.max_inflight_writes,
+        shard_call_timeout: Duration::from_millis(f.shard_call_timeout_ms),
         max_messages_per_sec: f.max_messages_per_sec,
         ping_interval,
         idle_timeout,

@@ -146,8 +146,57 @@ impl Error {
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Error {
-        log::error!("store error: {e}");
+        store_health::failed(&e);
         Error::Internal
+    }
+}
+
+/// The health of the store of the shard whose thread this is (each shard is one thread,
+/// and store errors only happen on shard threads): the first failure is kept for
+/// `/healthz` (PROTOCOL.md §2 v2: 503 naming the shard, until restarted) and counted for
+/// `/metrics`, and errors are logged at most once per 10 s with the count in between, so
+/// a failed disk cannot flood the log.
+pub mod store_health {
+    use std::cell::{Cell, RefCell};
+    use std::time::{Duration, Instant};
+
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    thread_local! {
+        static FAILED: RefCell<Option<String>> = const { RefCell::new(None) };
+        static ERRORS: Cell<u64> = const { Cell::new(0) };
+        static LOGGED: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+    }
+
+    pub fn failed(e: &sled::Error) {
+        let errors = ERRORS.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        FAILED.with(|f| {
+            f.borrow_mut().get_or_insert_with(|| e.to_string());
+        });
+        let now = Instant::now();
+        let due = LOGGED.with(|l| match l.get() {
+            Some((at, _)) if now.duration_since(at) < LOG_EVERY => None,
+            last => {
+                l.set(Some((now, errors)));
+                Some(errors - last.map_or(0, |(_, n)| n))
+            }
+        });
+        if let Some(since) = due {
+            log::error!("store error: {e} ({since} store error(s) since the last report)");
+        }
+    }
+
+    /// Why this shard's store is failed, if it is.
+    pub fn why() -> Option<String> {
+        FAILED.with(|f| f.borrow().clone())
+    }
+
+    /// Store errors on this shard so far.
+    pub fn errors() -> u64 {
+        ERRORS.with(Cell::get)
     }
 }
 

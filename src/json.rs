@@ -55,12 +55,19 @@ pub fn ok_envelope(content: &[u8]) -> Vec<u8> {
 
 /// The error envelope of PROTOCOL.md §2.
 pub fn error_envelope(e: &crate::Error) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96);
+    envelope(e, b"{}")
+}
+
+/// An error envelope with `content`.
+pub fn envelope(e: &crate::Error, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + content.len());
     out.extend_from_slice(br#"{"code":"#);
     push_u64(&mut out, u64::from(e.code()));
     out.extend_from_slice(br#","msg":"#);
     push_str(&mut out, &e.to_string());
-    out.extend_from_slice(br#","content":{}}"#);
+    out.extend_from_slice(br#","content":"#);
+    out.extend_from_slice(content);
+    out.push(b'}');
     out
 }
 

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod dialect;
 pub mod error;
+pub mod fault;
 pub mod ids;
 pub mod json;
 pub mod metrics;
@@ -79,7 +80,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
         dbs.push(store::open_db(&rt, i)?);
     }
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new()).unzip();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
     let peers: Arc<[InboxTx]> = txs.into();
     let rt = Arc::new(rt);
     let (exit_tx, exits) = crossbeam_channel::unbounded();

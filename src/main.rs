@@ -154,7 +154,15 @@ fn main() -> ExitCode {
                 "shard {} stopped unexpectedly; exiting instead of serving part of the users",
                 which.map_or("?".into(), |i| i.to_string())
             );
+            // The other shards still close their connections and flush their stores
+            // (what they acknowledged in `async` mode is on disk too), within a bound.
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                log::error!("the other shards did not stop within 10 s; exiting anyway");
+                std::process::exit(1);
+            });
             server.stop();
+            server.join();
             ExitCode::from(1)
         }
     }

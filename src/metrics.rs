@@ -89,6 +89,8 @@ pub struct Metrics {
     pub offline_delivered: Cell<u64>,
     pub offline_dropped: Cell<u64>,
     pub cross_shard_hops: Cell<u64>,
+    /// Work refused for a full inbox or `max_inflight_writes`.
+    pub overloaded: Cell<u64>,
     pub closes: [Cell<u64>; 9],
     pub errors: [Cell<u64>; 16],
     pub store_write: Histogram,
@@ -137,7 +139,9 @@ impl Metrics {
             offline_queued: self.offline_queued.get(),
             offline_delivered: self.offline_delivered.get(),
             offline_dropped: self.offline_dropped.get(),
+            store_errors: crate::error::store_health::errors(),
             cross_shard_hops: self.cross_shard_hops.get(),
+            overloaded: self.overloaded.get(),
             closes: std::array::from_fn(|i| self.closes[i].get()),
             errors: std::array::from_fn(|i| self.errors[i].get()),
             store_write: self.store_write.snapshot(),
@@ -167,7 +171,9 @@ pub struct Snapshot {
     pub offline_queued: u64,
     pub offline_delivered: u64,
     pub offline_dropped: u64,
+    pub store_errors: u64,
     pub cross_shard_hops: u64,
+    pub overloaded: u64,
     pub closes: [u64; 9],
     pub errors: [u64; 16],
     pub store_write: HistogramSnapshot,
@@ -320,6 +326,22 @@ pub fn render(shards: &[Snapshot]) -> String {
         "counter",
         "Envelopes sent to another shard's inbox.",
         |s| s.cross_shard_hops,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "store_errors_total",
+        "counter",
+        "Store (sled) errors; the first one makes /healthz answer 503 for the shard.",
+        |s| s.store_errors,
+    );
+    per_shard(
+        &mut out,
+        shards,
+        "overloaded_total",
+        "counter",
+        "Work refused with 1009 for a full inbox or max_inflight_writes.",
+        |s| s.overloaded,
     );
     per_shard(
         &mut out,

@@ -22,6 +22,9 @@ use crate::ws::frame;
 use crate::ws::outbound;
 use crate::Error;
 
+/// Chat messages one connection may have waiting for their owner at once.
+const MAX_SENDS_IN_FLIGHT: u32 = 64;
+
 /// Message types a client may send; 100 (system) is for `POST /message` only.
 pub const CLIENT_TYPES: [i64; 4] = [10, 20, 30, 40];
 pub const SYSTEM_TYPE: i64 = 100;
@@ -176,6 +179,8 @@ pub fn offline_page_written(shard: &Shard, conn: &Conn) -> bool {
 /// chat resource of the recipient. Returns whether it was queued offline, once durable.
 pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
     let started = std::time::Instant::now();
+    crate::fault::panic_point("chat_send");
+    let _slot = shard.begin_write()?;
     let slot = route::slot_of(&msg.domain, &msg.to);
     // Connections already closing (kicked, idle, replaced) no longer count as online.
     let online: Vec<Rc<Conn>> = shard
@@ -256,6 +261,13 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
     };
     let v = json::parse(payload).ok_or(Error::BadFrame)?;
     let (to, kind, content) = parse_send(&v, shard.rt.max_message_bytes)?;
+    // Each send is a task until its owner answers: bounded per connection, so that a slow
+    // store cannot make one client's sends pile up (the sender gets 1009 and may retry).
+    if conn.sends_in_flight.get() >= MAX_SENDS_IN_FLIGHT {
+        crate::metrics::bump(&shard.metrics.overloaded, 1);
+        return Err(Error::Overloaded);
+    }
+    conn.sends_in_flight.set(conn.sends_in_flight.get() + 1);
     let msg = Arc::new(ChatMessage::new(
         shard.ids.next(),
         &conn.domain,
@@ -271,7 +283,12 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
     // so messages reach the owner's inbox in the order they were sent.
     glommio::spawn_local(async move {
         let (id, send_at) = (msg.id, msg.id.unix_millis());
-        match send(&shard, msg).await {
+        let outcome = crate::shard::contain("a chat send", send(&shard, msg))
+            .await
+            .unwrap_or(Err(Error::Internal));
+        conn.sends_in_flight
+            .set(conn.sends_in_flight.get().saturating_sub(1));
+        match outcome {
             Ok(offline) if ack => {
                 let mut a = b"{\"ack\":{\"id\":\"".to_vec();
                 a.extend_from_slice(&id.hex());
@@ -285,10 +302,11 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
                 outbound::send_owned(&conn, frame::encode(frame::OP_TEXT, &a));
             }
             Ok(_) => {}
-            Err(e) => {
-                log::warn!("chat send from {}/{} failed: {e}", conn.domain, conn.uid);
-                crate::dialect::send_error(&shard, &conn, &Error::WsInternal);
-            }
+            // Overloaded (1009) says "retry later"; anything else is the server's fault
+            // (2000). Counted in /metrics, not logged per message (store errors are
+            // logged, rate-limited, where they happen).
+            Err(Error::Overloaded) => crate::dialect::send_error(&shard, &conn, &Error::Overloaded),
+            Err(_) => crate::dialect::send_error(&shard, &conn, &Error::WsInternal),
         }
     })
     .detach();

@@ -108,6 +108,12 @@ pub async fn deliver(
     note: Arc<Notification>,
 ) -> Result<usize, Error> {
     let started = std::time::Instant::now();
+    crate::fault::panic_point("push_deliver");
+    if uids.iter().any(|(_, u)| crate::fault::dies_on_push(u)) {
+        shard.die();
+        return Err(Error::Internal);
+    }
+    let _slot = shard.begin_write()?;
     shard.store.add_unread(
         &domain,
         uids.iter().map(|(slot, uid)| (*slot, uid.as_str())),

@@ -261,6 +261,11 @@ async fn upgrade(
         Ok(l) => route::owner(l.slot(), shard.shards()),
         Err(_) => shard.id,
     };
+    if owner != shard.id && shard.peer(owner).is_full() {
+        // Refused before the 101, while an HTTP answer can still say why.
+        crate::metrics::bump(&shard.metrics.overloaded, 1);
+        return write_error(&mut stream, &Error::Overloaded, "").await;
+    }
     if owner == shard.id {
         // A task of its own, so that nothing of this request's parsing (this task's
         // state) stays alive for the connection's lifetime.

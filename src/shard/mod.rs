@@ -50,8 +50,72 @@ pub struct Shard {
     pub metrics: crate::metrics::Metrics,
     /// WebSocket connection tasks still running (shutdown waits for them to close).
     pub live_conns: Cell<usize>,
+    /// Writes waiting for the store to make them durable (`max_inflight_writes`).
+    inflight_writes: Cell<usize>,
+    died: Cell<bool>,
     /// A second handle on this shard's inbox, only to read its depth for /metrics.
     inbox_probe: InboxRx,
+}
+
+/// Runs `work`, catching a panic inside it: glommio does not contain panics in tasks (one
+/// would end the shard's thread), so every task of the shard runs through this or
+/// [`supervise`]. `None` when it panicked (logged with `what`).
+pub async fn contain<T>(what: &str, work: impl Future<Output = T>) -> Option<T> {
+    use futures_lite::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(cause) => {
+            let why = cause
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| cause.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("{what} panicked ({why}); it failed, the shard goes on");
+            None
+        }
+    }
+}
+
+/// Runs a shard's background loop for the shard's life: after a panic it is logged and
+/// started again a second later (a bug in the heartbeat must not stop the heartbeats).
+async fn supervise<F, Fut>(shard: Rc<Shard>, what: &'static str, task: F)
+where
+    F: Fn(Rc<Shard>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !shard.is_stopping() {
+        if contain(what, task(shard.clone())).await.is_some() {
+            return;
+        }
+        futures_lite::future::or(
+            glommio::timer::sleep(Duration::from_secs(1)),
+            shard.stopped(),
+        )
+        .await;
+    }
+}
+
+/// `work`, or 1009 once `limit` has passed (the work is dropped: a call waiting for a
+/// hung store or a stuck shard gives up instead of holding its caller forever).
+async fn with_deadline<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(limit).await;
+        Err(Error::Overloaded)
+    })
+    .await
+}
+
+/// A write waiting to be durable, counted against `max_inflight_writes` until dropped.
+pub struct WriteSlot(Rc<Shard>);
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        let n = &self.0.inflight_writes;
+        n.set(n.get().saturating_sub(1));
+    }
 }
 
 /// One open connection counted against `max_connections`; released on drop, on whichever
@@ -88,31 +152,57 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Error>> + 'static,
     {
+        self.call_within(target, self.rt.shard_call_timeout, f)
+            .await
+    }
+
+    /// [`Shard::call`] with its own deadline.
+    pub async fn call_within<T, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Error>> + 'static,
+    {
         if target == self.id {
-            return f(self.clone()).await;
+            let work = async {
+                contain("a shard call", f(self.clone()))
+                    .await
+                    .unwrap_or(Err(Error::Internal))
+            };
+            return with_deadline(deadline, work).await;
         }
         crate::metrics::bump(&self.metrics.cross_shard_hops, 1);
         let (tx, rx) = oneshot::channel();
         let sent = self.peers[target].send(Box::new(move |owner: &Rc<Shard>| {
             let owner = owner.clone();
             glommio::spawn_local(async move {
-                use futures_lite::FutureExt;
-                // A panic in the work ends this call (the caller sees an error), not the shard.
-                match std::panic::AssertUnwindSafe(f(owner)).catch_unwind().await {
-                    Ok(result) => {
-                        let _ = tx.send(result);
-                    }
-                    Err(_) => {
-                        log::error!("a cross-shard call panicked; it fails, the shard goes on")
-                    }
-                }
+                // A panic in the work ends this call (the caller sees 1000), not the shard.
+                let result = contain("a cross-shard call", f(owner)).await;
+                let _ = tx.send(result.unwrap_or(Err(Error::Internal)));
             })
             .detach();
         }));
         if !sent {
+            crate::metrics::bump(&self.metrics.overloaded, 1);
             return Err(Error::Overloaded);
         }
-        rx.await.map_err(|_| Error::Overloaded)?
+        with_deadline(deadline, async { rx.await.map_err(|_| Error::Overloaded)? }).await
+    }
+
+    /// A place among the `max_inflight_writes` writes of this shard waiting for the store
+    /// (held until the write is durable), or 1009 when they are all taken.
+    pub fn begin_write(self: &Rc<Self>) -> Result<WriteSlot, Error> {
+        if self.inflight_writes.get() >= self.rt.max_inflight_writes {
+            crate::metrics::bump(&self.metrics.overloaded, 1);
+            return Err(Error::Overloaded);
+        }
+        self.inflight_writes.set(self.inflight_writes.get() + 1);
+        Ok(WriteSlot(self.clone()))
     }
 
     /// Milliseconds since the shard started (monotonic).
@@ -173,6 +263,14 @@ impl Shard {
         .await
     }
 
+    /// Ends this shard as a fatal fault would: it stops without its final flush (the
+    /// fault-injection switch uses it to prove that the other shards still flush).
+    pub fn die(&self) {
+        log::error!("shard {}: dying (injected fault)", self.id);
+        self.died.set(true);
+        self.begin_stop();
+    }
+
     fn begin_stop(&self) {
         if !self.stopping.replace(true) {
             for w in self.stop_waiters.borrow_mut().drain(..) {
@@ -198,6 +296,7 @@ async fn heartbeat(shard: Rc<Shard>) {
     let ping_ms = u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX);
     while !shard.is_stopping() {
         glommio::timer::sleep(tick).await;
+        crate::fault::panic_point("heartbeat");
         let now = shard.clock_ms();
         let send_ping = now.saturating_sub(last_ping) >= ping_ms;
         if send_ping {
@@ -245,6 +344,7 @@ async fn retention(shard: Rc<Shard>) {
         if shard.is_stopping() {
             return;
         }
+        crate::fault::panic_point("retention");
         let now = crate::ids::now_secs();
         let mut removed = crate::store::retain::Removed::default();
         let mut after: Option<sled::IVec> = None;
@@ -292,7 +392,7 @@ pub struct Seed {
 
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
 pub fn request_stop(tx: &InboxTx) -> bool {
-    tx.send(Box::new(|shard: &Rc<Shard>| shard.begin_stop()))
+    tx.send_control(Box::new(|shard: &Rc<Shard>| shard.begin_stop()))
 }
 
 /// The body of a shard thread; returns when the shard has stopped and flushed.
@@ -314,14 +414,19 @@ pub async fn run(seed: Seed) {
         open_conns: seed.open_conns,
         metrics: crate::metrics::Metrics::default(),
         live_conns: Cell::new(0),
+        inflight_writes: Cell::new(0),
+        died: Cell::new(false),
         inbox_probe: seed.inbox.clone(),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
-    glommio::spawn_local(heartbeat(shard.clone())).detach();
-    glommio::spawn_local(retention(shard.clone())).detach();
+    glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();
+    glommio::spawn_local(supervise(shard.clone(), "retention", retention)).detach();
     // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
     let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
     crate::net::accept::accept_loop(shard.clone(), listener).await;
+    if shard.died.get() {
+        return;
+    }
 
     // Shutdown (PROTOCOL.md §5): close every connection with 1001, give them a moment to
     // flush, then make everything durable.

@@ -47,6 +47,8 @@ pub struct Conn {
     pub partial_since_ms: Cell<Option<u64>>,
     /// A refused login: its close handshake gets at most 2 s (PROTOCOL.md §5 v2).
     pub refused: bool,
+    /// Chat messages sent on this connection still waiting for their outcome.
+    pub sends_in_flight: Cell<u32>,
 }
 
 impl Conn {

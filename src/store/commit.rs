@@ -42,7 +42,20 @@ impl Commit {
         if !self.running.replace(true) {
             let this = self.clone();
             let db = db.clone();
-            glommio::spawn_local(async move { this.flush_loop(db).await }).detach();
+            glommio::spawn_local(async move {
+                if crate::shard::contain("the commit loop", this.clone().flush_loop(db))
+                    .await
+                    .is_none()
+                {
+                    // Whoever waited gets an error instead of waiting forever; the next
+                    // write starts a new loop.
+                    for tx in std::mem::take(&mut *this.waiting.borrow_mut()) {
+                        let _ = tx.send(Err(Error::Internal));
+                    }
+                    this.running.set(false);
+                }
+            })
+            .detach();
         }
         rx.await.map_err(|_| Error::Internal)?
     }
@@ -52,10 +65,14 @@ impl Commit {
             if self.mode == Durability::Group && !self.window.is_zero() {
                 glommio::timer::sleep(self.window).await;
             }
+            crate::fault::panic_point("commit");
             let batch = std::mem::take(&mut *self.waiting.borrow_mut());
             if batch.is_empty() {
                 self.running.set(false);
                 return;
+            }
+            if let Some(delay) = crate::fault::flush_delay() {
+                glommio::timer::sleep(delay).await;
             }
             let result = db.flush_async().await.map(|_| ()).map_err(Error::from);
             for tx in batch {

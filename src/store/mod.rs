@@ -78,6 +78,7 @@ impl Store {
 
     /// Resolves once every write made before the call is durable (per `durability`).
     pub async fn durable(&self) -> Result<(), Error> {
+        crate::fault::store_write()?;
         self.commit.durable(&self.db).await
     }
 
@@ -93,6 +94,7 @@ impl Store {
         uid: &str,
         expire: u64,
     ) -> Result<(), Error> {
+        crate::fault::store_write()?;
         self.db.insert(
             keys::token(token.slot(), &token.0),
             keys::token_value(expire, domain, uid),
@@ -133,6 +135,7 @@ impl Store {
         id: &crate::ids::MsgId,
         msg: &[u8],
     ) -> Result<(), Error> {
+        crate::fault::store_write()?;
         // Plain inserts, not a sled Batch: a batch seals sled's log buffer (a write and a
         // sync_file_range per batch), which cost ~10x the CPU of the inserts themselves.
         // Each entry stands alone, and nothing is acknowledged before `durable()`.
@@ -180,6 +183,7 @@ impl Store {
         uid: &str,
         ids: &[crate::ids::MsgId],
     ) -> Result<Vec<crate::ids::MsgId>, Error> {
+        crate::fault::store_write()?;
         let prefix = keys::user(slot, keys::UNREAD, domain, uid);
         let mut missing = Vec::new();
         for id in ids {
@@ -197,6 +201,7 @@ impl Store {
     /// Appends a chat message to its recipient's history (and the fromId index). The
     /// stored value is the message's core (see `dialect::chat`).
     pub fn append_chat(&self, slot: u16, msg: &ChatMessage) -> Result<(), Error> {
+        crate::fault::store_write()?;
         let (domain, to, from) = (msg.domain.as_str(), msg.to.as_str(), msg.from.as_str());
         let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
         let seq = keys::u64_value(self.db.get(&seq_key)?.as_deref()) + 1;
@@ -230,6 +235,7 @@ impl Store {
     /// stays in history). Returns how many were dropped that way. The count is a stored
     /// counter, so the bound costs two reads and a write, whatever the queue's length.
     pub fn queue_offline(&self, slot: u16, msg: &ChatMessage, max: u64) -> Result<u64, Error> {
+        crate::fault::store_write()?;
         let prefix = keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to);
         let count_key = keys::user(slot, keys::OFFLINE_COUNT, &msg.domain, &msg.to);
         let mut count = keys::u64_value(self.db.get(&count_key)?.as_deref()) + 1;
@@ -293,6 +299,7 @@ impl Store {
         to: &str,
         keys: &[IVec],
     ) -> Result<(), Error> {
+        crate::fault::store_write()?;
         let mut removed = 0;
         for k in keys {
             removed += u64::from(self.db.remove(k)?.is_some());

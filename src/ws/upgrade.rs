@@ -246,6 +246,7 @@ fn new_conn(
         offline_keys: RefCell::new(Vec::new()),
         offline_after: RefCell::new(None),
         partial_since_ms: Cell::new(None),
+        sends_in_flight: Cell::new(0),
         refused,
     })
 }

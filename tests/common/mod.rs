@@ -24,11 +24,17 @@ pub struct Server {
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
     keys: BTreeMap<String, String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a broker with 2 shards; `overrides` are `key = value` TOML lines.
     pub fn start(overrides: &[(&str, &str)]) -> Server {
+        Server::start_with_env(overrides, &[])
+    }
+
+    /// [`Server::start`] with environment variables for the broker (fault injection).
+    pub fn start_with_env(overrides: &[(&str, &str)], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut keys: BTreeMap<String, String> = BTreeMap::new();
         keys.insert("listen".into(), "\"127.0.0.1:0\"".into());
@@ -47,6 +53,10 @@ impl Server {
             dir,
             config,
             keys,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.write_config();
         s.spawn();
@@ -74,6 +84,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -85,6 +96,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -125,6 +137,27 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits (bounded) for the broker to exit by itself; its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not exit by itself");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Drops the environment given at start (the next `respawn` runs without faults).
+    pub fn clear_env(&mut self) {
+        self.env.clear();
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -48,6 +48,10 @@ pub async fn serve(
             console::PAGE.as_bytes().to_vec(),
         );
     }
+    if req.path == "/healthz" && req.method == "GET" {
+        let (status, body) = health::healthz(shard).await;
+        return (status, http::JSON, body);
+    }
     if req.path == "/metrics" && req.method == "GET" {
         return match health::metrics(shard).await {
             Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
@@ -74,7 +78,6 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
         ("/kick", "POST") => admin::kick(shard, &admin(shard, req)?, body).await,
         ("/broadcast", "POST") => admin::broadcast(shard, &admin(shard, req)?, body).await,
         ("/message-log", "GET") => message_log::message_log(shard, req, &query()?).await,
-        ("/healthz", "GET") => health::healthz(shard).await,
         ("/console/dev-token", "GET") => console::dev_token(shard, &query()?).await,
         (path, _) if is_api_path(path) => Err(Error::MethodNotAllowed),
         _ => Err(Error::NotFound),

@@ -85,11 +85,12 @@ pub async fn push(
         }
         let (shard, note, domain) = (shard.clone(), note.clone(), domain.to_string());
         tasks.push(glommio::spawn_local(async move {
-            shard
-                .call(target, move |owner| {
-                    notify::deliver(owner, domain, users, note)
-                })
+            let work = shard.call(target, move |owner| {
+                notify::deliver(owner, domain, users, note)
+            });
+            crate::shard::contain("a /push task", work)
                 .await
+                .unwrap_or(Err(Error::Internal))
         }));
     }
     let mut online = 0;
