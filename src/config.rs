@@ -241,6 +241,11 @@ impl Runtime {
     }
 }
 
+/// Bytes a chat frame needs beyond its content (the JSON around it).
+const FRAME_ROOM: usize = 1024;
+/// Bytes a stored notification needs beyond its content (title ≤ 1 KiB, id, time).
+const NOTIFICATION_ROOM: usize = 2048;
+
 /// A start-up configuration error; its text names the file or key to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -406,6 +411,38 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         if value == 0 {
             return Err(bad(key, "must be at least 1"));
         }
+    }
+    // Cross-key checks: each limit must leave room for what another one allows, or a
+    // message the broker accepted could never be delivered.
+    let room = |small: usize, extra: usize| small.saturating_add(extra);
+    if f.max_frame_bytes < room(f.max_message_bytes, FRAME_ROOM) {
+        return Err(bad(
+            "max_frame_bytes",
+            format!(
+                "at least max_message_bytes + {FRAME_ROOM} ({}): a chat frame carries the \
+                 largest content plus its JSON",
+                room(f.max_message_bytes, FRAME_ROOM)
+            ),
+        ));
+    }
+    if f.max_outbound_bytes < f.max_frame_bytes {
+        return Err(bad(
+            "max_outbound_bytes",
+            format!(
+                "at least max_frame_bytes ({}): one message must fit in a connection's queue",
+                f.max_frame_bytes
+            ),
+        ));
+    }
+    if f.max_unread_bytes < room(f.max_message_bytes, NOTIFICATION_ROOM) {
+        return Err(bad(
+            "max_unread_bytes",
+            format!(
+                "at least max_message_bytes + {NOTIFICATION_ROOM} ({}): the unread list must \
+                 hold the largest notification",
+                room(f.max_message_bytes, NOTIFICATION_ROOM)
+            ),
+        ));
     }
     if f.max_offline_per_user == 0 {
         return Err(bad("max_offline_per_user", "must be at least 1"));
@@ -627,6 +664,10 @@ mod tests {
             ("profile = \"production\"", "profile"),
             ("allowed_origins = \"x\"", "allowed_origins"),
             ("max_connections_per_user = 0", "max_connections_per_user"),
+            ("max_frame_bytes = 65536", "max_frame_bytes"),
+            ("max_outbound_bytes = 65536", "max_outbound_bytes"),
+            ("max_unread_bytes = 65536", "max_unread_bytes"),
+            ("max_message_bytes = 9223372036854775807", "max_frame_bytes"),
             (
                 "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\nconformance_echo = true",
                 "conformance_echo",

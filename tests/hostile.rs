@@ -287,6 +287,8 @@ fn the_offline_queue_is_bounded_per_user_and_the_oldest_leave_it() {
 fn a_large_offline_queue_is_written_in_pages_within_the_outbound_bound() {
     let server = Server::start(&[
         ("max_outbound_bytes", "65536"),
+        ("max_frame_bytes", "65536"),
+        ("max_message_bytes", "16384"),
         ("max_offline_per_user", "5000"),
     ]);
     let (n, size) = (2000, 4000);
@@ -328,7 +330,7 @@ fn a_large_offline_queue_is_written_in_pages_within_the_outbound_bound() {
 
 #[test]
 fn the_unread_list_is_bounded_in_bytes_and_keeps_the_newest() {
-    let server = Server::start(&[("max_unread_bytes", "10000")]);
+    let server = Server::start(&[("max_unread_bytes", "10000"), ("max_message_bytes", "4096")]);
     let ids: Vec<String> = (0..20)
         .map(|i| {
             server.push(&["ursula"], &format!("t{i}"), &"y".repeat(1000))["_id"]

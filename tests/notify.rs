@@ -188,7 +188,12 @@ fn unread_lists_and_tokens_survive_a_restart() {
 
 #[test]
 fn an_unread_list_larger_than_the_outbound_limit_is_still_delivered() {
-    let server = Server::start(&[("max_outbound_bytes", "4096")]);
+    let server = Server::start(&[
+        ("max_outbound_bytes", "4096"),
+        ("max_frame_bytes", "4096"),
+        ("max_message_bytes", "2048"),
+        ("max_unread_bytes", "1048576"),
+    ]);
     let content = "x".repeat(1000);
     let pushed: Vec<String> = (0..10)
         .map(|i| {

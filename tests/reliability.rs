@@ -101,7 +101,11 @@ fn pipelined(
 
 #[test]
 fn a_consumer_that_never_reads_is_closed_1013_and_others_are_not_slowed() {
-    let server = Server::start(&[("max_outbound_bytes", "65536")]);
+    let server = Server::start(&[
+        ("max_outbound_bytes", "65536"),
+        ("max_frame_bytes", "65536"),
+        ("max_message_bytes", "32768"),
+    ]);
     let slow_token = server.token("slow");
     // A small receive buffer, so the kernel absorbs little of what the broker sends.
     let (mut slow, rest) = server.raw_ws(&format!("/?token={slow_token}"), |s| {
@@ -173,7 +177,7 @@ fn a_consumer_that_never_reads_is_closed_1013_and_others_are_not_slowed() {
 
 #[test]
 fn frame_too_big_closes_1009() {
-    let server = Server::start(&[("max_frame_bytes", "1024")]);
+    let server = Server::start(&[("max_frame_bytes", "1100"), ("max_message_bytes", "64")]);
     let (mut ws, _) = server.notify("big");
     ws.send_text(&"x".repeat(2000));
     assert_eq!(ws.expect_close(), 1009);

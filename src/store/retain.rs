@@ -153,8 +153,9 @@ impl Store {
                 let key = keys::with_suffix(prefix.to_vec(), &new_first.to_be_bytes());
                 match self.db.get(key)? {
                     Some(core)
-                        if core_secs(&core)
-                            .is_some_and(|s| s + policy.history_max_age_secs <= now) =>
+                        if core_secs(&core).is_some_and(|s| {
+                            s.saturating_add(policy.history_max_age_secs) <= now
+                        }) =>
                     {
                         new_first += 1;
                     }
