@@ -347,13 +347,13 @@ async fn retention(shard: Rc<Shard>) {
         crate::fault::panic_point("retention");
         let now = crate::ids::now_secs();
         let mut removed = crate::store::retain::Removed::default();
-        let mut after: Option<sled::IVec> = None;
+        let mut from: Option<Vec<u8>> = None;
         loop {
             match shard
                 .store
-                .retain_step(after.as_deref(), &policy, now, &mut removed)
+                .retain_step(from.as_deref(), &policy, now, &mut removed)
             {
-                Ok(Some(k)) => after = Some(k),
+                Ok(Some(k)) => from = Some(k),
                 Ok(None) => break,
                 Err(e) => {
                     log::error!("shard {}: retention step failed: {e}", shard.id);

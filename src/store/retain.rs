@@ -1,12 +1,14 @@
 //! Retention, run by each shard in the background (DESIGN.md "Storage"): expired tokens,
 //! the `max_unread` cap, history by age and by count, the offline-queue TTL.
 //!
-//! Invariants: work is done in steps of at most `STEP` keys, and the shard yields between
-//! steps, so the message path never waits for more than one step; history is trimmed from
-//! the oldest end only, moving the per-user "first retained" markers, so paging stays a
-//! range read and `total` stays `last - first + 1`.
-
-use sled::IVec;
+//! Invariants: work is done in steps that remove at most `STEP` keys (history entries and
+//! their fromId index entries share one budget), and the shard yields
+//! between steps, so the message path never waits for more than one step; a step reads
+//! one key per user and kind and seeks past the rest (no pass reads every value of the
+//! keyspace), except the unread cap, which walks a user's newest `max_unread` keys to find
+//! those beyond them; history is trimmed from the oldest end only, moving the per-user
+//! "first retained" markers, so paging stays a range read and `total` stays
+//! `last - first + 1`.
 
 use super::keys;
 use super::Store;
@@ -40,101 +42,180 @@ fn core_secs(core: &[u8]) -> Option<u64> {
     Some(u64::from(MsgId::parse(hex)?.unix_secs()))
 }
 
+/// Where the keys under `prefix` end: the first key after all of them (`None` when no
+/// key can follow, e.g. a prefix of only `0xFF` bytes).
+fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Length of `slot F user(to) user(from)` at the start of a fromId index key.
+fn pair_prefix_len(key: &[u8]) -> Option<usize> {
+    let n = keys::user_prefix_len(key)?;
+    let flen = usize::from(*key.get(n)?);
+    let end = n + 1 + flen;
+    (key.len() >= end).then_some(end)
+}
+
 impl Store {
-    /// One step of a pass: examines up to `STEP` keys after `after` (from the start when
-    /// `None`); returns where to go on, or `None` when the pass is complete.
+    /// One step of a pass, starting at key `from` (the keyspace's start when `None`):
+    /// examines and removes at most `STEP` keys in all, handling one user's keys of a
+    /// kind at a time and then seeking past the rest of them (their values are never
+    /// read: history, unread and offline entries are skipped, not scanned). Returns where
+    /// the next step starts, or `None` when the pass is complete.
     pub fn retain_step(
         &self,
-        after: Option<&[u8]>,
+        from: Option<&[u8]>,
         policy: &Policy,
         now: u64,
         removed: &mut Removed,
-    ) -> Result<Option<IVec>, Error> {
-        use std::ops::Bound;
-        let range = match after {
-            None => self.db.range::<&[u8], _>(..),
-            Some(k) => self
-                .db
-                .range::<&[u8], _>((Bound::Excluded(k), Bound::Unbounded)),
-        };
-        let mut seen = 0;
-        let mut last: Option<IVec> = None;
-        // A user whose keys of one kind were handled as a whole: skip the rest of them.
-        let mut done_prefix: Option<Vec<u8>> = None;
-        for kv in range {
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let mut at: Vec<u8> = from.map(<[u8]>::to_vec).unwrap_or_default();
+        let mut budget = STEP;
+        while budget > 0 {
+            let Some(kv) = self.db.range(at.as_slice()..).next() else {
+                return Ok(None);
+            };
             let (k, v) = kv?;
-            seen += 1;
-            last = Some(k.clone());
-            if done_prefix.as_ref().is_some_and(|p| k.starts_with(p)) {
-                if seen >= STEP {
-                    break;
-                }
-                continue;
-            }
+            budget -= 1;
+            // By default the next key; a whole user's keys of one kind when handled.
+            let mut next = {
+                let mut n = k.to_vec();
+                n.push(0);
+                Some(n)
+            };
             match k.get(2) {
-                Some(&keys::TOKEN)
-                    if keys::parse_token_value(&v).is_some_and(|(expire, _, _)| expire <= now) =>
-                {
-                    self.db.remove(&k)?;
-                    removed.tokens += 1;
-                }
-                Some(&keys::UNREAD) if policy.max_unread > 0 => {
-                    if let Some(n) = keys::user_prefix_len(&k) {
-                        let prefix = k[..n].to_vec();
-                        removed.unread += self.trim_unread(&prefix, policy.max_unread)?;
-                        done_prefix = Some(prefix);
+                Some(&keys::TOKEN) => {
+                    if keys::parse_token_value(&v).is_some_and(|(expire, _, _)| expire <= now) {
+                        self.db.remove(&k)?;
+                        removed.tokens += 1;
                     }
                 }
-                Some(&keys::OFFLINE) if policy.offline_ttl_secs > 0 => {
-                    let secs = k.len().checked_sub(12).map(|at| {
-                        let mut id = [0u8; 12];
-                        id.copy_from_slice(&k[at..]);
-                        u64::from(MsgId(id).unix_secs())
-                    });
-                    if secs.is_some_and(|s| s.saturating_add(policy.offline_ttl_secs) <= now) {
-                        if let Some(n) = keys::user_prefix_len(&k) {
-                            let mut count_key = k[..n].to_vec();
-                            count_key[2] = keys::OFFLINE_COUNT;
-                            self.db.remove(&k)?;
-                            self.uncount_offline(&count_key, 1)?;
-                            removed.offline += 1;
+                Some(&(keys::UNREAD | keys::OFFLINE | keys::HISTORY)) => {
+                    if let Some(n) = keys::user_prefix_len(&k) {
+                        let prefix = &k[..n];
+                        let spent = |(gone, finished): (u64, bool)| {
+                            (gone, usize::try_from(gone).unwrap_or(usize::MAX), finished)
+                        };
+                        let (gone, spent, finished) = match k[2] {
+                            keys::UNREAD => {
+                                spent(self.trim_unread(prefix, policy.max_unread, budget)?)
+                            }
+                            keys::OFFLINE => spent(self.trim_offline(prefix, policy, now, budget)?),
+                            _ => self.trim_history(prefix, policy, now, budget)?,
+                        };
+                        budget = budget.saturating_sub(spent);
+                        match k[2] {
+                            keys::UNREAD => removed.unread += gone,
+                            keys::OFFLINE => removed.offline += gone,
+                            _ => removed.history += gone,
                         }
+                        // Unfinished (out of budget): the next step starts at this user again.
+                        next = if finished {
+                            after_prefix(prefix)
+                        } else {
+                            Some(prefix.to_vec())
+                        };
                     }
                 }
-                Some(&keys::HISTORY)
-                    if policy.history_max_age_secs > 0 || policy.history_max_per_user > 0 =>
-                {
-                    if let Some(n) = keys::user_prefix_len(&k) {
-                        let prefix = k[..n].to_vec();
-                        removed.history += self.trim_history(&prefix, policy, now)?;
-                        done_prefix = Some(prefix);
+                Some(&keys::FROM) => {
+                    if let Some(n) = pair_prefix_len(&k) {
+                        let (gone, finished) = self.trim_from_index(&k[..n], budget)?;
+                        budget = budget.saturating_sub(usize::try_from(gone).unwrap_or(budget));
+                        next = if finished {
+                            after_prefix(&k[..n])
+                        } else {
+                            Some(k[..n].to_vec())
+                        };
                     }
                 }
                 _ => {}
             }
-            if seen >= STEP {
-                break;
+            match next {
+                Some(n) => at = n,
+                None => return Ok(None),
             }
         }
-        Ok(if seen >= STEP { last } else { None })
+        Ok(Some(at))
     }
 
-    /// Keeps the newest `max` unread notifications under `prefix`.
-    fn trim_unread(&self, prefix: &[u8], max: usize) -> Result<u64, Error> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in self.db.scan_prefix(prefix).rev().skip(max) {
-            batch.remove(kv?.0);
-            n += 1;
+    /// Keeps the newest `max` unread notifications under `prefix` (0 = no cap), removing
+    /// at most `budget`: `(removed, finished)`. Only keys past the cap are visited.
+    fn trim_unread(&self, prefix: &[u8], max: usize, budget: usize) -> Result<(u64, bool), Error> {
+        if max == 0 {
+            return Ok((0, true));
         }
-        if n > 0 {
-            self.db.apply_batch(batch)?;
+        // The oldest entries come first: those beyond the newest `max` are the first
+        // (count - max). Counting walks keys newest first, but stops after `max` + budget.
+        let mut over = Vec::new();
+        for kv in self.db.scan_prefix(prefix).rev().skip(max).take(budget + 1) {
+            over.push(kv?.0);
         }
-        Ok(n)
+        let finished = over.len() <= budget;
+        over.truncate(budget);
+        for key in &over {
+            self.db.remove(key)?;
+        }
+        Ok((over.len() as u64, finished))
     }
 
-    /// Trims one user's history (`prefix` = `slot H user`) from the oldest end.
-    fn trim_history(&self, prefix: &[u8], policy: &Policy, now: u64) -> Result<u64, Error> {
+    /// Drops queued offline messages older than the TTL, oldest first (keys end with the
+    /// id, whose first 4 bytes are its time), at most `budget`.
+    fn trim_offline(
+        &self,
+        prefix: &[u8],
+        policy: &Policy,
+        now: u64,
+        budget: usize,
+    ) -> Result<(u64, bool), Error> {
+        if policy.offline_ttl_secs == 0 {
+            return Ok((0, true));
+        }
+        let mut count_key = prefix.to_vec();
+        count_key[2] = keys::OFFLINE_COUNT;
+        let mut gone = 0;
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            let secs = k.len().checked_sub(12).map(|at| {
+                let mut id = [0u8; 12];
+                id.copy_from_slice(&k[at..]);
+                u64::from(MsgId(id).unix_secs())
+            });
+            if !secs.is_some_and(|s| s.saturating_add(policy.offline_ttl_secs) <= now) {
+                self.uncount_offline(&count_key, gone)?;
+                return Ok((gone, true));
+            }
+            if gone as usize >= budget {
+                self.uncount_offline(&count_key, gone)?;
+                return Ok((gone, false));
+            }
+            self.db.remove(&k)?;
+            gone += 1;
+        }
+        self.uncount_offline(&count_key, gone)?;
+        Ok((gone, true))
+    }
+
+    /// Trims one user's history (`prefix` = `slot H user`) from the oldest end, at most
+    /// `budget` keys with its fromId index entries, moving its "first retained" marker:
+    /// `(history entries removed, keys removed, finished)`. The fromId index entries that
+    /// pointed below it are dropped when the pass reaches them ([`Store::trim_from_index`]).
+    fn trim_history(
+        &self,
+        prefix: &[u8],
+        policy: &Policy,
+        now: u64,
+        budget: usize,
+    ) -> Result<(u64, usize, bool), Error> {
+        if policy.history_max_age_secs == 0 && policy.history_max_per_user == 0 {
+            return Ok((0, 0, true));
+        }
         let with_kind = |kind: u8| {
             let mut k = prefix.to_vec();
             k[2] = kind;
@@ -142,14 +223,22 @@ impl Store {
         };
         let last = keys::u64_value(self.db.get(with_kind(keys::HISTORY_SEQ))?.as_deref());
         let first = keys::u64_value(self.db.get(with_kind(keys::HISTORY_FIRST))?.as_deref()).max(1);
+        let limit = first.saturating_add(u64::try_from(budget).unwrap_or(u64::MAX));
         let mut new_first = first;
         if policy.history_max_per_user > 0
-            && last + 1 - first.min(last + 1) > policy.history_max_per_user
+            && last.saturating_add(1).saturating_sub(first) > policy.history_max_per_user
         {
             new_first = last + 1 - policy.history_max_per_user;
         }
+        let finished_by_count = new_first <= limit;
+        new_first = new_first.min(limit);
+        let mut finished = finished_by_count;
         if policy.history_max_age_secs > 0 {
             while new_first <= last {
+                if new_first >= limit {
+                    finished = false;
+                    break;
+                }
                 let key = keys::with_suffix(prefix.to_vec(), &new_first.to_be_bytes());
                 match self.db.get(key)? {
                     Some(core)
@@ -164,36 +253,157 @@ impl Store {
             }
         }
         if new_first == first {
-            return Ok(0);
+            return Ok((0, 0, finished));
         }
-        let mut batch = sled::Batch::default();
+        // The marker first: a crash after it leaves entries below it, unreachable, to be
+        // removed by the next pass (which starts from the old marker's entries again).
+        self.db
+            .insert(with_kind(keys::HISTORY_FIRST), &new_first.to_be_bytes())?;
         for seq in first..new_first {
-            batch.remove(keys::with_suffix(prefix.to_vec(), &seq.to_be_bytes()));
+            self.db
+                .remove(keys::with_suffix(prefix.to_vec(), &seq.to_be_bytes()))?;
         }
-        batch.insert(with_kind(keys::HISTORY_FIRST), &new_first.to_be_bytes());
-        // The fromId index: per sender, drop entries that point below the new first seq.
-        let from_prefix = with_kind(keys::FROM);
-        let mut pair_first: Vec<(Vec<u8>, u64)> = Vec::new();
-        for kv in self.db.scan_prefix(&from_prefix) {
+        let trimmed = new_first - first;
+        // Then the fromId index of this user, pair by pair, within what is left of the
+        // budget, so that filtered pages agree at once; what does not fit is dropped when
+        // the pass reaches those keys.
+        let mut left = budget.saturating_sub(usize::try_from(trimmed).unwrap_or(budget));
+        let users_pairs = with_kind(keys::FROM);
+        let mut at = users_pairs.clone();
+        while left > 0 {
+            let Some(kv) = self.db.range(at.as_slice()..).next() else {
+                break;
+            };
+            let k = kv?.0;
+            let Some(n) = pair_prefix_len(&k).filter(|_| k.starts_with(&users_pairs)) else {
+                break;
+            };
+            let (dropped, done) = self.trim_from_index(&k[..n], left - 1)?;
+            left = left.saturating_sub(1 + usize::try_from(dropped).unwrap_or(left));
+            if !done {
+                finished = false;
+                break;
+            }
+            match after_prefix(&k[..n]) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        Ok((trimmed, budget - left, finished))
+    }
+
+    /// One `(to, from)` pair of the fromId index (`pair` = `slot F user(to) user(from)`):
+    /// drops, from its oldest end, the entries that point below `to`'s first retained
+    /// history entry, at most `budget`, and moves the pair's own marker past them.
+    fn trim_from_index(&self, pair: &[u8], budget: usize) -> Result<(u64, bool), Error> {
+        let Some(n) = keys::user_prefix_len(pair) else {
+            return Ok((0, true));
+        };
+        let mut first_key = pair[..n].to_vec();
+        first_key[2] = keys::HISTORY_FIRST;
+        let history_first = keys::u64_value(self.db.get(&first_key)?.as_deref()).max(1);
+        if history_first == 1 {
+            return Ok((0, true));
+        }
+        let mut gone = 0u64;
+        let mut pair_first = None;
+        let mut finished = true;
+        for kv in self.db.scan_prefix(pair) {
             let (k, v) = kv?;
-            let seq = keys::u64_value(Some(&v));
-            if seq >= new_first {
-                continue;
+            if keys::u64_value(Some(&v)) >= history_first {
+                break;
             }
-            let (pair, fseq) = k.split_at(k.len() - 8);
-            let fseq = keys::u64_value(Some(fseq));
-            batch.remove(k.clone());
-            match pair_first.last_mut() {
-                Some((p, f)) if p.as_slice() == pair => *f = (*f).max(fseq + 1),
-                _ => pair_first.push((pair.to_vec(), fseq + 1)),
+            if gone as usize >= budget {
+                finished = false;
+                break;
             }
+            let fseq = keys::u64_value(Some(&k[k.len().saturating_sub(8)..]));
+            self.db.remove(&k)?;
+            pair_first = Some(fseq + 1);
+            gone += 1;
         }
-        for (pair, f) in pair_first {
-            let mut key = pair;
+        if let Some(f) = pair_first {
+            let mut key = pair.to_vec();
             key[2] = keys::FROM_FIRST;
-            batch.insert(key, &f.to_be_bytes());
+            self.db.insert(key, &f.to_be_bytes())?;
         }
-        self.db.apply_batch(batch)?;
-        Ok(new_first - first)
+        Ok((gone, finished))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::chat::ChatMessage;
+
+    #[test]
+    fn a_long_history_is_trimmed_in_bounded_steps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
+        let store = Store::new(super::super::open_db(&rt, 0).expect("db"), &rt);
+        let ids = crate::ids::IdGen::new(0);
+        let slot = crate::route::slot_of("d", "long");
+        let n = 3 * STEP as u64 + 17;
+        for i in 0..n {
+            let from = if i % 2 == 0 { "a" } else { "b" };
+            let m = ChatMessage::new(ids.next(), "d", "long", from, "F", "web", 10, "x");
+            store.append_chat(slot, &m).expect("append");
+        }
+        let policy = Policy {
+            max_unread: 0,
+            history_max_age_secs: 0,
+            history_max_per_user: 10,
+            offline_ttl_secs: 0,
+        };
+        let mut from: Option<Vec<u8>> = None;
+        let mut steps = 0;
+        let mut total = Removed::default();
+        loop {
+            let mut removed = Removed::default();
+            let next = store
+                .retain_step(
+                    from.as_deref(),
+                    &policy,
+                    crate::ids::now_secs(),
+                    &mut removed,
+                )
+                .expect("step");
+            assert!(
+                removed.history <= STEP as u64,
+                "one step removed {}",
+                removed.history
+            );
+            total.history += removed.history;
+            steps += 1;
+            assert!(steps < 100, "the pass ends");
+            match next {
+                Some(k) => from = Some(k),
+                None => break,
+            }
+        }
+        assert!(steps >= 4, "{steps} steps");
+        assert_eq!(total.history, n - 10);
+        let page = store
+            .history(slot, "d", "long", None, 1, 100)
+            .expect("page");
+        assert_eq!((page.total, page.items.len()), (10, 10));
+        // The fromId index was cut too: the next pass drops what pointed below the first
+        // retained entry, and a sender's filtered page counts only what is kept.
+        let mut from: Option<Vec<u8>> = None;
+        while let Some(k) = store
+            .retain_step(
+                from.as_deref(),
+                &policy,
+                crate::ids::now_secs(),
+                &mut Removed::default(),
+            )
+            .expect("step")
+        {
+            from = Some(k);
+        }
+        let page = store
+            .history(slot, "d", "long", Some("a"), 1, 100)
+            .expect("page");
+        assert_eq!((page.total, page.items.len()), (5, 5));
     }
 }
