@@ -220,6 +220,10 @@ fn console_page_is_served_and_the_dev_token_helper_exists_only_with_dev_secrets(
         !text.contains(ADMIN) && !text.contains(common::SECRET),
         "no secret in the page"
     );
+    assert!(
+        text.contains("data-dev-token=\"0\""),
+        "the page says: no helper"
+    );
     let (s, v) = server.get("/console/dev-token?uid=x");
     assert_eq!((s, v["code"].as_i64()), (404, Some(1006)));
     // With the shipped development secrets it issues working tokens.
@@ -227,6 +231,8 @@ fn console_page_is_served_and_the_dev_token_helper_exists_only_with_dev_secrets(
         ("secret", "\"dev-secret-change-me\""),
         ("admin_key", "\"dev-admin-key-change-me\""),
     ]);
+    let raw = dev.raw(b"GET /console HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(String::from_utf8_lossy(&raw).contains("data-dev-token=\"1\""));
     let (s, v) = dev.get("/console/dev-token?uid=devuser");
     assert_eq!(s, 200, "{v}");
     let token = v["content"]["token"].as_str().expect("token");

@@ -91,11 +91,11 @@ impl Store {
                 Some(n)
             };
             match k.get(2) {
-                Some(&keys::TOKEN) => {
-                    if keys::parse_token_value(&v).is_some_and(|(expire, _, _)| expire <= now) {
-                        self.db.remove(&k)?;
-                        removed.tokens += 1;
-                    }
+                Some(&keys::TOKEN)
+                    if keys::parse_token_value(&v).is_some_and(|(expire, _, _)| expire <= now) =>
+                {
+                    self.db.remove(&k)?;
+                    removed.tokens += 1;
                 }
                 Some(&(keys::UNREAD | keys::OFFLINE | keys::HISTORY)) => {
                     if let Some(n) = keys::user_prefix_len(&k) {

@@ -17,7 +17,13 @@ try {
   const a = await desk.newPage();
   a.setDefaultTimeout(15000);
   const pageErrors = [];
-  a.on("pageerror", (e) => pageErrors.push(String(e)));
+  // Uncaught exceptions and anything the browser logs as an error (a failed request, a
+  // missing icon) fail the test: the console must load and run cleanly.
+  const watch = (page) => {
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
+    page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
+  };
+  watch(a);
 
   step("open /console and connect (notify)");
   await a.goto(`${base}/console`);
@@ -53,6 +59,7 @@ try {
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
   const b = await phone.newPage();
   b.setDefaultTimeout(15000);
+  watch(b);
   for (const [page, id, name, token] of [[a, "alice", "Alice", aliceToken], [b, "bob", "Bob", bobToken]]) {
     if (page === b) await b.goto(`${base}/console`);
     await page.getByLabel("Dialect").selectOption("chat");

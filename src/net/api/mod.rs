@@ -42,11 +42,7 @@ pub async fn serve(
     body: &mut [u8],
 ) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/console" && req.method == "GET" {
-        return (
-            200,
-            "text/html; charset=utf-8",
-            console::PAGE.as_bytes().to_vec(),
-        );
+        return (200, "text/html; charset=utf-8", console::page(shard));
     }
     if req.path == "/healthz" && req.method == "GET" {
         let (status, body) = health::healthz(shard).await;
