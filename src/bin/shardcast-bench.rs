@@ -27,8 +27,21 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench-secret";
 const ADMIN: &str = "bench-admin";
-/// No scenario runs longer than this.
-const DEADLINE: Duration = Duration::from_secs(300);
+/// No scenario runs longer than this (`--max-seconds`, default 300, at most 900).
+static DEADLINE: OnceLock<Duration> = OnceLock::new();
+
+/// The prefix of the scenario's user ids (`--uid-prefix`, default `u`): runs against one
+/// broker with different prefixes do not see each other's unread lists.
+static UID_PREFIX: OnceLock<String> = OnceLock::new();
+
+fn uid_prefix() -> &'static str {
+    UID_PREFIX.get_or_init(|| "u".to_string())
+}
+
+fn deadline_ns() -> u64 {
+    let d = DEADLINE.get_or_init(|| Duration::from_secs(300));
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -85,6 +98,10 @@ fn main() {
         other => die(&format!("unknown target {other}")),
     };
     let shards = o.num("--shards", 2);
+    let _ = UID_PREFIX.set(o.get("--uid-prefix").unwrap_or("u").to_string());
+    let _ = DEADLINE.set(Duration::from_secs(
+        o.num("--max-seconds", 300).clamp(1, 900),
+    ));
     let target = match (o.get("--addr"), o.get("--pid")) {
         (Some(addr), Some(pids)) => Target {
             kind,
@@ -376,7 +393,7 @@ fn channel(idx: usize) -> String {
 /// figures measure connections), or nothing for Nchan.
 fn login(t: &Target, http: &mut Http, idx: usize) -> String {
     match t.kind {
-        Kind::Shardcast => http.token(&format!("u{idx}")),
+        Kind::Shardcast => http.token(&format!("{}{idx}", uid_prefix())),
         Kind::Nchan => String::new(),
     }
 }
@@ -719,7 +736,7 @@ fn push(t: &Target, o: &Opts) {
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (now_ns() | 1);
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
-                    if seq >= messages || now_ns() - t0 > DEADLINE.as_nanos() as u64 {
+                    if seq >= messages || now_ns() - t0 > deadline_ns() {
                         return;
                     }
                     rng ^= rng << 13;
@@ -731,7 +748,8 @@ fn push(t: &Target, o: &Opts) {
                     match kind {
                         Kind::Shardcast => {
                             let body = format!(
-                                "{{\"uids\":[\"u{user}\"],\"title\":\"b\",\"content\":\"{m}\"}}"
+                                "{{\"uids\":[\"{}{user}\"],\"title\":\"b\",\"content\":\"{m}\"}}",
+                                uid_prefix()
                             );
                             http.call("POST", "/push", Some(ADMIN), &body);
                         }
@@ -809,7 +827,7 @@ fn chat(t: &Target, o: &Opts) {
     // One writer over every sender socket, round robin by sequence number.
     let mut socks: Vec<TcpStream> = senders.into_iter().map(|(_, s, _)| s).collect();
     for seq in 0..messages {
-        if now_ns() - t0 > DEADLINE.as_nanos() as u64 {
+        if now_ns() - t0 > deadline_ns() {
             break;
         }
         let pair = seq % pairs;

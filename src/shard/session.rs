@@ -45,8 +45,6 @@ pub struct Conn {
     /// Shard clock (ms) when the oldest unfinished frame or fragmented message began:
     /// it must be complete within `request_timeout_secs` (PROTOCOL.md §5 v2).
     pub partial_since_ms: Cell<Option<u64>>,
-    /// A refused login: its close handshake gets at most 2 s (PROTOCOL.md §5 v2).
-    pub refused: bool,
     /// Chat messages sent on this connection still waiting for their outcome.
     pub sends_in_flight: Cell<u32>,
 }

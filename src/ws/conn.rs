@@ -22,8 +22,8 @@ use crate::error::close;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
-/// Longest a refused login may take to answer the server's close frame.
-const REFUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest a closing connection may take to take its close frame and answer it.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Io {
     Read,
@@ -167,15 +167,11 @@ pub async fn serve(
 }
 
 /// Closing: write what is queued (ending with the close frame), then half-close and wait
-/// for the peer to finish, within `grace` (the idle timeout: a closing connection gets as
-/// long to take its close frame as an idle one gets to speak; a refused login gets at most
-/// 2 s, PROTOCOL.md §5, so that bad logins cannot hold sockets).
+/// for the peer to finish, within `CLOSE_GRACE` (PROTOCOL.md §5: a refused login is
+/// dropped within 2 s; every other closing connection gets the same, so that a client
+/// that goes on trickling bytes after its close frame cannot hold the socket).
 async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
-    let grace = if conn.refused {
-        shard.rt.idle_timeout.min(REFUSED_GRACE)
-    } else {
-        shard.rt.idle_timeout
-    };
+    let grace = shard.rt.idle_timeout.min(CLOSE_GRACE);
     let finish = async {
         let flushed = std::future::poll_fn(|cx| {
             conn.out

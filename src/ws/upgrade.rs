@@ -138,18 +138,13 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
     let (login, (domain, uid)) = match checked {
         Ok(v) => v,
         Err(e) => {
-            log::warn!(
+            // Not a warning: refused logins are a client's doing, counted in /metrics
+            // (errors by code), and a log line each would let anyone flood the log.
+            log::debug!(
                 "refused login ({}): {e}",
                 if chat { "chat" } else { "notify" }
             );
-            let conn = new_conn(
-                shard,
-                0,
-                String::new(),
-                String::new(),
-                Dialect::Notify,
-                true,
-            );
+            let conn = new_conn(shard, 0, String::new(), String::new(), Dialect::Notify);
             let leave = super::conn::Leave::new(shard, &conn, permit);
             outbound::send_greeting(&conn, response_101(&accept));
             let body = if chat {
@@ -177,7 +172,7 @@ fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leav
             ack,
         },
     };
-    let conn = new_conn(shard, slot, domain, uid, dialect, false);
+    let conn = new_conn(shard, slot, domain, uid, dialect);
     // Before the greeting joins the session table: however this task ends, it leaves.
     let leave = super::conn::Leave::new(shard, &conn, permit);
     outbound::send_greeting(&conn, response_101(&accept));
@@ -223,14 +218,7 @@ fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) 
     held >= shard.rt.max_connections_per_user
 }
 
-fn new_conn(
-    shard: &Shard,
-    slot: u16,
-    domain: String,
-    uid: String,
-    dialect: Dialect,
-    refused: bool,
-) -> Rc<Conn> {
+fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
     Rc::new(Conn {
         id: shard.next_conn_id(),
         slot,
@@ -247,6 +235,5 @@ fn new_conn(
         offline_after: RefCell::new(None),
         partial_since_ms: Cell::new(None),
         sends_in_flight: Cell::new(0),
-        refused,
     })
 }
