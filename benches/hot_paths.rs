@@ -95,7 +95,8 @@ fn store_append(c: &mut Criterion) {
     ))
     .expect("config");
     let db = shardcast::store::open_db(&rt, 0).expect("db");
-    let store = Store::new(db, &rt);
+    let file = shardcast::store::open_sync_file(&rt, 0).expect("file");
+    let store = Store::new(db, file, &rt);
     let ids = IdGen::new(0);
     let mut g = c.benchmark_group("store_append");
     g.bench_function("notify_unread_one_user", |b| {
@@ -196,10 +197,11 @@ fn durable_appends(mode: &str, iters: u64) -> std::time::Duration {
     ))
     .expect("config");
     let db = shardcast::store::open_db(&rt, 0).expect("db");
+    let file = shardcast::store::open_sync_file(&rt, 0).expect("file");
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(256 * 1024)
         .spawn(move || async move {
-            let store = Store::new(db, &rt);
+            let store = Store::new(db, file, &rt);
             let ids = IdGen::new(0);
             let start = std::time::Instant::now();
             for _ in 0..iters {

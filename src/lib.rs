@@ -77,7 +77,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let token_key = auth::TokenKey::load_or_create(&rt.data_dir)?;
     let mut dbs = Vec::with_capacity(rt.shards);
     for i in 0..rt.shards {
-        dbs.push(store::open_db(&rt, i)?);
+        dbs.push((store::open_db(&rt, i)?, store::open_sync_file(&rt, i)?));
     }
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
@@ -87,7 +87,9 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let open_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(rt.shards);
-    for (id, ((inbox, db), listener)) in rxs.into_iter().zip(dbs).zip(listeners).enumerate() {
+    for (id, ((inbox, (db, sync_file)), listener)) in
+        rxs.into_iter().zip(dbs).zip(listeners).enumerate()
+    {
         let placement = if rt.pin_cpus {
             glommio::Placement::Fixed(id % cpus)
         } else {
@@ -99,6 +101,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             peers: peers.clone(),
             inbox,
             db,
+            sync_file,
             listener,
             open_conns: open_conns.clone(),
             token_key,

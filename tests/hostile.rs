@@ -339,6 +339,9 @@ fn the_unread_list_is_bounded_in_bytes_and_keeps_the_newest() {
                 .to_string()
         })
         .collect();
+    // The list is in id order (ids made on two shards within one second interleave).
+    let mut ids = ids;
+    ids.sort();
     let (_, list) = server.notify("ursula");
     let got: Vec<&str> = list
         .iter()

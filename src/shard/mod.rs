@@ -384,6 +384,7 @@ pub struct Seed {
     pub peers: Arc<[InboxTx]>,
     pub inbox: InboxRx,
     pub db: sled::Db,
+    pub sync_file: std::fs::File,
     pub listener: OwnedFd,
     /// Open connections of the whole process (`max_connections`).
     pub open_conns: Arc<AtomicUsize>,
@@ -399,7 +400,7 @@ pub fn request_stop(tx: &InboxTx) -> bool {
 pub async fn run(seed: Seed) {
     let shard = Rc::new(Shard {
         id: seed.id,
-        store: Store::new(seed.db, &seed.rt),
+        store: Store::new(seed.db, seed.sync_file, &seed.rt),
         rt: seed.rt,
         peers: seed.peers,
         sessions: RefCell::new(Sessions::default()),

@@ -33,7 +33,11 @@ impl Commit {
     }
 
     /// Resolves once everything written before the call is durable (per the mode).
-    pub async fn durable(self: &Rc<Self>, db: &sled::Db) -> Result<(), Error> {
+    pub async fn durable(
+        self: &Rc<Self>,
+        db: &sled::Db,
+        file: &std::sync::Arc<std::fs::File>,
+    ) -> Result<(), Error> {
         if self.mode == Durability::Async {
             return Ok(());
         }
@@ -41,9 +45,9 @@ impl Commit {
         self.waiting.borrow_mut().push(tx);
         if !self.running.replace(true) {
             let this = self.clone();
-            let db = db.clone();
+            let (db, file) = (db.clone(), file.clone());
             glommio::spawn_local(async move {
-                if crate::shard::contain("the commit loop", this.clone().flush_loop(db))
+                if crate::shard::contain("the commit loop", this.clone().flush_loop(db, file))
                     .await
                     .is_none()
                 {
@@ -60,7 +64,10 @@ impl Commit {
         rx.await.map_err(|_| Error::Internal)?
     }
 
-    async fn flush_loop(self: Rc<Self>, db: sled::Db) {
+    /// Leader/follower: the first waiter starts a flush at once; whoever arrives while it
+    /// runs forms the next group, flushed as soon as it ends. Nothing sleeps unless
+    /// `group_commit_ms` > 0 asks the leader to wait that long for company.
+    async fn flush_loop(self: Rc<Self>, db: sled::Db, file: std::sync::Arc<std::fs::File>) {
         loop {
             if self.mode == Durability::Group && !self.window.is_zero() {
                 glommio::timer::sleep(self.window).await;
@@ -74,7 +81,18 @@ impl Commit {
             if let Some(delay) = crate::fault::flush_delay() {
                 glommio::timer::sleep(delay).await;
             }
-            let result = db.flush_async().await.map(|_| ()).map_err(Error::from);
+            let result = match db.flush_async().await {
+                // The durability point: an fdatasync that starts after every write of the
+                // group, off the shard thread (glommio's blocking pool).
+                Ok(_) => {
+                    let file = file.clone();
+                    glommio::executor()
+                        .spawn_blocking(move || file.sync_data())
+                        .await
+                        .map_err(|e| Error::from(sled::Error::Io(e)))
+                }
+                Err(e) => Err(Error::from(e)),
+            };
             for tx in batch {
                 let _ = tx.send(result.clone());
             }

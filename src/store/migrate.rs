@@ -141,10 +141,20 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
     let target = rt.shards;
     let span = old.max(target);
     let mut dbs = Vec::with_capacity(span);
+    let mut files = Vec::with_capacity(span);
     for i in 0..span {
         dbs.push(super::open_db(rt, i)?);
+        files.push(super::open_sync_file(rt, i)?);
     }
     let err = |e: sled::Error| format!("resharding: store error: {e}");
+    // The same durability point as an acknowledgement: a copy is on disk (fdatasync after
+    // sled's flush) before its original is removed.
+    let durable = |j: usize| -> Result<(), String> {
+        dbs[j].flush().map_err(err)?;
+        files[j]
+            .sync_data()
+            .map_err(|e| format!("resharding: cannot sync shard {j}: {e}"))
+    };
     let mut moved = 0u64;
     for (i, db) in dbs.iter().enumerate() {
         // Resume after the last key looked at: keys that stay are read once.
@@ -187,12 +197,12 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
             for (j, batch) in out.into_iter().enumerate() {
                 if touched[j] {
                     dbs[j].apply_batch(batch).map_err(err)?;
-                    dbs[j].flush().map_err(err)?;
+                    durable(j)?;
                 }
             }
             if n > 0 {
                 db.apply_batch(remove).map_err(err)?;
-                db.flush().map_err(err)?;
+                durable(i)?;
                 moved += n as u64;
             }
             if n < BATCH {

@@ -25,7 +25,18 @@ use crate::Error;
 
 pub struct Store {
     db: sled::Db,
+    /// sled's log file, opened a second time to fdatasync it (see [`open_sync_file`]).
+    sync_file: std::sync::Arc<std::fs::File>,
     commit: Rc<commit::Commit>,
+}
+
+/// sled 0.34 ends its flush in `sync_file_range`, which flushes neither the drive's cache
+/// nor the file's metadata: not a power-loss durability point (DESIGN.md "Storage"). Each
+/// group commit therefore ends with an fdatasync of sled's log file (`shard-<i>/db`),
+/// through this second handle on it, which started after every write it acknowledges.
+pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, String> {
+    let path = rt.data_dir.join(format!("shard-{shard}")).join("db");
+    std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
@@ -69,9 +80,10 @@ pub struct HistoryPage {
 }
 
 impl Store {
-    pub fn new(db: sled::Db, rt: &Runtime) -> Store {
+    pub fn new(db: sled::Db, sync_file: std::fs::File, rt: &Runtime) -> Store {
         Store {
             db,
+            sync_file: std::sync::Arc::new(sync_file),
             commit: commit::Commit::new(rt.durability, rt.group_commit),
         }
     }
@@ -79,12 +91,15 @@ impl Store {
     /// Resolves once every write made before the call is durable (per `durability`).
     pub async fn durable(&self) -> Result<(), Error> {
         crate::fault::store_write()?;
-        self.commit.durable(&self.db).await
+        self.commit.durable(&self.db, &self.sync_file).await
     }
 
     /// Flushes everything (shutdown).
     pub fn flush(&self) -> Result<(), Error> {
-        self.db.flush().map(|_| ()).map_err(Error::from)
+        self.db.flush()?;
+        self.sync_file
+            .sync_data()
+            .map_err(|e| Error::from(sled::Error::Io(e)))
     }
 
     pub fn put_token(

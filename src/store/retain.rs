@@ -340,7 +340,9 @@ mod tests {
     fn a_long_history_is_trimmed_in_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
-        let store = Store::new(super::super::open_db(&rt, 0).expect("db"), &rt);
+        let db = super::super::open_db(&rt, 0).expect("db");
+        let file = super::super::open_sync_file(&rt, 0).expect("file");
+        let store = Store::new(db, file, &rt);
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "long");
         let n = 3 * STEP as u64 + 17;

@@ -1,0 +1,182 @@
+//! Acknowledged means durable across a power cut, not only across `kill -9` (DESIGN.md
+//! "Storage"): the broker runs on a file layer (`tests/powerloss/shim.c`, LD_PRELOAD) that
+//! journals every write under the data directory and every fsync/fdatasync; it is killed
+//! under load, every write that no later sync of its file covered is undone (what a power
+//! cut does to what was only in the page cache), and every acknowledged push and chat
+//! message must still be there after recovery.
+//!
+//! Needs gcc (a clean machine has it); without it the test fails under CI and skips
+//! otherwise.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{uid_on, KeepAlive, Server, ADMIN};
+
+fn build_shim() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/shim.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("powerloss-shim.so");
+    let ok = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["-ldl", "-lpthread"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(out)
+}
+
+struct Write {
+    offset: u64,
+    old_size: u64,
+    old: Vec<u8>,
+}
+
+/// Undoes, for every file under `dir`, the journaled writes after its last sync.
+/// Returns how many writes were undone.
+fn cut_power(journal: &Path, dir: &Path) -> usize {
+    let bytes = std::fs::read(journal).expect("journal");
+    let mut unsynced: BTreeMap<PathBuf, Vec<Write>> = BTreeMap::new();
+    let mut at = 0;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("u32"));
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("u64"));
+    while at < bytes.len() {
+        let kind = bytes[at];
+        let plen = u32_at(&bytes, at + 1) as usize;
+        let path =
+            PathBuf::from(String::from_utf8_lossy(&bytes[at + 5..at + 5 + plen]).to_string());
+        at += 5 + plen;
+        match kind {
+            b'S' => {
+                unsynced.remove(&path);
+            }
+            b'W' => {
+                let (offset, old_size, old_len) = (
+                    u64_at(&bytes, at),
+                    u64_at(&bytes, at + 8),
+                    u64_at(&bytes, at + 16) as usize,
+                );
+                let old = bytes[at + 24..at + 24 + old_len].to_vec();
+                at += 24 + old_len;
+                unsynced.entry(path).or_default().push(Write {
+                    offset,
+                    old_size,
+                    old,
+                });
+            }
+            other => panic!("bad journal record {other}"),
+        }
+    }
+    let mut undone = 0;
+    for (path, writes) in unsynced {
+        if !path.starts_with(dir) || !path.exists() {
+            continue;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        for w in writes.iter().rev() {
+            f.write_all_at(&w.old, w.offset).expect("undo");
+            f.set_len(w.old_size).expect("truncate");
+            undone += 1;
+        }
+        f.sync_all().expect("sync");
+    }
+    undone
+}
+
+#[test]
+fn acknowledged_writes_survive_a_power_cut() {
+    let Some(shim) = build_shim() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "power-loss test needs gcc"
+        );
+        eprintln!("SKIPPED power-loss test: no gcc");
+        return;
+    };
+    let journal = Path::new(env!("CARGO_TARGET_TMPDIR")).join("powerloss.journal");
+    let _ = std::fs::remove_file(&journal);
+    let tmp = std::env::temp_dir();
+    let mut server = Server::start_with_env(
+        &[("durability", "\"group\"")],
+        &[
+            ("LD_PRELOAD", shim.to_str().expect("path")),
+            ("POWERLOSS_DIR", tmp.to_str().expect("path")),
+            ("POWERLOSS_JOURNAL", journal.to_str().expect("path")),
+        ],
+    );
+    // Users on both shards; pushes and chat messages, each acknowledged before the next.
+    let users = [uid_on("default", "p", 0, 2), uid_on("default", "p", 1, 2)];
+    let mut c = KeepAlive::connect(server.addr);
+    let mut pushed: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut chatted: BTreeSet<String> = BTreeSet::new();
+    for i in 0..150 {
+        let uid = users[i % 2].as_str();
+        let body = serde_json::json!({"uids": [uid], "title": "t", "content": format!("c{i}")});
+        let (status, v) = c
+            .request("POST", "/push", Some(ADMIN), &body.to_string())
+            .expect("answer");
+        assert_eq!(status, 200, "{v}");
+        pushed
+            .entry(uid)
+            .or_default()
+            .insert(v["content"]["_id"].as_str().expect("id").to_string());
+        let body = serde_json::json!({"domain": "d", "toId": "pat", "type": 100, "content": format!("m{i}")});
+        let (status, v) = c
+            .request("POST", "/message", Some(ADMIN), &body.to_string())
+            .expect("answer");
+        assert_eq!(status, 200, "{v}");
+        chatted.insert(v["content"]["id"].as_str().expect("id").to_string());
+    }
+    // The power goes: the process dies and what was not synced never reached the disk.
+    server.kill9();
+    let undone = cut_power(&journal, &server.data_dir());
+    eprintln!("power cut: {undone} unsynced writes undone");
+    server.clear_env();
+    server.respawn();
+
+    for (uid, want) in &pushed {
+        let (_ws, list) = server.notify(uid);
+        let have: BTreeSet<String> = list
+            .iter()
+            .map(|m| m["_id"].as_str().expect("id").to_string())
+            .collect();
+        let lost: Vec<_> = want.difference(&have).collect();
+        assert!(
+            lost.is_empty(),
+            "{uid}: acknowledged pushes lost: {} of {}",
+            lost.len(),
+            want.len()
+        );
+    }
+    let (_, v) = server.http(
+        "GET",
+        "/message-log?domain=d&toId=pat&size=100&page=1",
+        Some(ADMIN),
+        None,
+    );
+    let (_, v2) = server.http(
+        "GET",
+        "/message-log?domain=d&toId=pat&size=100&page=2",
+        Some(ADMIN),
+        None,
+    );
+    let have: BTreeSet<String> = [v, v2]
+        .iter()
+        .flat_map(|v| v["content"]["list"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect();
+    let lost: Vec<_> = chatted.difference(&have).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged chat messages lost: {} of {}",
+        lost.len(),
+        chatted.len()
+    );
+}
