@@ -65,15 +65,20 @@ pub async fn contain<T>(what: &str, work: impl Future<Output = T>) -> Option<T> 
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(v) => Some(v),
         Err(cause) => {
-            let why = cause
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| cause.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let why = panic_message(&*cause);
             log::error!("{what} panicked ({why}); it failed, the shard goes on");
             None
         }
     }
+}
+
+/// The text a panic was raised with, when it has one.
+pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
+    cause
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| cause.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Runs a shard's background loop for the shard's life: after a panic it is logged and

@@ -87,11 +87,7 @@ pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
         Err(cause) => Err(cause),
     };
     if let Err(cause) = outcome {
-        let why = cause
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| cause.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let why = crate::shard::panic_message(&*cause);
         log::error!("shard {id}: a connection task panicked ({why}); connection dropped");
     }
 }
