@@ -43,17 +43,10 @@ fn a_failed_store_makes_healthz_503_naming_the_shard_and_the_broker_keeps_answer
         "{v}"
     );
     // Still serving: metrics count the errors, and the healthy shard takes pushes.
-    let raw = server.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let text = String::from_utf8_lossy(&raw);
-    let errors_on_0 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("shardcast_store_errors_total{shard=\"0\"} "))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(errors_on_0.is_some_and(|n| n >= 3), "{text}");
-    assert!(
-        text.contains("shardcast_store_errors_total{shard=\"1\"} 0"),
-        "{text}"
-    );
+    let text = server.metrics();
+    let errors = |shard: &str| common::metric_sum(&text, "store_errors_total", shard);
+    assert!(errors("shard=\"0\"") >= 3, "{text}");
+    assert_eq!(errors("shard=\"1\""), 0, "{text}");
     let healthy = uid_on("default", "disk", 1, 2);
     assert_eq!(push_to(&server, &healthy).0, 200);
 }
@@ -183,12 +176,6 @@ fn a_slow_disk_gets_1009_within_the_deadline_and_bounded_work_not_a_hang() {
     // Meanwhile the broker answers what does not need that disk.
     let (status, _) = server.get("/healthz");
     assert_eq!(status, 200);
-    let raw = server.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let text = String::from_utf8_lossy(&raw);
-    let refused: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("shardcast_overloaded_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(refused >= 6, "{text}");
+    let refused = server.metric("overloaded_total", "");
+    assert!(refused >= 6, "{refused} refused");
 }

@@ -7,15 +7,7 @@ use common::{wait_until, Server, Ws, ADMIN, WAIT};
 use serde_json::json;
 
 fn removed(server: &Server, kind: &str) -> u64 {
-    let raw = server.raw(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
-    String::from_utf8_lossy(&raw)
-        .lines()
-        .filter(|l| {
-            l.starts_with("shardcast_retention_removed_total")
-                && l.contains(&format!("kind=\"{kind}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    server.metric("retention_removed_total", &format!("kind=\"{kind}\""))
 }
 
 fn message(server: &Server, to: &str, content: &str) {

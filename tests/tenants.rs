@@ -79,32 +79,16 @@ fn a_sign_binds_its_domain() {
     assert!(ws.recv()["ack"]["id"].is_string());
 
     // Refused signs are counted by reason.
-    let (_, metrics) = metrics(&server);
+    let metrics = server.metrics();
     assert!(
         refusals(&metrics, "sign") >= 9,
         "refused signs counted:\n{metrics}"
     );
 }
 
-fn metrics(server: &Server) -> (u16, String) {
-    let raw = server.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 /// `shardcast_refusals_total{reason=…}` summed over shards.
 fn refusals(metrics: &str, reason: &str) -> u64 {
-    let label = format!("reason=\"{reason}\"}}");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("shardcast_refusals_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    common::metric_sum(metrics, "refusals_total", &format!("reason=\"{reason}\""))
 }
 
 #[test]
@@ -243,7 +227,7 @@ fn a_domain_admin_key_acts_on_its_domain_only() {
         "unknown key",
     );
 
-    let (_, metrics) = metrics(&server);
+    let metrics = server.metrics();
     assert!(
         refusals(&metrics, "admin_key_other_domain") >= 14,
         "{metrics}"
@@ -383,7 +367,7 @@ fn one_user_holds_at_most_max_connections_per_user() {
         ws.recv()["event"] == 2
     }));
 
-    let (_, metrics) = metrics(&server);
+    let metrics = server.metrics();
     assert!(
         refusals(&metrics, "max_connections_per_user") >= 2,
         "{metrics}"

@@ -268,6 +268,17 @@ impl Server {
         out
     }
 
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let raw = self.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        String::from_utf8_lossy(&raw).to_string()
+    }
+
+    /// `shardcast_<name>` summed over the lines (shards) whose labels contain `label`.
+    pub fn metric(&self, name: &str, label: &str) -> u64 {
+        metric_sum(&self.metrics(), name, label)
+    }
+
     pub fn get(&self, target: &str) -> (u16, Value) {
         self.http("GET", target, None, None)
     }
@@ -406,6 +417,16 @@ pub fn sign_in(domain: &str, uid: &str, ts: &str, secret: &str) -> String {
         h(domain.as_bytes())
     )
     .as_bytes())
+}
+
+/// `shardcast_<name>` in a `/metrics` text, summed over the lines whose labels contain
+/// `label` (`""` for all of them).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    let prefix = format!("shardcast_{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Percent-encodes a query value.
