@@ -1,10 +1,13 @@
 //! Message ids and times: the ObjectId layout of PROTOCOL.md §3 and `create_time`.
 //!
-//! Layout (12 bytes, shown as 24 lowercase hex): 4-byte big-endian unix seconds, 2-byte
-//! milliseconds within the second, 1-byte shard, 2 bytes drawn at random when the shard
-//! starts, 3-byte per-shard counter. Ids therefore sort by creation time to the
-//! millisecond, are unique across shards (shard byte), restarts (random bytes, and time)
-//! and, for one shard, strictly increase.
+//! Layout (12 bytes, shown as 24 lowercase hex): 4-byte big-endian unix seconds, then 64
+//! bits: 20 bits of microseconds within the second, 8 bits of shard, 12 bits drawn at
+//! random when the shard starts, 24 bits of per-shard counter. Ids therefore sort by
+//! creation time to the microsecond, are unique across shards (shard byte), restarts
+//! (random bits, and time) and, for one shard, strictly increase. Microseconds, not
+//! milliseconds, because two pushes a backend makes one after the other can land on two
+//! shards within one millisecond, and "oldest first" must still hold for them: a request's
+//! round trip is always longer than a microsecond, and every shard reads the same clock.
 
 use std::cell::Cell;
 
@@ -41,16 +44,22 @@ impl MsgId {
         u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
     }
 
+    /// Microseconds within the creation second (the top 20 of the next 64 bits).
+    fn micros_in_second(&self) -> u32 {
+        u32::from_be_bytes([0, self.0[4], self.0[5], self.0[6]]) >> 4
+    }
+
     /// Unix milliseconds of creation.
     pub fn unix_millis(&self) -> u64 {
-        u64::from(self.unix_secs()) * 1000 + u64::from(u16::from_be_bytes([self.0[4], self.0[5]]))
+        u64::from(self.unix_secs()) * 1000 + u64::from(self.micros_in_second() / 1000)
     }
 }
 
 /// Per-shard id source (single-threaded: lives inside one shard).
 pub struct IdGen {
     shard: u8,
-    random: [u8; 2],
+    /// 12 random bits, in the low bits.
+    random: u16,
     counter: Cell<u32>,
 }
 
@@ -61,39 +70,41 @@ impl IdGen {
         let _ = getrandom::getrandom(&mut seed);
         IdGen {
             shard,
-            random: [seed[0], seed[1]],
+            random: u16::from_be_bytes([seed[0], seed[1]]) & 0x0fff,
             counter: Cell::new(u32::from_be_bytes([0, seed[2], seed[3], seed[4]])),
         }
     }
 
     /// A new id for the current time.
     pub fn next(&self) -> MsgId {
-        self.at(now_millis())
+        self.at_micros(now_micros())
     }
 
     pub fn at(&self, unix_millis: u64) -> MsgId {
+        self.at_micros(unix_millis.saturating_mul(1000))
+    }
+
+    pub fn at_micros(&self, unix_micros: u64) -> MsgId {
         let c = self.counter.get().wrapping_add(1) & 0x00ff_ffff;
         self.counter.set(c);
-        let secs = u32::try_from(unix_millis / 1000)
-            .unwrap_or(u32::MAX)
-            .to_be_bytes();
-        let ms = u16::try_from(unix_millis % 1000).unwrap_or(0).to_be_bytes();
-        let c = c.to_be_bytes();
-        MsgId([
-            secs[0],
-            secs[1],
-            secs[2],
-            secs[3],
-            ms[0],
-            ms[1],
-            self.shard,
-            self.random[0],
-            self.random[1],
-            c[1],
-            c[2],
-            c[3],
-        ])
+        let secs = u32::try_from(unix_micros / 1_000_000).unwrap_or(u32::MAX);
+        // Below 1,000,000: fits in 20 bits.
+        let micros = unix_micros % 1_000_000;
+        let low = (micros << 44)
+            | (u64::from(self.shard) << 36)
+            | (u64::from(self.random) << 24)
+            | u64::from(c);
+        let mut id = [0u8; 12];
+        id[..4].copy_from_slice(&secs.to_be_bytes());
+        id[4..].copy_from_slice(&low.to_be_bytes());
+        MsgId(id)
     }
+}
+
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub fn now_millis() -> u64 {
@@ -165,7 +176,19 @@ mod tests {
         let c = g.at(1_700_000_000_124);
         assert!(a < b && b < c);
         assert_eq!(a.unix_millis(), 1_700_000_000_123);
-        assert_eq!(a.0[6], 3);
+        // Two shards one microsecond apart sort by time, not by shard.
+        let later_on_a_lower_shard = IdGen::new(0).at_micros(1_700_000_000_123_001);
+        let first = IdGen::new(9).at_micros(1_700_000_000_123_000);
+        assert!(first < later_on_a_lower_shard);
+        assert_eq!(first.unix_millis(), 1_700_000_000_123);
+        assert_eq!(
+            IdGen::new(9).at_micros(1_700_000_000_999_999).unix_millis(),
+            1_700_000_000_999
+        );
+        assert_eq!(
+            (u16::from_be_bytes([first.0[6], first.0[7]]) >> 4) & 0xff,
+            9
+        );
         let hex = a.to_hex_string();
         assert_eq!(hex.len(), 24);
         assert!(hex
