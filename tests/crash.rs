@@ -149,3 +149,24 @@ fn acknowledged_writes_survive_sigkill_in_group_mode() {
 fn acknowledged_writes_survive_sigkill_in_sync_mode() {
     run_crash("\"sync\"");
 }
+
+#[test]
+fn a_snapshot_write_cut_by_a_kill_does_not_stop_the_store_from_opening() {
+    let mut server = Server::start(&[]);
+    let pushed = server.push(&["keeper"], "kept", "c")["_id"].clone();
+    server.terminate();
+    // What a kill -9 in the middle of sled's snapshot write leaves: a `.generating` file,
+    // named above every finished snapshot, whose checksum does not match.
+    for shard in 0..2 {
+        let dir = server.data_dir().join(format!("shard-{shard}"));
+        std::fs::write(
+            dir.join("snap.7FFFFFFFFFFFFFFF.generating"),
+            b"half a snapshot, no checksum",
+        )
+        .expect("write");
+    }
+    server.respawn();
+    let (_ws, list) = server.notify("keeper");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["_id"], pushed);
+}

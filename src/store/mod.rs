@@ -42,12 +42,40 @@ pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, Strin
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
 pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
     let path = rt.data_dir.join(format!("shard-{shard}"));
+    remove_unfinished_snapshots(&path)?;
     sled::Config::new()
         .path(&path)
         .cache_capacity(rt.store_cache_bytes)
         .flush_every_ms(Some(500))
         .open()
         .map_err(|e| format!("cannot open store {}: {e}", path.display()))
+}
+
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it, then renames it; but
+/// at open it takes the highest-named `snap.*` file, `.generating` included, and refuses
+/// to open when that one is incomplete (sled issue 1527). A kill during a snapshot write
+/// would therefore leave a partition that never opens again. Such a file is unfinished by
+/// construction (the rename comes only after it is complete and synced), and sled
+/// recovers from the previous snapshot and its log without it.
+fn remove_unfinished_snapshots(dir: &std::path::Path) -> Result<(), String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            log::warn!(
+                "store: removing the unfinished snapshot {} (a kill interrupted its write)",
+                entry.path().display()
+            );
+            std::fs::remove_file(entry.path())
+                .map_err(|e| format!("cannot remove {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `dir/name` so that a crash leaves either the old file or the new one, durably
