@@ -94,9 +94,7 @@ fn store_append(c: &mut Criterion) {
         dir.path()
     ))
     .expect("config");
-    let db = shardcast::store::open_db(&rt, 0).expect("db");
-    let file = shardcast::store::open_sync_file(&rt, 0).expect("file");
-    let store = Store::new(db, file, &rt);
+    let store = Store::new(shardcast::store::open(&rt, 0).expect("store"), &rt, 0);
     let ids = IdGen::new(0);
     let mut g = c.benchmark_group("store_append");
     g.bench_function("notify_unread_one_user", |b| {
@@ -196,12 +194,11 @@ fn durable_appends(mode: &str, iters: u64) -> std::time::Duration {
         dir.path()
     ))
     .expect("config");
-    let db = shardcast::store::open_db(&rt, 0).expect("db");
-    let file = shardcast::store::open_sync_file(&rt, 0).expect("file");
+    let files = shardcast::store::open(&rt, 0).expect("store");
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(256 * 1024)
         .spawn(move || async move {
-            let store = Store::new(db, file, &rt);
+            let store = Store::new(files, &rt, 0);
             let ids = IdGen::new(0);
             let start = std::time::Instant::now();
             for _ in 0..iters {

@@ -8,7 +8,9 @@
 //!   `push_deliver`, `heartbeat`, `retention`, `commit`;
 //! - `flush_delay_ms=N` — every store flush first waits N ms (a slow or hung disk);
 //! - `die_on_push=<uid>` — the owner shard of a `/push` to `uid` dies (its thread ends),
-//!   so the process must flush the other shards and exit 1.
+//!   so the process must flush the other shards and exit 1;
+//! - `checkpoint_bytes=N` — the journal checkpoints after N bytes instead of 64 MiB (so a
+//!   test sees rotations and deleted journals).
 //!
 //! Invariant: without the variable, every check is one branch on a value read once.
 
@@ -23,6 +25,7 @@ mod enabled {
         flush_delay_ms: Option<u64>,
         panics: Vec<String>,
         die_on_push: Option<String>,
+        checkpoint_bytes: Option<u64>,
     }
 
     fn faults() -> &'static Faults {
@@ -36,6 +39,7 @@ mod enabled {
                     Some(("flush_delay_ms", n)) => f.flush_delay_ms = n.parse().ok(),
                     Some(("panic", point)) => f.panics.push(point.to_string()),
                     Some(("die_on_push", uid)) => f.die_on_push = Some(uid.to_string()),
+                    Some(("checkpoint_bytes", n)) => f.checkpoint_bytes = n.parse().ok(),
                     _ => eprintln!("SHARDCAST_FAULTS: unknown fault {item:?}"),
                 }
             }
@@ -77,6 +81,11 @@ mod enabled {
     pub fn dies_on_push(uid: &str) -> bool {
         faults().die_on_push.as_deref() == Some(uid)
     }
+
+    /// A journal size that makes tests checkpoint often (not a fault: a test's lever).
+    pub fn checkpoint_bytes() -> Option<u64> {
+        faults().checkpoint_bytes
+    }
 }
 
 #[cfg(not(debug_assertions))]
@@ -98,6 +107,11 @@ mod enabled {
     pub fn dies_on_push(_uid: &str) -> bool {
         false
     }
+
+    #[inline(always)]
+    pub fn checkpoint_bytes() -> Option<u64> {
+        None
+    }
 }
 
-pub use enabled::{dies_on_push, flush_delay, panic_point, store_write};
+pub use enabled::{checkpoint_bytes, dies_on_push, flush_delay, panic_point, store_write};

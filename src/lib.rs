@@ -73,11 +73,13 @@ impl Drop for ExitNotice {
 pub fn start(rt: Runtime) -> Result<Server, String> {
     std::fs::create_dir_all(&rt.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
+    // Journals first: resharding moves what they hold too.
+    store::journal::recover_all(&rt)?;
     store::migrate::prepare(&rt)?;
     let token_key = auth::TokenKey::load_or_create(&rt.data_dir)?;
     let mut dbs = Vec::with_capacity(rt.shards);
     for i in 0..rt.shards {
-        dbs.push((store::open_db(&rt, i)?, store::open_sync_file(&rt, i)?));
+        dbs.push(store::open(&rt, i)?);
     }
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
@@ -87,9 +89,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let open_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(rt.shards);
-    for (id, ((inbox, (db, sync_file)), listener)) in
-        rxs.into_iter().zip(dbs).zip(listeners).enumerate()
-    {
+    for (id, ((inbox, files), listener)) in rxs.into_iter().zip(dbs).zip(listeners).enumerate() {
         let placement = if rt.pin_cpus {
             glommio::Placement::Fixed(id % cpus)
         } else {
@@ -100,8 +100,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             rt: rt.clone(),
             peers: peers.clone(),
             inbox,
-            db,
-            sync_file,
+            files,
             listener,
             open_conns: open_conns.clone(),
             token_key,

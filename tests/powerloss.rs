@@ -90,8 +90,8 @@ fn cut_power(journal: &Path, dir: &Path) -> usize {
     undone
 }
 
-#[test]
-fn acknowledged_writes_survive_a_power_cut() {
+/// `faults`: SHARDCAST_FAULTS for the broker (e.g. frequent checkpoints).
+fn power_cut(name: &str, faults: &str) {
     let Some(shim) = build_shim() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -100,7 +100,7 @@ fn acknowledged_writes_survive_a_power_cut() {
         eprintln!("SKIPPED power-loss test: no gcc");
         return;
     };
-    let journal = Path::new(env!("CARGO_TARGET_TMPDIR")).join("powerloss.journal");
+    let journal = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("powerloss-{name}.journal"));
     let _ = std::fs::remove_file(&journal);
     let tmp = std::env::temp_dir();
     let mut server = Server::start_with_env(
@@ -109,6 +109,7 @@ fn acknowledged_writes_survive_a_power_cut() {
             ("LD_PRELOAD", shim.to_str().expect("path")),
             ("POWERLOSS_DIR", tmp.to_str().expect("path")),
             ("POWERLOSS_JOURNAL", journal.to_str().expect("path")),
+            ("SHARDCAST_FAULTS", faults),
         ],
     );
     // Users on both shards; pushes and chat messages, each acknowledged before the next.
@@ -133,6 +134,21 @@ fn acknowledged_writes_survive_a_power_cut() {
             .expect("answer");
         assert_eq!(status, 200, "{v}");
         chatted.insert(v["content"]["id"].as_str().expect("id").to_string());
+    }
+    if !faults.is_empty() {
+        // The checkpoints happened, and the journals they covered are gone.
+        let journals: Vec<String> = std::fs::read_dir(server.data_dir().join("shard-0"))
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("journal."))
+            .collect();
+        let newest = journals
+            .iter()
+            .filter_map(|n| u64::from_str_radix(&n["journal.".len()..], 16).ok())
+            .max()
+            .expect("a journal");
+        assert!(newest >= 3, "{journals:?}");
+        assert!(journals.len() <= 3, "{journals:?}");
     }
     // The power goes: the process dies and what was not synced never reached the disk.
     server.kill9();
@@ -179,4 +195,16 @@ fn acknowledged_writes_survive_a_power_cut() {
         lost.len(),
         chatted.len()
     );
+}
+
+#[test]
+fn acknowledged_writes_survive_a_power_cut() {
+    power_cut("plain", "");
+}
+
+/// Checkpoints every few records: sled's flush and fdatasync become the durability point
+/// of everything before them, and the journals they covered are deleted.
+#[test]
+fn acknowledged_writes_survive_a_power_cut_across_checkpoints() {
+    power_cut("checkpoints", "checkpoint_bytes=2048");
 }

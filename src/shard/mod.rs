@@ -382,14 +382,24 @@ async fn retention(shard: Rc<Shard>) {
     }
 }
 
+/// Writes no client waits for (read reports, tokens, retention) reach the journal's disk
+/// within this long, even when no acknowledged write carries them along.
+const IDLE_SYNC: Duration = Duration::from_millis(100);
+
+async fn idle_sync(shard: Rc<Shard>) {
+    while !shard.is_stopping() {
+        futures_lite::future::or(glommio::timer::sleep(IDLE_SYNC), shard.stopped()).await;
+        shard.store.sync_idle().await;
+    }
+}
+
 /// What a shard thread needs to start; all `Send`.
 pub struct Seed {
     pub id: usize,
     pub rt: Arc<Runtime>,
     pub peers: Arc<[InboxTx]>,
     pub inbox: InboxRx,
-    pub db: sled::Db,
-    pub sync_file: std::fs::File,
+    pub files: crate::store::Files,
     pub listener: OwnedFd,
     /// Open connections of the whole process (`max_connections`).
     pub open_conns: Arc<AtomicUsize>,
@@ -405,7 +415,7 @@ pub fn request_stop(tx: &InboxTx) -> bool {
 pub async fn run(seed: Seed) {
     let shard = Rc::new(Shard {
         id: seed.id,
-        store: Store::new(seed.db, seed.sync_file, &seed.rt),
+        store: Store::new(seed.files, &seed.rt, seed.id),
         rt: seed.rt,
         peers: seed.peers,
         sessions: RefCell::new(Sessions::default()),
@@ -427,6 +437,7 @@ pub async fn run(seed: Seed) {
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();
     glommio::spawn_local(supervise(shard.clone(), "retention", retention)).detach();
+    glommio::spawn_local(supervise(shard.clone(), "the idle journal sync", idle_sync)).detach();
     // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
     let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
     crate::net::accept::accept_loop(shard.clone(), listener).await;
@@ -443,6 +454,7 @@ pub async fn run(seed: Seed) {
     while shard.live_conns.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    shard.store.settle(Duration::from_secs(2)).await;
     if let Err(e) = shard.store.flush() {
         log::error!("shard {}: final flush failed: {e}", shard.id);
     }

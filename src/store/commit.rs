@@ -1,10 +1,11 @@
 //! Group commit: the moment an acknowledgement may be sent (PROTOCOL.md §5, DESIGN.md
 //! "Storage").
 //!
-//! Invariants: a waiter is released only by a flush that *started after* it registered,
-//! so its writes are on disk; one flush serves every waiter that registered before it
-//! started (in `group` mode after waiting `group_commit` for company); `async` never
-//! waits. Single-threaded: lives inside one shard.
+//! Invariants: a waiter is released only by a journal record written and fdatasynced
+//! *after* it registered, so its writes are on disk ([`super::journal`]); one record
+//! serves every waiter that registered before it was taken (in `group` mode after waiting
+//! `group_commit` for company); `async` never waits. Single-threaded: lives inside one
+//! shard.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,19 +18,31 @@ use crate::Error;
 
 pub struct Commit {
     mode: Durability,
+    journal: super::journal::Journal,
     window: Duration,
     waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
     running: Cell<bool>,
 }
 
 impl Commit {
-    pub fn new(mode: Durability, window: Duration) -> Rc<Commit> {
+    pub fn new(mode: Durability, window: Duration, journal: super::journal::Journal) -> Rc<Commit> {
         Rc::new(Commit {
             mode,
+            journal,
             window,
             waiting: RefCell::new(Vec::new()),
             running: Cell::new(false),
         })
+    }
+
+    /// Whether a group is being written (shutdown waits for it before the final flush,
+    /// so no blocking write outlives the shard).
+    pub fn is_running(&self) -> bool {
+        self.running.get()
+    }
+
+    pub fn journal(&self) -> &super::journal::Journal {
+        &self.journal
     }
 
     /// Resolves once everything written before the call is durable (per the mode).
@@ -74,25 +87,16 @@ impl Commit {
             }
             crate::fault::panic_point("commit");
             let batch = std::mem::take(&mut *self.waiting.borrow_mut());
-            if batch.is_empty() {
+            if batch.is_empty() && !self.journal.has_pending() {
                 self.running.set(false);
                 return;
             }
             if let Some(delay) = crate::fault::flush_delay() {
                 glommio::timer::sleep(delay).await;
             }
-            let result = match db.flush_async().await {
-                // The durability point: an fdatasync that starts after every write of the
-                // group, off the shard thread (glommio's blocking pool).
-                Ok(_) => {
-                    let file = file.clone();
-                    glommio::executor()
-                        .spawn_blocking(move || file.sync_data())
-                        .await
-                        .map_err(|e| Error::from(sled::Error::Io(e)))
-                }
-                Err(e) => Err(Error::from(e)),
-            };
+            // The durability point: one journal record holding every write of the group,
+            // written and fdatasynced off the shard thread (glommio's blocking pool).
+            let result = self.journal.commit(&db, &file).await;
             for tx in batch {
                 let _ = tx.send(result.clone());
             }

@@ -10,6 +10,7 @@
 //! stored counter).
 
 pub mod commit;
+pub mod journal;
 pub mod keys;
 pub mod migrate;
 pub mod retain;
@@ -28,6 +29,28 @@ pub struct Store {
     /// sled's log file, opened a second time to fdatasync it (see [`open_sync_file`]).
     sync_file: std::sync::Arc<std::fs::File>,
     commit: Rc<commit::Commit>,
+}
+
+/// What a shard's store is opened from (on the main thread, so failures stop start-up).
+pub struct Files {
+    pub db: sled::Db,
+    pub sync_file: std::fs::File,
+    pub journal: std::fs::File,
+    pub generation: u64,
+}
+
+/// Opens shard `i`'s partition, its sync handle and a new journal generation (after
+/// [`journal::recover_all`]).
+pub fn open(rt: &Runtime, shard: usize) -> Result<Files, String> {
+    let db = open_db(rt, shard)?;
+    let sync_file = open_sync_file(rt, shard)?;
+    let (journal, generation) = journal::open(rt, shard)?;
+    Ok(Files {
+        db,
+        sync_file,
+        journal,
+        generation,
+    })
 }
 
 /// sled 0.34 ends its flush in `sync_file_range`, which flushes neither the drive's cache
@@ -108,11 +131,50 @@ pub struct HistoryPage {
 }
 
 impl Store {
-    pub fn new(db: sled::Db, sync_file: std::fs::File, rt: &Runtime) -> Store {
+    pub fn new(files: Files, rt: &Runtime, shard: usize) -> Store {
+        let journal = journal::Journal::new(
+            rt.data_dir.join(format!("shard-{shard}")),
+            files.journal,
+            files.generation,
+            rt.durability != crate::config::Durability::Async,
+        );
         Store {
-            db,
-            sync_file: std::sync::Arc::new(sync_file),
-            commit: commit::Commit::new(rt.durability, rt.group_commit),
+            db: files.db,
+            sync_file: std::sync::Arc::new(files.sync_file),
+            commit: commit::Commit::new(rt.durability, rt.group_commit, journal),
+        }
+    }
+
+    /// Every write goes through here and [`Store::del`]: sled first, then the journal
+    /// (which replays it after a crash, in the same order).
+    fn put<K: AsRef<[u8]>, V: AsRef<[u8]> + Into<IVec>>(
+        &self,
+        key: K,
+        value: V,
+    ) -> Result<(), Error> {
+        let key = key.as_ref();
+        let value: IVec = value.into();
+        self.db.insert(key, value.clone())?;
+        self.commit.journal().put(key, &value);
+        Ok(())
+    }
+
+    /// Removes `key`; the old value, if there was one.
+    fn del<K: AsRef<[u8]>>(&self, key: K) -> Result<Option<IVec>, Error> {
+        let key = key.as_ref();
+        let old = self.db.remove(key)?;
+        if old.is_some() {
+            self.commit.journal().del(key);
+        }
+        Ok(old)
+    }
+
+    /// Writes what the journal holds if nothing else will soon (writes that no client
+    /// waits for: read reports, tokens, retention), so they too are durable within one
+    /// tick of the caller.
+    pub async fn sync_idle(&self) {
+        if self.commit.journal().has_pending() {
+            let _ = self.durable().await;
         }
     }
 
@@ -122,12 +184,22 @@ impl Store {
         self.commit.durable(&self.db, &self.sync_file).await
     }
 
-    /// Flushes everything (shutdown).
+    /// Waits (at most `limit`) for the group being written, if any (shutdown).
+    pub async fn settle(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.commit.is_running() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Flushes everything (shutdown): sled flushed and synced holds every write, so the
+    /// journals are deleted.
     pub fn flush(&self) -> Result<(), Error> {
         self.db.flush()?;
         self.sync_file
             .sync_data()
-            .map_err(|e| Error::from(sled::Error::Io(e)))
+            .map_err(|e| Error::from(sled::Error::Io(e)))?;
+        self.commit.journal().remove_all()
     }
 
     pub fn put_token(
@@ -138,7 +210,7 @@ impl Store {
         expire: u64,
     ) -> Result<(), Error> {
         crate::fault::store_write()?;
-        self.db.insert(
+        self.put(
             keys::token(token.slot(), &token.0),
             keys::token_value(expire, domain, uid),
         )?;
@@ -160,7 +232,7 @@ impl Store {
         match keys::parse_token_value(&v) {
             Some((expire, domain, uid)) if expire > now => Ok(Some((domain.into(), uid.into()))),
             Some(_) => {
-                self.db.remove(&key)?;
+                self.del(&key)?;
                 Ok(None)
             }
             None => {
@@ -184,7 +256,7 @@ impl Store {
         // Each entry stands alone, and nothing is acknowledged before `durable()`.
         let value = IVec::from(msg);
         for (slot, uid) in users {
-            self.db.insert(
+            self.put(
                 keys::with_suffix(keys::user(slot, keys::UNREAD, domain, uid), &id.0),
                 value.clone(),
             )?;
@@ -254,22 +326,22 @@ impl Store {
         // (invisible until the counters cover them, and overwritten by the next message if
         // they never do), then the counters. sled recovers a prefix of its log, and
         // nothing is acknowledged before `durable()`.
-        self.db.insert(
+        self.put(
             keys::with_suffix(
                 keys::user(slot, keys::HISTORY, domain, to),
                 &seq.to_be_bytes(),
             ),
             msg.core.as_slice(),
         )?;
-        self.db.insert(
+        self.put(
             keys::with_suffix(
                 keys::pair(slot, keys::FROM, domain, to, from),
                 &fseq.to_be_bytes(),
             ),
             &seq.to_be_bytes(),
         )?;
-        self.db.insert(seq_key, &seq.to_be_bytes())?;
-        self.db.insert(fseq_key, &fseq.to_be_bytes())?;
+        self.put(seq_key, &seq.to_be_bytes())?;
+        self.put(fseq_key, &fseq.to_be_bytes())?;
         Ok(())
     }
 
@@ -282,7 +354,7 @@ impl Store {
         let prefix = keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to);
         let count_key = keys::user(slot, keys::OFFLINE_COUNT, &msg.domain, &msg.to);
         let mut count = keys::u64_value(self.db.get(&count_key)?.as_deref()) + 1;
-        self.db.insert(
+        self.put(
             keys::with_suffix(prefix.clone(), &msg.id.0),
             msg.core.as_slice(),
         )?;
@@ -290,14 +362,14 @@ impl Store {
         while count > max {
             match self.db.scan_prefix(&prefix).next() {
                 Some(kv) => {
-                    self.db.remove(kv?.0)?;
+                    self.del(kv?.0)?;
                     dropped += 1;
                 }
                 None => break,
             }
             count -= 1;
         }
-        self.db.insert(count_key, &count.to_be_bytes())?;
+        self.put(count_key, &count.to_be_bytes())?;
         Ok(dropped)
     }
 
@@ -345,7 +417,7 @@ impl Store {
         crate::fault::store_write()?;
         let mut removed = 0;
         for k in keys {
-            removed += u64::from(self.db.remove(k)?.is_some());
+            removed += u64::from(self.del(k)?.is_some());
         }
         self.uncount_offline(&keys::user(slot, keys::OFFLINE_COUNT, domain, to), removed)
     }
@@ -353,8 +425,7 @@ impl Store {
     fn uncount_offline(&self, count_key: &[u8], removed: u64) -> Result<(), Error> {
         if removed > 0 {
             let count = keys::u64_value(self.db.get(count_key)?.as_deref());
-            self.db
-                .insert(count_key, &count.saturating_sub(removed).to_be_bytes())?;
+            self.put(count_key, &count.saturating_sub(removed).to_be_bytes())?;
         }
         Ok(())
     }

@@ -94,7 +94,7 @@ impl Store {
                 Some(&keys::TOKEN)
                     if keys::parse_token_value(&v).is_some_and(|(expire, _, _)| expire <= now) =>
                 {
-                    self.db.remove(&k)?;
+                    self.del(&k)?;
                     removed.tokens += 1;
                 }
                 Some(&(keys::UNREAD | keys::OFFLINE | keys::HISTORY)) => {
@@ -160,7 +160,7 @@ impl Store {
         let finished = over.len() <= budget;
         over.truncate(budget);
         for key in &over {
-            self.db.remove(key)?;
+            self.del(key)?;
         }
         Ok((over.len() as u64, finished))
     }
@@ -195,7 +195,7 @@ impl Store {
                 self.uncount_offline(&count_key, gone)?;
                 return Ok((gone, false));
             }
-            self.db.remove(&k)?;
+            self.del(&k)?;
             gone += 1;
         }
         self.uncount_offline(&count_key, gone)?;
@@ -257,11 +257,9 @@ impl Store {
         }
         // The marker first: a crash after it leaves entries below it, unreachable, to be
         // removed by the next pass (which starts from the old marker's entries again).
-        self.db
-            .insert(with_kind(keys::HISTORY_FIRST), &new_first.to_be_bytes())?;
+        self.put(with_kind(keys::HISTORY_FIRST), &new_first.to_be_bytes())?;
         for seq in first..new_first {
-            self.db
-                .remove(keys::with_suffix(prefix.to_vec(), &seq.to_be_bytes()))?;
+            self.del(keys::with_suffix(prefix.to_vec(), &seq.to_be_bytes()))?;
         }
         let trimmed = new_first - first;
         // Then the fromId index of this user, pair by pair, within what is left of the
@@ -318,14 +316,14 @@ impl Store {
                 break;
             }
             let fseq = keys::u64_value(Some(&k[k.len().saturating_sub(8)..]));
-            self.db.remove(&k)?;
+            self.del(&k)?;
             pair_first = Some(fseq + 1);
             gone += 1;
         }
         if let Some(f) = pair_first {
             let mut key = pair.to_vec();
             key[2] = keys::FROM_FIRST;
-            self.db.insert(key, &f.to_be_bytes())?;
+            self.put(key, &f.to_be_bytes())?;
         }
         Ok((gone, finished))
     }
@@ -340,9 +338,7 @@ mod tests {
     fn a_long_history_is_trimmed_in_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
-        let db = super::super::open_db(&rt, 0).expect("db");
-        let file = super::super::open_sync_file(&rt, 0).expect("file");
-        let store = Store::new(db, file, &rt);
+        let store = Store::new(super::super::open(&rt, 0).expect("store"), &rt, 0);
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "long");
         let n = 3 * STEP as u64 + 17;
