@@ -27,6 +27,7 @@ struct File {
     data_dir: PathBuf,
     shards: usize,
     pin_cpus: bool,
+    ring_depth: usize,
     secret: String,
     admin_key: String,
     default_domain: String,
@@ -103,6 +104,7 @@ pub struct Runtime {
     pub data_dir: PathBuf,
     pub shards: usize,
     pub pin_cpus: bool,
+    pub ring_depth: usize,
     pub secret: String,
     pub admin_key: String,
     pub default_domain: String,
@@ -167,7 +169,7 @@ impl Runtime {
             Durability::Async => "async",
         };
         let mut text = format!(
-            "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nsecret = {:?}\nadmin_key = {:?}\n\
+            "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nring_depth = {}\nsecret = {:?}\nadmin_key = {:?}\n\
              profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
              sign_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
              store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
@@ -183,6 +185,7 @@ impl Runtime {
             self.data_dir.display().to_string(),
             self.shards,
             self.pin_cpus,
+            self.ring_depth,
             redact(&self.secret),
             redact(&self.admin_key),
             if self.production { "production" } else { "development" },
@@ -476,6 +479,9 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.max_connections_per_user == 0 {
         return Err(bad("max_connections_per_user", "must be at least 1"));
     }
+    if !(64..=32_768).contains(&f.ring_depth) {
+        return Err(bad("ring_depth", "must be between 64 and 32768"));
+    }
     if f.max_inbox == 0 {
         return Err(bad("max_inbox", "must be at least 1"));
     }
@@ -542,6 +548,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_connections: f.max_connections,
         max_connections_per_user: f.max_connections_per_user,
         max_inbox: f.max_inbox,
+        ring_depth: f.ring_depth,
         max_inflight_writes: f.max_inflight_writes,
         shard_call_timeout: Duration::from_millis(f.shard_call_timeout_ms),
         max_messages_per_sec: f.max_messages_per_sec,
@@ -664,6 +671,8 @@ mod tests {
             ("profile = \"production\"", "profile"),
             ("allowed_origins = \"x\"", "allowed_origins"),
             ("max_connections_per_user = 0", "max_connections_per_user"),
+            ("ring_depth = 8", "ring_depth"),
+            ("ring_depth = 65536", "ring_depth"),
             ("max_frame_bytes = 65536", "max_frame_bytes"),
             ("max_outbound_bytes = 65536", "max_outbound_bytes"),
             ("max_unread_bytes = 65536", "max_unread_bytes"),

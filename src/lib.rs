@@ -109,6 +109,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
+            .ring_depth(rt.ring_depth)
             .spawn(move || async move {
                 let _notice = notice;
                 shard::run(seed).await;
