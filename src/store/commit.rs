@@ -86,17 +86,22 @@ impl Commit {
                 glommio::timer::sleep(self.window).await;
             }
             crate::fault::panic_point("commit");
+            if let Some(delay) = crate::fault::flush_delay() {
+                glommio::timer::sleep(delay).await;
+            }
+            let prepared = self.journal.prepare(&db, &file).await;
+            // From here to the record's take in `commit`: no await.
             let batch = std::mem::take(&mut *self.waiting.borrow_mut());
             if batch.is_empty() && !self.journal.has_pending() {
                 self.running.set(false);
                 return;
             }
-            if let Some(delay) = crate::fault::flush_delay() {
-                glommio::timer::sleep(delay).await;
-            }
             // The durability point: one journal record holding every write of the group,
             // written and fdatasynced off the shard thread (glommio's blocking pool).
-            let result = self.journal.commit(&db, &file).await;
+            let result = match prepared {
+                Ok(()) => self.journal.commit().await,
+                Err(e) => Err(e),
+            };
             for tx in batch {
                 let _ = tx.send(result.clone());
             }

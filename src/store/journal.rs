@@ -291,18 +291,27 @@ impl Journal {
         !self.pending.borrow().is_empty()
     }
 
-    /// Writes everything recorded so far as one record and fdatasyncs it, off the shard
-    /// thread. Resolves once that record is durable. One call at a time (the commit loop).
-    pub async fn commit(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
-        if !self.has_pending() {
-            return Ok(());
-        }
-        // After a failed write or sync the file's tail is unknown (and after a failed
-        // fdatasync, so is what the kernel kept): later records go to a new file, which
-        // replay reads after the torn end of this one.
+    /// Rotates to a new journal file if one is due (a checkpoint's size, or a failed
+    /// write or sync: after one, the file's tail is unknown — and after a failed
+    /// fdatasync, so is what the kernel kept — so later records go to a new file, which
+    /// replay reads after the torn end of this one). Called before a group is taken, so
+    /// that a group and its record are taken at the same moment.
+    pub async fn prepare(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
         let limit = crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES);
         if self.broken.get() || (self.written.get() >= limit && !self.checkpointing.get()) {
             self.rotate(db, db_file).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything recorded so far as one record and fdatasyncs it, off the shard
+    /// thread. Resolves once that record is durable. One call at a time (the commit loop).
+    /// The record is taken at the first poll: the caller takes its group of waiters just
+    /// before, with no await in between, and every writer registers as a waiter right
+    /// after its writes, so exactly the group's writes are in the record.
+    pub async fn commit(&self) -> Result<(), Error> {
+        if !self.has_pending() {
+            return Ok(());
         }
         let mut record = std::mem::take(&mut *self.pending.borrow_mut());
         let len = record.len() - HEADER;
