@@ -85,7 +85,11 @@ fn remove_before(dir: &Path, generation: u64) -> std::io::Result<()> {
     let mut removed = false;
     for g in generations(dir)? {
         if g < generation {
-            std::fs::remove_file(dir.join(file_name(g)))?;
+            match std::fs::remove_file(dir.join(file_name(g))) {
+                // Another checkpoint, or the shutdown, removed it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
             removed = true;
         }
     }
@@ -285,6 +289,11 @@ impl Journal {
 
     pub fn del(&self, key: &[u8]) {
         self.op(DEL, &[key]);
+    }
+
+    /// Whether a checkpoint is running (shutdown waits for it).
+    pub fn is_checkpointing(&self) -> bool {
+        self.checkpointing.get()
     }
 
     pub fn has_pending(&self) -> bool {

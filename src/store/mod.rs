@@ -184,10 +184,13 @@ impl Store {
         self.commit.durable(&self.db, &self.sync_file).await
     }
 
-    /// Waits (at most `limit`) for the group being written, if any (shutdown).
+    /// Waits (at most `limit`) for the group being written and a running checkpoint, if
+    /// any (shutdown).
     pub async fn settle(&self, limit: std::time::Duration) {
         let deadline = std::time::Instant::now() + limit;
-        while self.commit.is_running() && std::time::Instant::now() < deadline {
+        while (self.commit.is_running() || self.commit.journal().is_checkpointing())
+            && std::time::Instant::now() < deadline
+        {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
