@@ -4,8 +4,9 @@
 //!
 //! Invariants: writes are plain sled inserts, never `Batch`es on the message path (a batch
 //! seals sled's log buffer: a write and a sync_file_range each), ordered so that a crash
-//! between two of them exposes nothing inconsistent; a write is acknowledged to a client
-//! only after [`Store::durable`]; reads never scan more than the page asked
+//! between two of them exposes nothing inconsistent; every write also goes to the
+//! shard's [`journal`] (through `put`/`del`, in sled's order); a write is acknowledged to
+//! a client only after [`Store::durable`]; reads never scan more than the page asked
 //! for (history pages are addressed by dense per-user sequence numbers, `total` is a
 //! stored counter).
 
@@ -54,9 +55,10 @@ pub fn open(rt: &Runtime, shard: usize) -> Result<Files, String> {
 }
 
 /// sled 0.34 ends its flush in `sync_file_range`, which flushes neither the drive's cache
-/// nor the file's metadata: not a power-loss durability point (DESIGN.md "Storage"). Each
-/// group commit therefore ends with an fdatasync of sled's log file (`shard-<i>/db`),
-/// through this second handle on it, which started after every write it acknowledges.
+/// nor the file's metadata: not a power-loss durability point (DESIGN.md "Storage").
+/// Wherever sled's own files must be durable (a journal checkpoint, the shutdown flush,
+/// each resharding step), sled's flush is followed by an fdatasync of its log file
+/// (`shard-<i>/db`) through this second handle on it.
 pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, String> {
     let path = rt.data_dir.join(format!("shard-{shard}")).join("db");
     std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
