@@ -4,7 +4,8 @@
 # first 60 s alone ("before"), the rest with one hostile client per attack at once
 # (benches/hostile.py). Broker RSS is sampled every 10 s. Loopback only; every loop is
 # bounded. Usage: benches/soak.sh [SECS]   (ONLY="offline flood,..." picks attacks;
-# SOAK_TOML="key = value" adds config lines, e.g. SOAK_TOML="store_cache_bytes = 16777216")
+# SOAK_TOML="key = value" adds config lines, e.g. SOAK_TOML="store_cache_bytes = 16777216";
+# SOAK_RETENTION=secs sets retention_interval_secs, default 10; ONLY=none runs no attack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-600}
@@ -24,7 +25,7 @@ ping_interval_secs = 3600.0
 idle_timeout_secs = 7200.0
 # The offline flood writes history at megabytes per second: keep a bounded amount.
 history_max_per_user = 2000
-retention_interval_secs = 10.0
+retention_interval_secs = ${SOAK_RETENTION:-10.0}
 ${SOAK_TOML:-}
 TOML
 target/release/shardcast --config "$dir/soak.toml" > "$dir/out" 2> "$dir/err" &

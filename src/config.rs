@@ -53,6 +53,7 @@ struct File {
     max_inflight_writes: usize,
     shard_call_timeout_ms: u64,
     max_messages_per_sec: u32,
+    max_inbound_bytes_per_sec: u32,
     ping_interval_secs: f64,
     idle_timeout_secs: f64,
     request_timeout_secs: f64,
@@ -131,6 +132,7 @@ pub struct Runtime {
     pub max_inflight_writes: usize,
     pub shard_call_timeout: Duration,
     pub max_messages_per_sec: u32,
+    pub max_inbound_bytes_per_sec: u32,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -177,7 +179,7 @@ impl Runtime {
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
              max_outbound_bytes = {}\nmax_connections = {}\nmax_connections_per_user = {}\n\
              max_inbox = {}\nmax_inflight_writes = {}\nshard_call_timeout_ms = {}\n\
-             max_messages_per_sec = {}\n\
+             max_messages_per_sec = {}\nmax_inbound_bytes_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
              allowed_origins = {:?}\nconformance_echo = {}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
              history_max_per_user = {}\noffline_ttl_secs = {}\nlog_level = {:?}\n",
@@ -210,6 +212,7 @@ impl Runtime {
             self.max_inflight_writes,
             self.shard_call_timeout.as_millis(),
             self.max_messages_per_sec,
+            self.max_inbound_bytes_per_sec,
             d(self.ping_interval),
             d(self.idle_timeout),
             d(self.request_timeout),
@@ -494,6 +497,15 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.max_messages_per_sec == 0 {
         return Err(bad("max_messages_per_sec", "must be at least 1"));
     }
+    if usize::try_from(f.max_inbound_bytes_per_sec).is_ok_and(|b| b < f.max_frame_bytes) {
+        return Err(bad(
+            "max_inbound_bytes_per_sec",
+            format!(
+                "at least max_frame_bytes ({}): one message of the largest size must pass",
+                f.max_frame_bytes
+            ),
+        ));
+    }
     let production = match f.profile.as_str() {
         "production" => true,
         "development" => false,
@@ -552,6 +564,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         max_inflight_writes: f.max_inflight_writes,
         shard_call_timeout: Duration::from_millis(f.shard_call_timeout_ms),
         max_messages_per_sec: f.max_messages_per_sec,
+        max_inbound_bytes_per_sec: f.max_inbound_bytes_per_sec,
         ping_interval,
         idle_timeout,
         request_timeout,
@@ -676,6 +689,8 @@ mod tests {
             ("max_frame_bytes = 65536", "max_frame_bytes"),
             ("max_outbound_bytes = 65536", "max_outbound_bytes"),
             ("max_unread_bytes = 65536", "max_unread_bytes"),
+            ("max_inbound_bytes_per_sec = 65536", "max_inbound_bytes_per_sec"),
+            ("max_frame_bytes = 300000\nmax_outbound_bytes = 600000", "max_inbound_bytes_per_sec"),
             ("max_message_bytes = 9223372036854775807", "max_frame_bytes"),
             (
                 "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\nconformance_echo = true",

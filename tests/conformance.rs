@@ -64,6 +64,7 @@ fn autobahn_cases_1_to_10_pass() {
         ("max_frame_bytes", "17000000"),
         ("max_outbound_bytes", "34000000"),
         ("max_messages_per_sec", "1000000"),
+        ("max_inbound_bytes_per_sec", "4000000000"),
         ("ping_interval_secs", "600"),
         ("idle_timeout_secs", "600"),
     ]);

@@ -351,3 +351,41 @@ fn the_unread_list_is_bounded_in_bytes_and_keeps_the_newest() {
     let bytes: usize = list.iter().map(|m| m.to_string().len() + 1).sum();
     assert!(bytes <= 10000, "{bytes}");
 }
+
+#[test]
+fn a_connection_sends_at_most_max_inbound_bytes_per_sec() {
+    // One message of the largest size always passes (the budget is at least
+    // max_frame_bytes); what goes over the budget gets 2005 and is neither stored nor
+    // delivered, and the connection keeps serving.
+    let server = Server::start(&[("max_inbound_bytes_per_sec", "100000")]);
+    let mut ws = server.chat("d", "flo", "web", true);
+    let content = "z".repeat(40_000);
+    let send = |ws: &mut common::Ws| {
+        ws.send(&serde_json::json!({"toId": "away", "type": 10, "content": content}));
+    };
+    let (mut acks, mut limited) = (0, 0);
+    for _ in 0..4 {
+        send(&mut ws);
+    }
+    for _ in 0..4 {
+        let v = ws.recv();
+        if v.get("ack").is_some() {
+            acks += 1;
+        } else {
+            assert_eq!(v["code"], 2005, "{v}");
+            limited += 1;
+        }
+    }
+    assert_eq!((acks, limited), (2, 2));
+    // The next window has a fresh budget.
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&mut ws);
+    assert!(ws.recv().get("ack").is_some());
+    let (_, v) = server.http(
+        "GET",
+        "/message-log?domain=d&toId=away",
+        Some(common::ADMIN),
+        None,
+    );
+    assert_eq!(v["content"]["total"], 3, "{v}");
+}

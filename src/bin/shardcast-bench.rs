@@ -168,7 +168,8 @@ fn start_broker(server: &str, shards: u64, durability: &str) -> Broker {
         format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshards = {shards}\nsecret = \"{SECRET}\"\n\
              admin_key = \"{ADMIN}\"\nlog_level = \"warn\"\ndurability = \"{durability}\"\n\
-             ping_interval_secs = 3600.0\nidle_timeout_secs = 7200.0\nmax_messages_per_sec = 1000000\n",
+             ping_interval_secs = 3600.0\nidle_timeout_secs = 7200.0\nmax_messages_per_sec = 1000000\n\
+             max_inbound_bytes_per_sec = 4000000000\n",
             dir.join("data")
         ),
     )

@@ -19,7 +19,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
         return; // a refused login that is closing
     }
     crate::metrics::bump(&shard.metrics.messages_received, 1);
-    if !shard.allow_message(conn) {
+    if !shard.allow_message(conn, payload.len()) {
         send_error(shard, conn, &Error::RateLimited);
         return;
     }
@@ -42,7 +42,7 @@ pub fn on_binary(shard: &Shard, conn: &Conn, payload: &[u8]) {
         return;
     }
     crate::metrics::bump(&shard.metrics.messages_received, 1);
-    let e = if !shard.allow_message(conn) {
+    let e = if !shard.allow_message(conn, payload.len()) {
         Error::RateLimited
     } else if matches!(conn.dialect, Dialect::Echo) {
         outbound::send_owned(conn, frame::encode(frame::OP_BINARY, payload));

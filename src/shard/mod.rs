@@ -224,16 +224,28 @@ impl Shard {
     }
 
     /// Rate limit of PROTOCOL.md §5 / error 2005: at most `max_messages_per_sec` client
-    /// messages per connection in each one-second window.
-    pub fn allow_message(&self, conn: &session::Conn) -> bool {
+    /// messages and `max_inbound_bytes_per_sec` bytes of them per connection in each
+    /// one-second window. The byte budget is what keeps one flooding sender (200 chat
+    /// messages of 64 KiB a second is 12.8 MB/s of history) from filling the shard's
+    /// journal and group commits that every push waits on; it is at least one
+    /// `max_frame_bytes` message (config), so any single message can pass.
+    pub fn allow_message(&self, conn: &session::Conn, bytes: usize) -> bool {
         let now = self.clock_ms();
         if now.saturating_sub(conn.rate_window_ms.get()) >= 1000 {
             conn.rate_window_ms.set(now);
             conn.rate_count.set(0);
+            conn.rate_bytes.set(0);
         }
-        let n = conn.rate_count.get() + 1;
+        let n = conn.rate_count.get().saturating_add(1);
         conn.rate_count.set(n);
-        n <= self.rt.max_messages_per_sec
+        let b = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .saturating_add(conn.rate_bytes.get());
+        if n > self.rt.max_messages_per_sec || b > self.rt.max_inbound_bytes_per_sec {
+            return false;
+        }
+        conn.rate_bytes.set(b);
+        true
     }
 
     /// This shard's numbers for `/metrics`.
@@ -331,7 +343,7 @@ async fn heartbeat(shard: Rc<Shard>) {
 }
 
 /// Runs a retention pass every `retention_interval`, one step of the store at a time with
-/// a yield between steps, so the message path is never held up by more than one step.
+/// a short sleep between steps, so the message path is never held up by more than one step.
 async fn retention(shard: Rc<Shard>) {
     let rt = &shard.rt;
     let policy = crate::store::retain::Policy {
@@ -365,7 +377,11 @@ async fn retention(shard: Rc<Shard>) {
                     break;
                 }
             }
-            glommio::executor().yield_now().await;
+            // A sleep, not a yield: glommio keeps running a runnable task queue until its
+            // preemption timer (100 ms), without polling the sockets in between, so a pass
+            // of yielding steps held every push on this shard (soak p99 180 ms vs 18 ms
+            // with retention off, 2,000 pushes/s, async).
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         let counts = [
             removed.tokens,

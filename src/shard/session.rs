@@ -35,9 +35,11 @@ pub struct Conn {
     pub registered: Cell<bool>,
     /// Shard clock (ms) when bytes last arrived: the idle timeout's reference.
     pub last_rx_ms: Cell<u64>,
-    /// Rate limit: start of the current one-second window and messages in it.
+    /// Rate limit: start of the current one-second window, and the messages and bytes
+    /// in it.
     pub rate_window_ms: Cell<u64>,
     pub rate_count: Cell<u32>,
+    pub rate_bytes: Cell<u32>,
     /// Offline-queue entries queued to this connection, removed from the store once
     /// written; and the last key of that page while more of the queue follows.
     pub offline_keys: RefCell<Vec<sled::IVec>>,

@@ -1,12 +1,14 @@
 //! Retention, run by each shard in the background (DESIGN.md "Storage"): expired tokens,
 //! the `max_unread` cap, history by age and by count, the offline-queue TTL.
 //!
-//! Invariants: work is done in steps that remove at most `STEP` keys (history entries and
-//! their fromId index entries share one budget), and the shard yields
-//! between steps, so the message path never waits for more than one step; a step reads
-//! one key per user and kind and seeks past the rest (no pass reads every value of the
-//! keyspace), except the unread cap, which walks a user's newest `max_unread` keys to find
-//! those beyond them; history is trimmed from the oldest end only, moving the per-user
+//! Invariants: work is done in steps that visit or remove about `STEP` keys (history
+//! entries and their fromId index entries share one budget; the unread cap's walk counts,
+//! and may overshoot by one user's `max_unread`), and the shard sleeps between steps so
+//! its reactor polls the sockets (a bare yield would not: glommio runs a runnable task
+//! queue until its preemption timer), so the message path never waits for more than one
+//! step; a step reads one key per user and kind and seeks past the rest (no pass reads
+//! every value of the keyspace), except the unread cap, which walks up to a user's
+//! `max_unread` keys (not their values) to find those beyond them; history is trimmed from the oldest end only, moving the per-user
 //! "first retained" markers, so paging stays a range read and `total` stays
 //! `last - first + 1`.
 
@@ -16,7 +18,7 @@ use crate::ids::MsgId;
 use crate::Error;
 
 /// Keys examined per step.
-pub const STEP: usize = 512;
+pub const STEP: usize = 128;
 
 /// What retention keeps (0 = no limit).
 #[derive(Debug, Clone, Copy)]
@@ -104,9 +106,9 @@ impl Store {
                             (gone, usize::try_from(gone).unwrap_or(usize::MAX), finished)
                         };
                         let (gone, spent, finished) = match k[2] {
-                            keys::UNREAD => {
-                                spent(self.trim_unread(prefix, policy.max_unread, budget)?)
-                            }
+                            // The walk counts, not only what it removes: a pass over
+                            // many users under the cap removes nothing and walks a lot.
+                            keys::UNREAD => self.trim_unread(prefix, policy.max_unread, budget)?,
                             keys::OFFLINE => spent(self.trim_offline(prefix, policy, now, budget)?),
                             _ => self.trim_history(prefix, policy, now, budget)?,
                         };
@@ -146,23 +148,39 @@ impl Store {
     }
 
     /// Keeps the newest `max` unread notifications under `prefix` (0 = no cap), removing
-    /// at most `budget`: `(removed, finished)`. Only keys past the cap are visited.
-    fn trim_unread(&self, prefix: &[u8], max: usize, budget: usize) -> Result<(u64, bool), Error> {
+    /// at most `budget`: `(removed, keys walked, finished)`. Walks the user's keys oldest
+    /// first, at most `max + budget` of them: when it walked `w > max`, the first `w - max`
+    /// are past the cap whatever follows. Forward because sled's reverse iteration costs
+    /// several times more per key, and this walk runs for every user in every pass.
+    fn trim_unread(
+        &self,
+        prefix: &[u8],
+        max: usize,
+        budget: usize,
+    ) -> Result<(u64, usize, bool), Error> {
         if max == 0 {
-            return Ok((0, true));
+            return Ok((0, 0, true));
         }
-        // The oldest entries come first: those beyond the newest `max` are the first
-        // (count - max). Counting walks keys newest first, but stops after `max` + budget.
-        let mut over = Vec::new();
-        for kv in self.db.scan_prefix(prefix).rev().skip(max).take(budget + 1) {
-            over.push(kv?.0);
+        let mut oldest = Vec::new();
+        let mut walked = 0;
+        for k in self
+            .db
+            .scan_prefix(prefix)
+            .keys()
+            .take(max.saturating_add(budget))
+        {
+            let k = k?;
+            if oldest.len() < budget {
+                oldest.push(k);
+            }
+            walked += 1;
         }
-        let finished = over.len() <= budget;
-        over.truncate(budget);
-        for key in &over {
+        let finished = walked < max.saturating_add(budget);
+        oldest.truncate(walked.saturating_sub(max));
+        for key in &oldest {
             self.del(key)?;
         }
-        Ok((over.len() as u64, finished))
+        Ok((oldest.len() as u64, walked, finished))
     }
 
     /// Drops queued offline messages older than the TTL, oldest first (keys end with the
@@ -403,5 +421,72 @@ mod tests {
             .history(slot, "d", "long", Some("a"), 1, 100)
             .expect("page");
         assert_eq!((page.total, page.items.len()), (5, 5));
+    }
+
+    #[test]
+    fn the_unread_cap_keeps_the_newest_across_bounded_steps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
+        let store = Store::new(super::super::open(&rt, 0).expect("store"), &rt, 0);
+        let ids = crate::ids::IdGen::new(0);
+        let slot = crate::route::slot_of("d", "many");
+        let (max, n) = (300, 300 + 2 * STEP + 5);
+        let pushed: Vec<_> = (0..n)
+            .map(|_| {
+                let id = ids.next();
+                store
+                    .add_unread("d", [(slot, "many")].into_iter(), &id, b"{}")
+                    .expect("add");
+                id
+            })
+            .collect();
+        // A user under the cap loses nothing.
+        let few = crate::route::slot_of("d", "few");
+        store
+            .add_unread("d", [(few, "few")].into_iter(), &ids.next(), b"{}")
+            .expect("add");
+        let policy = Policy {
+            max_unread: max,
+            history_max_age_secs: 0,
+            history_max_per_user: 0,
+            offline_ttl_secs: 0,
+        };
+        let (mut from, mut steps, mut total) = (None::<Vec<u8>>, 0, 0);
+        loop {
+            let mut removed = Removed::default();
+            let next = store
+                .retain_step(from.as_deref(), &policy, 0, &mut removed)
+                .expect("step");
+            assert!(
+                removed.unread <= STEP as u64,
+                "one step removed {}",
+                removed.unread
+            );
+            total += removed.unread;
+            steps += 1;
+            assert!(steps < 50, "the pass ends");
+            match next {
+                Some(k) => from = Some(k),
+                None => break,
+            }
+        }
+        assert!(steps >= 3, "{steps} steps");
+        assert_eq!(total, (n - max) as u64);
+        let left = store
+            .unread(slot, "d", "many", n, usize::MAX)
+            .expect("unread");
+        assert_eq!(left.len(), max);
+        let oldest_kept = keys::with_suffix(
+            keys::user(slot, keys::UNREAD, "d", "many"),
+            &pushed[n - max].0,
+        );
+        assert!(store.db.get(oldest_kept).expect("get").is_some());
+        assert_eq!(
+            store
+                .unread(few, "d", "few", 10, usize::MAX)
+                .expect("unread")
+                .len(),
+            1
+        );
     }
 }

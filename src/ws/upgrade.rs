@@ -227,6 +227,7 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         last_rx_ms: Cell::new(shard.clock_ms()),
         rate_window_ms: Cell::new(0),
         rate_count: Cell::new(0),
+        rate_bytes: Cell::new(0),
         offline_keys: RefCell::new(Vec::new()),
         offline_after: RefCell::new(None),
         partial_since_ms: Cell::new(None),
