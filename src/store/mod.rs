@@ -30,6 +30,10 @@ pub struct Store {
     /// sled's log file, opened a second time to fdatasync it (see [`open_sync_file`]).
     sync_file: std::sync::Arc<std::fs::File>,
     commit: Rc<commit::Commit>,
+    /// Users who got an unread notification since the retention pass began, and those of
+    /// the pass before (what that pass must check against `max_unread`): see
+    /// [`retain::Touched`].
+    unread_touched: std::cell::RefCell<retain::Touched>,
 }
 
 /// What a shard's store is opened from (on the main thread, so failures stop start-up).
@@ -144,6 +148,7 @@ impl Store {
             db: files.db,
             sync_file: std::sync::Arc::new(files.sync_file),
             commit: commit::Commit::new(rt.durability, rt.group_commit, journal),
+            unread_touched: std::cell::RefCell::new(retain::Touched::new()),
         }
     }
 
@@ -260,11 +265,11 @@ impl Store {
         // sync_file_range per batch), which cost ~10x the CPU of the inserts themselves.
         // Each entry stands alone, and nothing is acknowledged before `durable()`.
         let value = IVec::from(msg);
+        let mut touched = self.unread_touched.borrow_mut();
         for (slot, uid) in users {
-            self.put(
-                keys::with_suffix(keys::user(slot, keys::UNREAD, domain, uid), &id.0),
-                value.clone(),
-            )?;
+            let prefix = keys::user(slot, keys::UNREAD, domain, uid);
+            touched.mark(&prefix);
+            self.put(keys::with_suffix(prefix, &id.0), value.clone())?;
         }
         Ok(())
     }

@@ -20,6 +20,69 @@ use crate::Error;
 /// Keys examined per step.
 pub const STEP: usize = 128;
 
+/// Which users may be over `max_unread`: a bit per hash of the user's unread prefix, set
+/// on every new unread entry. A pass checks only the users whose bit was set before it
+/// began (false positives cost one walk, never a wrong removal), so a pass over many
+/// quiet users reads one key each instead of walking every list, which thrashed a small
+/// store cache. The first pass after a start checks everyone (a start forgets the bits;
+/// resharding may have moved long lists here). 128 KiB per shard, no allocation per push.
+pub struct Touched {
+    marking: Vec<u64>,
+    checking: Vec<u64>,
+    /// The last pass ran to its end (else the next one keeps its bits to check too).
+    finished: bool,
+}
+
+const TOUCHED_BITS: usize = 1 << 20;
+
+fn touched_bit(prefix: &[u8]) -> usize {
+    // FNV-1a: a few ns for a key of tens of bytes; spread is all that is needed here.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prefix {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h as usize) & (TOUCHED_BITS - 1)
+}
+
+impl Touched {
+    pub fn new() -> Touched {
+        Touched {
+            marking: vec![0; TOUCHED_BITS / 64],
+            checking: vec![u64::MAX; TOUCHED_BITS / 64],
+            finished: false,
+        }
+    }
+
+    pub fn mark(&mut self, prefix: &[u8]) {
+        let b = touched_bit(prefix);
+        self.marking[b / 64] |= 1 << (b % 64);
+    }
+
+    fn may_exceed(&self, prefix: &[u8]) -> bool {
+        let b = touched_bit(prefix);
+        self.checking[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    /// A pass begins: it checks what was marked until now; marking starts afresh.
+    fn begin_pass(&mut self) {
+        if self.finished {
+            std::mem::swap(&mut self.marking, &mut self.checking);
+        } else {
+            for (c, m) in self.checking.iter_mut().zip(&self.marking) {
+                *c |= m;
+            }
+        }
+        self.marking.fill(0);
+        self.finished = false;
+    }
+}
+
+impl Default for Touched {
+    fn default() -> Touched {
+        Touched::new()
+    }
+}
+
 /// What retention keeps (0 = no limit).
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -78,10 +141,14 @@ impl Store {
         now: u64,
         removed: &mut Removed,
     ) -> Result<Option<Vec<u8>>, Error> {
+        if from.is_none() {
+            self.unread_touched.borrow_mut().begin_pass();
+        }
         let mut at: Vec<u8> = from.map(<[u8]>::to_vec).unwrap_or_default();
         let mut budget = STEP;
         while budget > 0 {
             let Some(kv) = self.db.range(at.as_slice()..).next() else {
+                self.unread_touched.borrow_mut().finished = true;
                 return Ok(None);
             };
             let (k, v) = kv?;
@@ -108,6 +175,9 @@ impl Store {
                         let (gone, spent, finished) = match k[2] {
                             // The walk counts, not only what it removes: a pass over
                             // many users under the cap removes nothing and walks a lot.
+                            keys::UNREAD if !self.unread_touched.borrow().may_exceed(prefix) => {
+                                (0, 1, true)
+                            }
                             keys::UNREAD => self.trim_unread(prefix, policy.max_unread, budget)?,
                             keys::OFFLINE => spent(self.trim_offline(prefix, policy, now, budget)?),
                             _ => self.trim_history(prefix, policy, now, budget)?,
@@ -141,7 +211,10 @@ impl Store {
             }
             match next {
                 Some(n) => at = n,
-                None => return Ok(None),
+                None => {
+                    self.unread_touched.borrow_mut().finished = true;
+                    return Ok(None);
+                }
             }
         }
         Ok(Some(at))
@@ -487,6 +560,28 @@ mod tests {
                 .expect("unread")
                 .len(),
             1
+        );
+        // The next pass checks the users that got something since the last one began.
+        for _ in 0..2 {
+            store
+                .add_unread("d", [(slot, "many")].into_iter(), &ids.next(), b"{}")
+                .expect("add");
+        }
+        let mut removed = Removed::default();
+        let mut from = None::<Vec<u8>>;
+        while let Some(k) = store
+            .retain_step(from.as_deref(), &policy, 0, &mut removed)
+            .expect("step")
+        {
+            from = Some(k);
+        }
+        assert_eq!(removed.unread, 2);
+        assert_eq!(
+            store
+                .unread(slot, "d", "many", n, usize::MAX)
+                .expect("unread")
+                .len(),
+            max
         );
     }
 }
