@@ -105,6 +105,9 @@ impl Commit {
             for tx in batch {
                 let _ = tx.send(result.clone());
             }
+            if self.journal.wants_room() {
+                self.journal.make_room().await;
+            }
         }
     }
 }

@@ -10,6 +10,12 @@
 //! its flush in `sync_file_range`). One `write` and one fdatasync of an append-only file
 //! is the floor.
 //!
+//! Records are written in place into space already filled with zeros and synced (a
+//! [`ROOM`] at a time, by the commit loop between groups), so a group's fdatasync has no
+//! file size or extent to commit: ext4 then flushes the data and the drive's cache, with
+//! no journal (jbd2) commit that would also wait for sled's own writes. A zero header is
+//! where the records end.
+//!
 //! Invariants: the journals hold every write made since the last checkpoint, in the order
 //! sled saw them; operations are absolute puts and removes, so replaying what sled already
 //! has changes nothing; a record is framed by its length and CRC, and replay stops at the
@@ -19,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +36,16 @@ use crate::Error;
 /// journals): bounds the disk the journals take (about twice this per shard) and the
 /// replay at start (well under a second for this much).
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Zeroed space added ahead of the records at a time.
+pub const ROOM: usize = 1 << 20;
+
+/// Space left before more is added (a group's record is rarely larger).
+const ROOM_MARGIN: u64 = 256 << 10;
+
+/// What [`ROOM`] is filled from: in the binary's zero-initialised data, so its pages are
+/// the kernel's shared zero page and cost no memory.
+static ZEROS: [u8; ROOM] = [0; ROOM];
 
 const HEADER: usize = 8;
 const PUT: u8 = 1;
@@ -73,8 +89,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Creates the journal file of `generation` and makes its name durable.
 fn create(dir: &Path, generation: u64) -> std::io::Result<File> {
     let f = std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .create(true)
+        .truncate(true)
         .open(dir.join(file_name(generation)))?;
     sync_dir(dir)?;
     Ok(f)
@@ -106,6 +123,10 @@ fn replay(bytes: &[u8], db: &sled::Db) -> Result<(u64, usize), String> {
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
         let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if len == 0 {
+            // The zeroed space after the last record (no record is empty).
+            return Ok((records, 0));
+        }
         let start = at + HEADER;
         let Some(end) = usize::try_from(len).ok().and_then(|l| start.checked_add(l)) else {
             break;
@@ -245,7 +266,10 @@ pub struct Journal {
     pending: RefCell<Vec<u8>>,
     file: RefCell<Arc<File>>,
     generation: Cell<u64>,
+    /// Bytes of records in the current file (the next one is written there).
     written: Cell<u64>,
+    /// Bytes of the current file known to be zeroed and synced.
+    zeroed: Cell<u64>,
     /// The last write or sync failed: rotate before the next record.
     broken: Cell<bool>,
     checkpointing: Rc<Cell<bool>>,
@@ -262,6 +286,7 @@ impl Journal {
             file: RefCell::new(Arc::new(file)),
             generation: Cell::new(generation),
             written: Cell::new(0),
+            zeroed: Cell::new(0),
             broken: Cell::new(false),
             checkpointing: Rc::new(Cell::new(false)),
         }
@@ -329,9 +354,10 @@ impl Journal {
         record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         let file = self.file.borrow().clone();
         let size = record.len() as u64;
+        let at = self.written.get();
         let written = glommio::executor()
             .spawn_blocking(move || {
-                (&*file).write_all(&record)?;
+                file.write_all_at(&record, at)?;
                 file.sync_data()
             })
             .await;
@@ -343,6 +369,32 @@ impl Journal {
         }
         self.written.set(self.written.get() + size);
         Ok(())
+    }
+
+    /// Whether the zeroed space ahead of the records runs short (the commit loop then
+    /// calls [`Journal::make_room`] between groups).
+    pub fn wants_room(&self) -> bool {
+        self.enabled && !self.broken.get() && self.written.get() + ROOM_MARGIN > self.zeroed.get()
+    }
+
+    /// Zeroes and syncs the next [`ROOM`] past the records. Between groups, never during
+    /// one: no record is being written while this writes. A failure only means later
+    /// records append (slower syncs); it is reported, and the next call tries again.
+    pub async fn make_room(&self) {
+        let file = self.file.borrow().clone();
+        let at = self.zeroed.get().max(self.written.get());
+        let done = glommio::executor()
+            .spawn_blocking(move || {
+                file.write_all_at(&ZEROS, at)?;
+                file.sync_data()
+            })
+            .await;
+        match done {
+            Ok(()) => self.zeroed.set(at + ROOM as u64),
+            Err(e) => {
+                let _ = io(e);
+            }
+        }
     }
 
     /// Starts a new generation, then checkpoints in the background: sled's flush and an
@@ -358,6 +410,7 @@ impl Journal {
         *self.file.borrow_mut() = Arc::new(file);
         self.generation.set(next);
         self.written.set(0);
+        self.zeroed.set(0);
         self.broken.set(false);
         self.checkpointing.set(true);
         let (db, db_file, dir, busy) = (
@@ -431,6 +484,11 @@ mod tests {
         assert_eq!(db.get(b"a").expect("get"), None);
         assert_eq!(db.get(b"b").expect("get").as_deref(), Some(&b"3"[..]));
         assert_eq!(db.get(b"c").expect("get"), None);
+        // Zeroed space after the records is where they end, not a torn tail.
+        let mut zeroed = record(&[(b"e", Some(b"5"))]);
+        zeroed.extend_from_slice(&[0; 4096]);
+        assert_eq!(replay(&zeroed, &db), Ok((1, 0)));
+        assert_eq!(db.get(b"e").expect("get").as_deref(), Some(&b"5"[..]));
         // A flipped bit ends the replay there too.
         let mut bad = record(&[(b"d", Some(b"4"))]);
         let last = bad.len() - 1;

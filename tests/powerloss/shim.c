@@ -97,7 +97,17 @@ static void before_write(int fd, off_t offset, size_t len) {
   uint64_t size = (uint64_t)st.st_size, off = (uint64_t)offset;
   uint64_t old_len = off >= size ? 0 : (size - off < len ? size - off : len);
   char *old = malloc(old_len ? old_len : 1);
-  if (old_len && pread(fd, old, old_len, offset) != (ssize_t)old_len) old_len = 0;
+  if (old_len && pread(fd, old, old_len, offset) != (ssize_t)old_len) {
+    // A write-only descriptor (the broker's journal is one): read through a second one.
+    // Journaling nothing here would make the write impossible to undo.
+    int r = real_open(paths[fd], O_RDONLY | O_CLOEXEC);
+    ssize_t got = r < 0 ? -1 : pread(r, old, old_len, offset);
+    if (r >= 0) real_close(r);
+    if (got != (ssize_t)old_len) {
+      fprintf(stderr, "powerloss shim: cannot read what a write to %s replaces\n", paths[fd]);
+      abort();
+    }
+  }
   uint32_t plen = (uint32_t)strlen(paths[fd]);
   put("W", 1);
   put(&plen, 4);
