@@ -7,8 +7,8 @@
 //!
 //! Why not sled's own flush per group: it re-serializes and writes page fragments, ~250 µs
 //! of CPU per push at 16 publishers, and still needs an fdatasync after it (sled 0.34 ends
-//! its flush in `sync_file_range`). One `write` and one fdatasync of an append-only file
-//! is the floor.
+//! its flush in `sync_file_range`). One write and one fdatasync of a file that only grows
+//! at its end is the floor.
 //!
 //! Records are written in place into space already filled with zeros and synced (a
 //! [`ROOM`] at a time, by the commit loop between groups), so a group's fdatasync has no
