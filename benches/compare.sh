@@ -2,6 +2,9 @@
 # shardcast beside Nchan, measured by the same load generator in the same run,
 # alternating, on loopback. Prints every result line and a table at the end.
 # Usage: benches/compare.sh [ROUNDS]   (default 1; figures in README.md come from this)
+# ONLY=w runs workload W alone (issue 12: 2 shards and 1, `group` and `async`, 10,000
+# subscribers, 16 publishers, 200,000 pushes closed loop, then 100,000 at 10,000/s) and
+# prints medians with their range over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-1}
@@ -28,8 +31,27 @@ nchan=(--target nchan --addr "127.0.0.1:$port" --pid "$nginx_pid,$workers")
 results=$(mktemp)
 
 run() { echo "+ $*" >&2; "$bench" "$@" | tee -a /dev/stderr | grep '^{' >> "$results"; }
+# A W row, tagged with what the generator's JSON does not say (the durability mode).
+runw() {
+  label=$1; shift
+  echo "+ $*" >&2
+  "$bench" "$@" | tee -a /dev/stderr | grep '^{' |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); r["label"]=sys.argv[1]; print(json.dumps(r))' "$label" >> "$results"
+}
+w=(push --conns 10000 --publishers 16)
 
 for _ in $(seq "$rounds"); do
+  for shards in 2 1; do
+    for mode in group async; do
+      runw "W $mode" "${w[@]}" --messages 200000 --shards "$shards" --durability "$mode"
+    done
+  done
+  runw "W" "${w[@]}" --messages 200000 "${nchan[@]}"
+  for mode in group async; do
+    runw "W $mode" "${w[@]}" --messages 100000 --rate 10000 --shards 2 --durability "$mode"
+  done
+  runw "W" "${w[@]}" --messages 100000 --rate 10000 "${nchan[@]}"
+  [ "${ONLY:-}" = w ] && continue
   for shards in 1 2; do
     run idle --conns 10000 --shards "$shards"
   done
@@ -56,6 +78,23 @@ python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def who(r): return f'{r["target"]}' + (f' ({r["shards"]} shard{"s" if r["shards"] > 1 else ""})' if r["target"] == "shardcast" else "")
+# W: medians and ranges over the rounds.
+w = {}
+for r in rows:
+    if r.get("label"):
+        w.setdefault((r["label"], who(r), r["mode"]), []).append(r)
+if w:
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2]
+    def spread(rs, k):
+        xs = [r[k] for r in rs]
+        return f"{med(xs)} ({min(xs)}–{max(xs)})"
+    print("\n| W | server | pushes/s, median (range) | CPU µs/push | p99 ms | lost / dup | rounds |\n|---|---|---|---|---|---|---|")
+    for (label, server, mode), rs in w.items():
+        print(f"| {label}, {mode} | {server} | {spread(rs, 'msgs_per_s')} | {spread(rs, 'server_cpu_us_per_msg')} | "
+              f"{spread(rs, 'p99_ms')} | {sum(r['lost'] for r in rs)} / {sum(r['duplicated'] for r in rs)} | {len(rs)} |")
+rows = [r for r in rows if not r.get("label")]
 print("\n| scenario | server | result |\n|---|---|---|")
 for r in rows:
     s = r["scenario"]
