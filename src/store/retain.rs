@@ -425,6 +425,24 @@ mod tests {
     use super::*;
     use crate::dialect::chat::ChatMessage;
 
+    /// Runs one whole pass, in at most `limit` steps; what each step removed.
+    fn pass(store: &Store, policy: &Policy, now: u64, limit: usize) -> Vec<Removed> {
+        let mut steps = Vec::new();
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let mut removed = Removed::default();
+            let next = store
+                .retain_step(from.as_deref(), policy, now, &mut removed)
+                .expect("step");
+            steps.push(removed);
+            assert!(steps.len() < limit, "the pass ends");
+            match next {
+                Some(k) => from = Some(k),
+                None => return steps,
+            }
+        }
+    }
+
     #[test]
     fn a_long_history_is_trimmed_in_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -444,52 +462,19 @@ mod tests {
             history_max_per_user: 10,
             offline_ttl_secs: 0,
         };
-        let mut from: Option<Vec<u8>> = None;
-        let mut steps = 0;
-        let mut total = Removed::default();
-        loop {
-            let mut removed = Removed::default();
-            let next = store
-                .retain_step(
-                    from.as_deref(),
-                    &policy,
-                    crate::ids::now_secs(),
-                    &mut removed,
-                )
-                .expect("step");
-            assert!(
-                removed.history <= STEP as u64,
-                "one step removed {}",
-                removed.history
-            );
-            total.history += removed.history;
-            steps += 1;
-            assert!(steps < 100, "the pass ends");
-            match next {
-                Some(k) => from = Some(k),
-                None => break,
-            }
+        let steps = pass(&store, &policy, crate::ids::now_secs(), 100);
+        for s in &steps {
+            assert!(s.history <= STEP as u64, "one step removed {}", s.history);
         }
-        assert!(steps >= 4, "{steps} steps");
-        assert_eq!(total.history, n - 10);
+        assert!(steps.len() >= 4, "{} steps", steps.len());
+        assert_eq!(steps.iter().map(|s| s.history).sum::<u64>(), n - 10);
         let page = store
             .history(slot, "d", "long", None, 1, 100)
             .expect("page");
         assert_eq!((page.total, page.items.len()), (10, 10));
         // The fromId index was cut too: the next pass drops what pointed below the first
         // retained entry, and a sender's filtered page counts only what is kept.
-        let mut from: Option<Vec<u8>> = None;
-        while let Some(k) = store
-            .retain_step(
-                from.as_deref(),
-                &policy,
-                crate::ids::now_secs(),
-                &mut Removed::default(),
-            )
-            .expect("step")
-        {
-            from = Some(k);
-        }
+        pass(&store, &policy, crate::ids::now_secs(), 100);
         let page = store
             .history(slot, "d", "long", Some("a"), 1, 100)
             .expect("page");
@@ -524,27 +509,15 @@ mod tests {
             history_max_per_user: 0,
             offline_ttl_secs: 0,
         };
-        let (mut from, mut steps, mut total) = (None::<Vec<u8>>, 0, 0);
-        loop {
-            let mut removed = Removed::default();
-            let next = store
-                .retain_step(from.as_deref(), &policy, 0, &mut removed)
-                .expect("step");
-            assert!(
-                removed.unread <= STEP as u64,
-                "one step removed {}",
-                removed.unread
-            );
-            total += removed.unread;
-            steps += 1;
-            assert!(steps < 50, "the pass ends");
-            match next {
-                Some(k) => from = Some(k),
-                None => break,
-            }
+        let steps = pass(&store, &policy, 0, 50);
+        for s in &steps {
+            assert!(s.unread <= STEP as u64, "one step removed {}", s.unread);
         }
-        assert!(steps >= 3, "{steps} steps");
-        assert_eq!(total, (n - max) as u64);
+        assert!(steps.len() >= 3, "{} steps", steps.len());
+        assert_eq!(
+            steps.iter().map(|s| s.unread).sum::<u64>(),
+            (n - max) as u64
+        );
         let left = store
             .unread(slot, "d", "many", n, usize::MAX)
             .expect("unread");
@@ -567,15 +540,8 @@ mod tests {
                 .add_unread("d", [(slot, "many")].into_iter(), &ids.next(), b"{}")
                 .expect("add");
         }
-        let mut removed = Removed::default();
-        let mut from = None::<Vec<u8>>;
-        while let Some(k) = store
-            .retain_step(from.as_deref(), &policy, 0, &mut removed)
-            .expect("step")
-        {
-            from = Some(k);
-        }
-        assert_eq!(removed.unread, 2);
+        let removed: u64 = pass(&store, &policy, 0, 50).iter().map(|s| s.unread).sum();
+        assert_eq!(removed, 2);
         assert_eq!(
             store
                 .unread(slot, "d", "many", n, usize::MAX)
