@@ -389,3 +389,54 @@ fn a_connection_sends_at_most_max_inbound_bytes_per_sec() {
     );
     assert_eq!(v["content"]["total"], 3, "{v}");
 }
+
+#[test]
+fn a_burst_of_chat_sends_meets_backpressure_not_refusals() {
+    // 500 messages in one write, far more than a connection may have waiting for their
+    // owner (64): the broker stops reading until there is room, so every one is stored,
+    // delivered in order and acknowledged, and none is refused.
+    let server = Server::start(&[("max_messages_per_sec", "100000")]);
+    let (d, n) = ("d", 500);
+    let from = common::uid_on(d, "burst", 0, 2);
+    let to = common::uid_on(d, "sink", 1, 2);
+    let mut sink = server.chat(d, &to, "web", false);
+    let token = server.token_in(d, &from);
+    let (mut s, rest) = server.raw_ws(
+        &format!("/ws?id={from}&name=B&domain={d}&resource=r&token={token}&ack=1"),
+        |_| {},
+    );
+    let burst: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            frame(
+                0x81,
+                format!(r#"{{"toId":"{to}","type":10,"content":"m{i}"}}"#).as_bytes(),
+            )
+        })
+        .collect();
+    s.write_all(&burst).expect("write the burst");
+    for i in 0..n {
+        assert_eq!(sink.recv()["content"], format!("m{i}"));
+    }
+    let mut got = rest;
+    let mut buf = [0u8; 65536];
+    let mut acks = 0;
+    while acks < n {
+        let k = s.read(&mut buf).expect("acks within the wait");
+        assert!(k > 0, "the sender's connection closed");
+        got.extend_from_slice(&buf[..k]);
+        acks = got.windows(6).filter(|w| w == br#"{"ack""#).count();
+        assert!(
+            !got.windows(7).any(|w| w == br#""code":"#),
+            "an error reached the sender: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(acks, n);
+    let (_, v) = server.http(
+        "GET",
+        &format!("/message-log?domain={d}&toId={to}"),
+        Some(common::ADMIN),
+        None,
+    );
+    assert_eq!(v["content"]["total"], n, "{v}");
+}

@@ -9,7 +9,9 @@
 //!   queueing is not hidden), lost and duplicated messages (every subscriber checks each
 //!   message addressed to it arrives exactly once), server CPU µs per delivered message.
 //! - `chat`:  N pairs of chat users on `/ws`, each sending to its partner; msgs/s and
-//!   end-to-end latency, history persisted (shardcast only).
+//!   end-to-end latency, history persisted (shardcast only). Closed loop: each sender
+//!   keeps at most `--window` (default 1) messages waiting for their ack; open loop: one
+//!   writer at `--rate`.
 //! - `storm`: connect/disconnect churn; handshakes/s and handshake latency (for shardcast
 //!   the token fetch and the unread list are included).
 //!
@@ -805,6 +807,9 @@ fn chat(t: &Target, o: &Opts) {
     let pairs = o.num("--pairs", 100) as usize;
     let messages = o.num("--messages", 20_000) as usize;
     let rate = o.num("--rate", 0);
+    // Closed loop: each sender keeps at most `window` messages waiting for their ack.
+    let window = o.num("--window", 1).max(1) as usize;
+    let closed = rate == 0;
     let mut http = Http::connect(&t.addr);
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -814,7 +819,10 @@ fn chat(t: &Target, o: &Opts) {
             let token = http.token(&uid);
             let (s, rest) = ws_open(
                 &t.addr,
-                &format!("/ws?id={uid}&name={uid}&domain=default&resource=bench&token={token}"),
+                &format!(
+                    "/ws?id={uid}&name={uid}&domain=default&resource=bench&token={token}{}",
+                    if closed && side == "a" { "&ack=1" } else { "" }
+                ),
                 false,
             );
             list.push((i, s, rest));
@@ -825,21 +833,56 @@ fn chat(t: &Target, o: &Opts) {
     let readers = spawn_readers(receivers, 1, &seen, &stop);
     let cpu_before = cpu_us(t);
     let t0 = now_ns();
-    // One writer over every sender socket, round robin by sequence number.
-    let mut socks: Vec<TcpStream> = senders.into_iter().map(|(_, s, _)| s).collect();
-    for seq in 0..messages {
-        if now_ns() - t0 > deadline_ns() {
-            break;
+    let text = |seq: usize, pair: usize, sent: u64| {
+        client_text(
+            format!(
+                "{{\"toId\":\"b{pair}\",\"type\":10,\"content\":\"{}\"}}",
+                marker(seq as u64, pair, sent)
+            )
+            .as_bytes(),
+        )
+    };
+    if closed {
+        // One thread per sender: message `seq` goes from pair `seq % pairs`, and the
+        // next is sent only when fewer than `window` await their ack.
+        let threads: Vec<_> = senders
+            .into_iter()
+            .map(|(pair, mut s, rest)| {
+                std::thread::spawn(move || {
+                    let (mut acks, mut buf) = (0usize, rest);
+                    let mine: Vec<usize> = (pair..messages).step_by(pairs).collect();
+                    for (k, &seq) in mine.iter().enumerate() {
+                        while k - acks >= window && now_ns() - t0 < deadline_ns() {
+                            acks += read_acks(&mut s, &mut buf);
+                        }
+                        if now_ns() - t0 >= deadline_ns() {
+                            return;
+                        }
+                        s.write_all(&text(seq, pair, now_ns()))
+                            .unwrap_or_else(|e| die(&format!("send: {e}")));
+                    }
+                    while acks < mine.len() && now_ns() - t0 < deadline_ns() {
+                        acks += read_acks(&mut s, &mut buf);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
         }
-        let pair = seq % pairs;
-        let sent = pace(t0, seq as u64, rate);
-        let msg = format!(
-            "{{\"toId\":\"b{pair}\",\"type\":10,\"content\":\"{}\"}}",
-            marker(seq as u64, pair, sent)
-        );
-        socks[pair]
-            .write_all(&client_text(msg.as_bytes()))
-            .unwrap_or_else(|e| die(&format!("send: {e}")));
+    } else {
+        // One writer over every sender socket, round robin by sequence number.
+        let mut socks: Vec<TcpStream> = senders.into_iter().map(|(_, s, _)| s).collect();
+        for seq in 0..messages {
+            if now_ns() - t0 > deadline_ns() {
+                break;
+            }
+            let pair = seq % pairs;
+            let sent = pace(t0, seq as u64, rate);
+            socks[pair]
+                .write_all(&text(seq, pair, sent))
+                .unwrap_or_else(|e| die(&format!("send: {e}")));
+        }
     }
     let Outcome {
         lat,
@@ -858,7 +901,7 @@ fn chat(t: &Target, o: &Opts) {
     let mode = if rate > 0 {
         format!("open loop {rate}/s")
     } else {
-        "closed loop".to_string()
+        format!("closed loop, window {window}")
     };
     println!(
         "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg",
@@ -871,6 +914,46 @@ fn chat(t: &Target, o: &Opts) {
         delivered as f64 / span_s,
         cpu as f64 / delivered.max(1) as f64
     );
+}
+
+/// Reads what the broker sent a chat sender (blocking, up to the socket's timeout) and
+/// returns how many acks it held; any error object ends the run, since a closed loop
+/// must meet backpressure, never a refusal.
+fn read_acks(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 16384];
+    match s.read(&mut chunk) {
+        Ok(0) => die("a chat sender's connection closed"),
+        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        Err(e) => die(&format!("waiting for acks: {e}")),
+    }
+    let mut acks = 0;
+    let mut pos = 0;
+    while buf.len() >= pos + 2 {
+        let (len, head) = match buf[pos + 1] & 0x7f {
+            126 if buf.len() >= pos + 4 => (
+                usize::from(u16::from_be_bytes([buf[pos + 2], buf[pos + 3]])),
+                4,
+            ),
+            126 => break,
+            127 => die("an unexpected 64-bit frame"),
+            n => (usize::from(n), 2),
+        };
+        if buf.len() < pos + head + len {
+            break;
+        }
+        let payload = &buf[pos + head..pos + head + len];
+        if payload.starts_with(b"{\"ack\"") {
+            acks += 1;
+        } else if buf[pos] & 0x0f == 1 {
+            die(&format!(
+                "a chat sender got {}",
+                String::from_utf8_lossy(payload)
+            ));
+        }
+        pos += head + len;
+    }
+    buf.drain(..pos);
+    acks
 }
 
 fn storm(t: &Target, o: &Opts) {

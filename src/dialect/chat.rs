@@ -25,6 +25,13 @@ use crate::Error;
 /// Chat messages one connection may have waiting for their owner at once.
 const MAX_SENDS_IN_FLIGHT: u32 = 64;
 
+/// Whether `conn` must stop reading until one of its sends has its outcome: a client
+/// that sends faster than its messages are stored meets TCP backpressure (its writes
+/// block), not an error and not a queue in the broker.
+pub fn must_wait(conn: &Conn) -> bool {
+    conn.sends_in_flight.get() >= MAX_SENDS_IN_FLIGHT
+}
+
 /// Message types a client may send; 100 (system) is for `POST /message` only.
 pub const CLIENT_TYPES: [i64; 4] = [10, 20, 30, 40];
 pub const SYSTEM_TYPE: i64 = 100;
@@ -261,12 +268,8 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
     };
     let v = json::parse(payload).ok_or(Error::BadFrame)?;
     let (to, kind, content) = parse_send(&v, shard.rt.max_message_bytes)?;
-    // Each send is a task until its owner answers: bounded per connection, so that a slow
-    // store cannot make one client's sends pile up (the sender gets 1009 and may retry).
-    if conn.sends_in_flight.get() >= MAX_SENDS_IN_FLIGHT {
-        crate::metrics::bump(&shard.metrics.overloaded, 1);
-        return Err(Error::Overloaded);
-    }
+    // Each send is a task until its owner answers. The connection stops reading at
+    // `MAX_SENDS_IN_FLIGHT` (see [`must_wait`]), so this is the bound, not a refusal.
     conn.sends_in_flight.set(conn.sends_in_flight.get() + 1);
     let msg = Arc::new(ChatMessage::new(
         shard.ids.next(),
@@ -286,8 +289,12 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
         let outcome = crate::shard::contain("a chat send", send(&shard, msg))
             .await
             .unwrap_or(Err(Error::Internal));
-        conn.sends_in_flight
-            .set(conn.sends_in_flight.get().saturating_sub(1));
+        let before = conn.sends_in_flight.get();
+        conn.sends_in_flight.set(before.saturating_sub(1));
+        if before >= MAX_SENDS_IN_FLIGHT {
+            // The connection stopped reading for this send's room: let it go on.
+            conn.out.borrow_mut().wake();
+        }
         match outcome {
             Ok(offline) if ack => {
                 let mut a = b"{\"ack\":{\"id\":\"".to_vec();

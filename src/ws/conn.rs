@@ -27,6 +27,8 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Io {
     Read,
+    /// Room again after backpressure: act on the frames already read.
+    Resume,
     Gone,
     Closing,
 }
@@ -97,8 +99,10 @@ pub async fn serve(
 ) {
     let _leave = leave;
     let mut frag: Option<Fragments> = None;
+    // Complete frames are waiting in `rbuf` for room in the sends in flight.
+    let mut paused = false;
     if !rbuf.is_empty() {
-        process(&shard, &conn, &mut rbuf, &mut frag);
+        paused = process(&shard, &conn, &mut rbuf, &mut frag);
     }
     loop {
         let io = std::future::poll_fn(|cx| {
@@ -123,6 +127,14 @@ pub async fn serve(
             }
             out.set_waker(cx.waker());
             drop(out);
+            // Backpressure: nothing more is read (the kernel's buffers fill, then the
+            // client's writes block) until a send in flight ends and wakes this task.
+            if crate::dialect::chat::must_wait(&conn) {
+                return Poll::Pending;
+            }
+            if paused {
+                return Poll::Ready(Io::Resume);
+            }
             let mut scratch = shard.scratch.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut scratch) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Io::Gone),
@@ -137,8 +149,9 @@ pub async fn serve(
         match io {
             Io::Read => {
                 conn.last_rx_ms.set(shard.clock_ms());
-                process(&shard, &conn, &mut rbuf, &mut frag);
+                paused = process(&shard, &conn, &mut rbuf, &mut frag);
             }
+            Io::Resume => paused = process(&shard, &conn, &mut rbuf, &mut frag),
             Io::Gone => {
                 shard.sessions.borrow_mut().remove(&conn);
                 log::debug!(
@@ -196,10 +209,21 @@ async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
 }
 
 /// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.
-fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Option<Fragments>) {
+/// True when it stopped for backpressure, possibly before complete frames.
+fn process(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    rbuf: &mut Vec<u8>,
+    frag: &mut Option<Fragments>,
+) -> bool {
     let max = shard.rt.max_frame_bytes;
     let mut pos = 0;
+    let mut paused = false;
     while conn.out.borrow().closing().is_none() {
+        if crate::dialect::chat::must_wait(conn) {
+            paused = true;
+            break;
+        }
         let h = match frame::parse_header(&rbuf[pos..], max) {
             Ok(Some(h)) => h,
             Ok(None) => break,
@@ -274,6 +298,12 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
     if rbuf.is_empty() && rbuf.capacity() > 0 {
         *rbuf = Vec::new();
     }
+    if paused {
+        // What is left waits on the broker, not on the client: no frame deadline runs
+        // (the resumed pass sets it again for whatever is still unfinished).
+        conn.partial_since_ms.set(frag.as_ref().map(|f| f.since_ms));
+        return true;
+    }
     // The unfinished frame began in this read if a frame was completed in it (or none
     // was pending before); a fragmented message counts from its first fragment.
     let frame_since = match conn.partial_since_ms.get() {
@@ -286,6 +316,7 @@ fn process(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut Vec<u8>, frag: &mut Op
         (a, b) => a.or(b),
     };
     conn.partial_since_ms.set(since);
+    false
 }
 
 /// The code to answer a client's close frame with (RFC 6455 §5.5.1, §7.4): its own code

@@ -59,7 +59,8 @@ impl Outbound {
         }
     }
 
-    fn wake(&mut self) {
+    /// Wakes the connection's task (new frames to write, or room to read again).
+    pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
