@@ -66,6 +66,35 @@ struct File {
     offline_ttl_secs: u64,
     log_level: String,
     domains: BTreeMap<String, DomainFile>,
+    /// Absent from `default.toml`: a cluster exists only where an operator declares one.
+    #[serde(default)]
+    cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]` (DESIGN.md "a cluster on NATS"): every key is required, so that two
+/// nodes cannot silently disagree about a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    node: usize,
+    nodes: usize,
+    nats: Vec<String>,
+    name: String,
+    call_timeout_ms: u64,
+}
+
+/// The nodes that share the slots, and how this node reaches them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's index, `0 ≤ node < nodes`.
+    pub node: usize,
+    pub nodes: usize,
+    /// NATS server URLs (`nats://host:port`), one NATS cluster.
+    pub nats: Vec<String>,
+    /// Subject prefix, so that several clusters can share one NATS.
+    pub name: String,
+    /// A cross-node call that takes longer fails with 1009 (HTTP 503).
+    pub call_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +175,8 @@ pub struct Runtime {
     pub log_level: log::LevelFilter,
     /// Declared domains by name.
     pub domains: BTreeMap<String, DomainKeys>,
+    /// `None`: one node, no NATS.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Runtime {
@@ -224,6 +255,16 @@ impl Runtime {
             self.offline_ttl_secs,
             self.log_level.to_string().to_lowercase(),
         );
+        if let Some(c) = &self.cluster {
+            text.push_str(&format!(
+                "\n[cluster]\nnode = {}\nnodes = {}\nnats = {:?}\nname = {:?}\ncall_timeout_ms = {}\n",
+                c.node,
+                c.nodes,
+                c.nats,
+                c.name,
+                c.call_timeout.as_millis()
+            ));
+        }
         text.push_str("\n[domains]\n");
         for (name, d) in &self.domains {
             text.push_str(&format!(
@@ -297,6 +338,10 @@ fn parse_table(name: &str, text: &str) -> Result<toml::Table, ConfigError> {
 fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), ConfigError> {
     for (key, value) in top {
         match base.get(&key) {
+            // The one table `default.toml` leaves out (its presence turns a cluster on).
+            None if key == "cluster" => {
+                base.insert(key, value);
+            }
             None => {
                 return Err(ConfigError(format!(
                     "{}: unknown key `{key}` (see tuning/default.toml for the known keys)",
@@ -529,6 +574,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         ));
     }
     let domains = validate_domains(&f, production)?;
+    let cluster = f.cluster.as_ref().map(validate_cluster).transpose()?;
     let log_level = f
         .log_level
         .parse::<log::LevelFilter>()
@@ -577,6 +623,56 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         offline_ttl_secs: f.offline_ttl_secs,
         log_level,
         domains,
+        cluster,
+    })
+}
+
+/// `[cluster]`: `node < nodes ≤ SLOTS`, at least one `nats://host:port`, a name NATS can
+/// carry as one subject token, and a call timeout a client can wait for.
+fn validate_cluster(c: &ClusterFile) -> Result<ClusterConfig, ConfigError> {
+    if c.nodes == 0 || c.nodes > crate::route::SLOTS {
+        return Err(bad(
+            "cluster.nodes",
+            format!("1..={} (every node owns whole slots)", crate::route::SLOTS),
+        ));
+    }
+    if c.node >= c.nodes {
+        return Err(bad(
+            "cluster.node",
+            format!("{} is not below cluster.nodes = {}", c.node, c.nodes),
+        ));
+    }
+    if c.nats.is_empty() {
+        return Err(bad("cluster.nats", "name at least one nats://host:port"));
+    }
+    for url in &c.nats {
+        let hostport = url.strip_prefix("nats://").unwrap_or("");
+        let port_ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(bad(
+                "cluster.nats",
+                format!("`{url}` is not nats://host:port"),
+            ));
+        }
+    }
+    let token_ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if c.name.is_empty() || c.name.len() > 64 || !c.name.bytes().all(token_ok) {
+        return Err(bad(
+            "cluster.name",
+            "1..=64 bytes of letters, digits, `-` and `_` (a NATS subject token)",
+        ));
+    }
+    if !(1..=60_000).contains(&c.call_timeout_ms) {
+        return Err(bad("cluster.call_timeout_ms", "1..=60000"));
+    }
+    Ok(ClusterConfig {
+        node: c.node,
+        nodes: c.nodes,
+        nats: c.nats.clone(),
+        name: c.name.clone(),
+        call_timeout: Duration::from_millis(c.call_timeout_ms),
     })
 }
 
@@ -753,6 +849,51 @@ mod tests {
         let back: toml::Table = text.parse().expect("valid TOML");
         let defaults: toml::Table = DEFAULT_TOML.parse().expect("defaults");
         assert_eq!(back.len(), defaults.len(), "every key printed");
+    }
+
+    #[test]
+    fn a_cluster_is_declared_in_full_and_checked() {
+        assert_eq!(from_str("").expect("defaults").cluster, None);
+        let ok = "[cluster]\nnode = 2\nnodes = 3\nnats = [\"nats://127.0.0.1:4222\"]\n\
+                  name = \"sc\"\ncall_timeout_ms = 2000";
+        let rt = from_str(ok).expect("a valid cluster");
+        let c = rt.cluster.clone().expect("cluster");
+        assert_eq!((c.node, c.nodes, c.name.as_str()), (2, 3, "sc"));
+        assert_eq!(c.call_timeout, Duration::from_secs(2));
+        assert!(
+            rt.effective_toml()
+                .contains("[cluster]\nnode = 2\nnodes = 3"),
+            "{}",
+            rt.effective_toml()
+        );
+        let line = |k: &str, v: &str| {
+            ok.lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{k} =")) {
+                        format!("{k} = {v}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let cases = [
+            (line("node", "3"), "cluster.node"),
+            (line("nodes", "0"), "cluster.nodes"),
+            (line("nats", "[]"), "cluster.nats"),
+            (line("nats", "[\"127.0.0.1:4222\"]"), "cluster.nats"),
+            (line("nats", "[\"nats://host\"]"), "cluster.nats"),
+            (line("name", "\"a.b\""), "cluster.name"),
+            (line("name", "\"\""), "cluster.name"),
+            (line("call_timeout_ms", "0"), "cluster.call_timeout_ms"),
+            (ok.replace("name = \"sc\"\n", ""), "name"),
+            (format!("{ok}\ncolour = 1"), "colour"),
+        ];
+        for (text, key) in cases {
+            let err = from_str(&text).expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! is durable per `durability`; a connection's error never ends its shard.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dialect;
 pub mod error;
@@ -84,6 +85,10 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
     let peers: Arc<[InboxTx]> = txs.into();
+    let cluster = match &rt.cluster {
+        Some(c) => Some(Arc::new(cluster::bridge::start(c.clone(), peers.clone())?)),
+        None => None,
+    };
     let rt = Arc::new(rt);
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -104,6 +109,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             listener,
             open_conns: open_conns.clone(),
             token_key,
+            cluster: cluster.clone(),
         };
         let notice = ExitNotice(id, exit_tx.clone());
         let handle = glommio::LocalExecutorBuilder::new(placement)

@@ -258,9 +258,24 @@ async fn upgrade(
         permit,
     };
     let owner = match &up.login {
-        Ok(l) => route::owner(l.slot(), shard.shards()),
-        Err(_) => shard.id,
+        Ok(l) => shard.place(l.slot()),
+        Err(_) => route::Place {
+            node: shard.node(),
+            shard: shard.id,
+        },
     };
+    if owner.node != shard.node() {
+        // A socket cannot move between hosts, and remote sessions (DESIGN.md "a cluster
+        // on NATS") are not built yet: the client must reach its owner node.
+        log::debug!(
+            "a login owned by node {} refused on node {}",
+            owner.node,
+            shard.node()
+        );
+        crate::metrics::bump(&shard.metrics.overloaded, 1);
+        return write_error(&mut stream, &Error::Overloaded, "").await;
+    }
+    let owner = owner.shard;
     if owner != shard.id && shard.peer(owner).is_full() {
         // Refused before the 101, while an HTTP answer can still say why.
         crate::metrics::bump(&shard.metrics.overloaded, 1);

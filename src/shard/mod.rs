@@ -55,6 +55,8 @@ pub struct Shard {
     died: Cell<bool>,
     /// A second handle on this shard's inbox, only to read its depth for /metrics.
     inbox_probe: InboxRx,
+    /// The other nodes, when `[cluster]` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Runs `work`, catching a panic inside it: glommio does not contain panics in tasks (one
@@ -137,6 +139,17 @@ impl Drop for ConnPermit {
 impl Shard {
     pub fn shards(&self) -> usize {
         self.peers.len()
+    }
+
+    /// This node's index (0 without a cluster).
+    pub fn node(&self) -> usize {
+        self.rt.cluster.as_ref().map_or(0, |c| c.node)
+    }
+
+    /// The node and shard that own `slot` ([`crate::route::place`]).
+    pub fn place(&self, slot: u16) -> crate::route::Place {
+        let nodes = self.rt.cluster.as_ref().map_or(1, |c| c.nodes);
+        crate::route::place(slot, nodes, self.shards())
     }
 
     pub fn peer(&self, i: usize) -> &InboxTx {
@@ -420,6 +433,7 @@ pub struct Seed {
     /// Open connections of the whole process (`max_connections`).
     pub open_conns: Arc<AtomicUsize>,
     pub token_key: crate::auth::TokenKey,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
@@ -429,14 +443,17 @@ pub fn request_stop(tx: &InboxTx) -> bool {
 
 /// The body of a shard thread; returns when the shard has stopped and flushed.
 pub async fn run(seed: Seed) {
+    let node = seed.rt.cluster.as_ref().map_or(0, |c| c.node);
+    let id_byte = ((node * seed.rt.shards + seed.id) % 256) as u8;
     let shard = Rc::new(Shard {
         id: seed.id,
         store: Store::new(seed.files, &seed.rt, seed.id),
         rt: seed.rt,
         peers: seed.peers,
         sessions: RefCell::new(Sessions::default()),
-        // Validated at start-up: at most 255 shards.
-        ids: IdGen::new(u8::try_from(seed.id).unwrap_or(u8::MAX)),
+        // Validated at start-up: at most 255 shards. In a cluster the byte also tells
+        // nodes apart (mod 256; the id's random bits cover larger clusters).
+        ids: IdGen::new(id_byte),
         token_key: seed.token_key,
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
         next_conn: Cell::new(0),
@@ -449,6 +466,7 @@ pub async fn run(seed: Seed) {
         inflight_writes: Cell::new(0),
         died: Cell::new(false),
         inbox_probe: seed.inbox.clone(),
+        cluster: seed.cluster,
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();

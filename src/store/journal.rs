@@ -212,7 +212,7 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
         if gens.is_empty() {
             continue;
         }
-        let db = super::open_db(rt, shard)?;
+        let db = super::open_db_briefly(rt, shard)?;
         let mut records = 0;
         for g in &gens {
             let path = dir.join(file_name(*g));

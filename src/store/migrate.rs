@@ -1,7 +1,8 @@
 //! The data directory's layout record and resharding (DESIGN.md "Config"; STYLE.md rule 4).
 //!
 //! `data_dir/shardcast.meta` records the format, `SLOTS` and the shard count the data was
-//! written with. When a start asks for another shard count, every key moves to the shard
+//! written with (and, in a cluster, the node count and this node's index: a start with
+//! others is refused, since slots do not yet move between nodes). When a start asks for another shard count, every key moves to the shard
 //! that owns its slot under the new count before anything is served.
 //!
 //! Invariants (crash safety): the meta file says `migrating_to = N` before the first key
@@ -13,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Runtime;
-use crate::route::{owner, SLOTS};
+use crate::route::{place, SLOTS};
 
 /// The on-disk format.
 pub const FORMAT: i64 = 1;
@@ -24,6 +25,19 @@ const BATCH: usize = 10_000;
 struct Meta {
     shards: usize,
     migrating_to: Option<usize>,
+    /// Nodes of the cluster the data was written in (1 for a single host; absent from
+    /// files written before clusters existed).
+    nodes: usize,
+    /// Which of them (its slots are the ones stored here).
+    node: usize,
+}
+
+fn nodes_of(rt: &Runtime) -> usize {
+    rt.cluster.as_ref().map_or(1, |c| c.nodes)
+}
+
+fn node_of(rt: &Runtime) -> usize {
+    rt.cluster.as_ref().map_or(0, |c| c.node)
 }
 
 fn meta_path(dir: &Path) -> PathBuf {
@@ -59,6 +73,10 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, String> {
     Ok(Some(Meta {
         shards: count("shards").ok_or_else(|| bad("no shard count"))?,
         migrating_to: count("migrating_to"),
+        nodes: count("nodes").unwrap_or(1),
+        node: int("node")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
     }))
 }
 
@@ -69,6 +87,9 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     );
     if let Some(n) = meta.migrating_to {
         text.push_str(&format!("migrating_to = {n}\n"));
+    }
+    if meta.nodes != 1 {
+        text.push_str(&format!("nodes = {}\nnode = {}\n", meta.nodes, meta.node));
     }
     super::write_atomic(dir, "shardcast.meta", text.as_bytes())
 }
@@ -84,9 +105,21 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
             &Meta {
                 shards: rt.shards,
                 migrating_to: None,
+                nodes: nodes_of(rt),
+                node: node_of(rt),
             },
         );
     };
+    if (meta.nodes, meta.node) != (nodes_of(rt), node_of(rt)) {
+        return Err(format!(
+            "{} holds the slots of node {} of {} (recorded), and this start is node {} of {} (config keys `cluster.node`, `cluster.nodes`): moving slots between nodes is not built yet, so start it with the recorded ones",
+            dir.display(),
+            meta.node,
+            meta.nodes,
+            node_of(rt),
+            nodes_of(rt)
+        ));
+    }
     if meta.shards == rt.shards && meta.migrating_to.is_none() {
         return Ok(());
     }
@@ -104,6 +137,8 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
         &Meta {
             shards: meta.shards,
             migrating_to: Some(rt.shards),
+            nodes: meta.nodes,
+            node: meta.node,
         },
     )?;
     // Every shard directory on disk takes part, so a move interrupted on its way to a
@@ -130,20 +165,23 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
         &Meta {
             shards: rt.shards,
             migrating_to: None,
+            nodes: meta.nodes,
+            node: meta.node,
         },
     )?;
     log::warn!("resharding done: {moved} keys moved; {} shards", rt.shards);
     Ok(())
 }
 
-/// Moves every key of shard directories `0..max(old, new)` to `owner(slot, new)`.
+/// Moves every key of shard directories `0..max(old, new)` to its shard under the new
+/// count ([`place`], this node's share of the slots).
 fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
     let target = rt.shards;
     let span = old.max(target);
     let mut dbs = Vec::with_capacity(span);
     let mut files = Vec::with_capacity(span);
     for i in 0..span {
-        dbs.push(super::open_db(rt, i)?);
+        dbs.push(super::open_db_briefly(rt, i)?);
         files.push(super::open_sync_file(rt, i)?);
     }
     let err = |e: sled::Error| format!("resharding: store error: {e}");
@@ -182,7 +220,7 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
                 if usize::from(slot) >= SLOTS {
                     continue;
                 }
-                let j = owner(slot, target);
+                let j = place(slot, nodes_of(rt), target).shard;
                 if j == i {
                     continue;
                 }

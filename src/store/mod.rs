@@ -70,14 +70,44 @@ pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, Strin
 
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
 pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
+    open_db_with(rt, shard, Some(500))
+}
+
+/// Start-up passes (journal replay, resharding) open a partition briefly and flush it
+/// themselves: without sled's flusher thread, which would hold the partition's file lock
+/// for up to one more tick after the `Db` is dropped.
+pub fn open_db_briefly(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
+    open_db_with(rt, shard, None)
+}
+
+fn open_db_with(
+    rt: &Runtime,
+    shard: usize,
+    flush_every_ms: Option<u64>,
+) -> Result<sled::Db, String> {
     let path = rt.data_dir.join(format!("shard-{shard}"));
     remove_unfinished_snapshots(&path)?;
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(&path)
         .cache_capacity(rt.store_cache_bytes)
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|e| format!("cannot open store {}: {e}", path.display()))
+        .flush_every_ms(flush_every_ms);
+    // sled's background threads of a `Db` dropped a moment ago (by a start-up pass) can
+    // still hold the file lock: wait a bounded while for them rather than fail the start.
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            // sled reports it as ErrorKind::Other with this text (sled 0.34 config.rs).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && tries < 50 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => {
+                return other.map_err(|e| format!("cannot open store {}: {e}", path.display()))
+            }
+        }
+    }
 }
 
 /// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it, then renames it; but

@@ -117,6 +117,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The config file the broker runs with (for starting it by hand).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
@@ -635,4 +640,86 @@ pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A real `nats-server` (Debian's package, installed by `.ci/run`) on a loopback port,
+/// killed on drop.
+pub struct Nats {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nats = Nats { port, child: None };
+        nats.spawn();
+        nats
+    }
+
+    fn spawn(&mut self) {
+        // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; .ci/run installs it)");
+        self.child = Some(child);
+        let up = wait_until(WAIT, || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+        assert!(up, "nats-server listening on {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Node `node` of a cluster of `nodes` on `nats` (2 shards each, the harness's keys).
+pub fn cluster_node(nats: &Nats, node: usize, nodes: usize) -> Server {
+    let table = format!(
+        "{{ node = {node}, nodes = {nodes}, nats = [{:?}], name = \"t{}\", call_timeout_ms = 2000 }}",
+        nats.url(),
+        nats.port
+    );
+    Server::start(&[("cluster", &table)])
+}
+
+/// A uid in `domain` owned by `node` of `nodes` (2 shards each).
+pub fn uid_of_node(domain: &str, prefix: &str, node: usize, nodes: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| {
+            shardcast::route::place(shardcast::route::slot_of(domain, u), nodes, 2).node == node
+        })
+        .expect("some uid lands on every node")
 }

@@ -70,7 +70,7 @@ pub async fn presence(
     };
     super::in_scope(shard, scope, &domain)?;
     let uid = super::name_param(q, "uid")?.to_string();
-    let owner = route::owner(route::slot_of(&domain, &uid), shard.shards());
+    let owner = shard.place(route::slot_of(&domain, &uid)).shard;
     shard
         .call(owner, move |s| async move {
             let sessions = s.sessions.borrow();
@@ -141,7 +141,7 @@ pub async fn kick(
             .filter(|c| *c == 1000 || (3000..=4999).contains(c))
             .ok_or(Error::param("code"))?,
     };
-    let owner = route::owner(route::slot_of(&domain, &uid), shard.shards());
+    let owner = shard.place(route::slot_of(&domain, &uid)).shard;
     let closed = shard
         .call(owner, move |s| async move {
             let targets: Vec<_> = s

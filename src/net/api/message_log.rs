@@ -48,7 +48,7 @@ pub async fn message_log(
             .or(bearer)
             .and_then(Token::parse)
             .ok_or(Error::BadToken)?;
-        let owner = route::owner(token.slot(), shard.shards());
+        let owner = shard.place(token.slot()).shard;
         let user = shard
             .call(owner, move |s| async move {
                 s.store.token_user(&token, crate::ids::now_secs())
@@ -66,7 +66,7 @@ pub async fn message_log(
     let slot = route::slot_of(&domain, &to);
     let (d, t, f) = (domain.clone(), to.clone(), from.clone());
     let result = shard
-        .call(route::owner(slot, shard.shards()), move |s| async move {
+        .call(shard.place(slot).shard, move |s| async move {
             s.store.history(slot, &d, &t, f.as_deref(), page, size)
         })
         .await?;

@@ -35,8 +35,76 @@ pub fn is_api_path(path: &str) -> bool {
     API_PATHS.contains(&path)
 }
 
-/// Serves one request: `(status, content type, body)`.
+pub use push::push_part;
+
+/// Serves one request: `(status, content type, body)`. In a cluster, a request about one
+/// user owned by another node is served by that node (DESIGN.md "a cluster on NATS").
 pub async fn serve(
+    shard: &Rc<Shard>,
+    req: &Request,
+    body: &mut [u8],
+) -> (u16, &'static str, Vec<u8>) {
+    if let Some(cluster) = &shard.cluster {
+        if let Some(node) = remote_owner(shard, req, body) {
+            let call = crate::cluster::Call::Http {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                query: req.query.clone(),
+                authorization: req.authorization.clone(),
+                body: body.to_vec(),
+            };
+            let reply = cluster.call(node, &call).await;
+            return match reply.as_deref().map(crate::cluster::decode_http_reply) {
+                Ok(Some((status, out))) => (status, http::JSON, out.to_vec()),
+                Ok(None) | Err(_) => {
+                    let e = reply.err().unwrap_or(Error::Internal);
+                    shard.metrics.error(e.code());
+                    (e.http_status(), http::JSON, crate::json::error_envelope(&e))
+                }
+            };
+        }
+    }
+    serve_here(shard, req, body).await
+}
+
+/// The node that owns the one user `req` is about, when that is not this node. `None`
+/// also for a request that names no valid user: this node answers its error.
+fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
+    let default = shard.rt.default_domain.as_str();
+    let (domain, uid) = match (req.path.as_str(), req.method.as_str()) {
+        ("/auth/websocket" | "/presence" | "/console/dev-token", "GET") => {
+            let q = http::parse_query(&req.query).ok()?;
+            let domain = http::param(&q, "domain").unwrap_or(default).to_string();
+            (domain, http::param(&q, "uid")?.to_string())
+        }
+        ("/message-log", "GET") => {
+            let q = http::parse_query(&req.query).ok()?;
+            let domain = http::param(&q, "domain")?.to_string();
+            (domain, http::param(&q, "toId")?.to_string())
+        }
+        ("/message" | "/kick", "POST") => {
+            // Parsed from a copy: the owner parses the body as it arrived.
+            let mut copy = body.to_vec();
+            let v = crate::json::parse(&mut copy)?;
+            let key = if req.path == "/message" {
+                "toId"
+            } else {
+                "uid"
+            };
+            let domain = crate::json::str_of(&v, "domain")
+                .unwrap_or(default)
+                .to_string();
+            (domain, crate::json::str_of(&v, key)?.to_string())
+        }
+        _ => return None,
+    };
+    let place = shard.place(crate::route::slot_of(&domain, &uid));
+    (place.node != shard.node()).then_some(place.node)
+}
+
+/// Serves one request on this node (a request forwarded by another node comes here, so
+/// it is never forwarded again).
+pub async fn serve_here(
     shard: &Rc<Shard>,
     req: &Request,
     body: &mut [u8],

@@ -50,27 +50,24 @@ pub async fn issue_for(
     let token = Token::derive(&shard.token_key, slot, domain, uid, timestamp);
     let (d, u) = (domain.to_string(), uid.to_string());
     let expire_in = shard
-        .call(
-            route::owner(slot, shard.shards()),
-            move |owner| async move {
-                let now = crate::ids::now_secs();
-                // A replay of a sign whose token is still live: same token, nothing written.
-                if let Some(expire) = owner.store.token_expiry(&token)? {
-                    if expire > now {
-                        return Ok(expire - now);
-                    }
+        .call(shard.place(slot).shard, move |owner| async move {
+            let now = crate::ids::now_secs();
+            // A replay of a sign whose token is still live: same token, nothing written.
+            if let Some(expire) = owner.store.token_expiry(&token)? {
+                if expire > now {
+                    return Ok(expire - now);
                 }
-                let ttl = owner.rt.token_ttl_secs;
-                // Not waiting for a flush (decision): a token is a credential the client
-                // re-fetches on 1004, so one lost to a crash in the ~500 ms before sled's
-                // background flush costs a re-fetch, while waiting would cost every login
-                // a disk flush. A clean shutdown flushes it like everything else.
-                owner
-                    .store
-                    .put_token(&token, &d, &u, now.saturating_add(ttl))?;
-                Ok(ttl)
-            },
-        )
+            }
+            let ttl = owner.rt.token_ttl_secs;
+            // Not waiting for a flush (decision): a token is a credential the client
+            // re-fetches on 1004, so one lost to a crash in the ~500 ms before sled's
+            // background flush costs a re-fetch, while waiting would cost every login
+            // a disk flush. A clean shutdown flushes it like everything else.
+            owner
+                .store
+                .put_token(&token, &d, &u, now.saturating_add(ttl))?;
+            Ok(ttl)
+        })
         .await?;
     Ok(format!(
         "{{\"token\":\"{}\",\"expire\":{expire_in}}}",

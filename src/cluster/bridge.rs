@@ -1,0 +1,200 @@
+//! The NATS bridge: one thread running the NATS client (async-nats on a single-threaded
+//! tokio runtime), between the shards and NATS.
+//!
+//! Subjects: `<name>.node.<i>` carries the calls node `i` serves (request/reply; the
+//! reply goes to the caller's inbox subject).
+//!
+//! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over an
+//! unbounded channel and await a oneshot; every outgoing call ends within
+//! `call_timeout_ms` (1009 after it, at once when no node listens); every incoming call
+//! runs on a shard (round robin) through the shard's bounded inbox, and a full inbox is
+//! answered 1009, never queued here; NATS down at start is retried every second with a
+//! log line, and the client reconnects and resubscribes by itself after that.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_lite::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::shard::inbox::InboxTx;
+use crate::Error;
+
+/// A call a shard makes: `payload` to `node`, the reply bytes back through `reply`.
+pub struct Job {
+    pub node: usize,
+    pub payload: Vec<u8>,
+    pub reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+}
+
+/// The shards' side of the bridge's job queue.
+pub struct Jobs(mpsc::UnboundedSender<Job>);
+
+impl Jobs {
+    /// False once the bridge has stopped.
+    pub fn send(&self, job: Job) -> bool {
+        self.0.send(job).is_ok()
+    }
+}
+
+pub fn subject(cfg: &ClusterConfig, node: usize) -> String {
+    format!("{}.node.{node}", cfg.name)
+}
+
+/// How long a start waits for NATS before it serves anyway (calls to other nodes get
+/// 1009 until the bridge is connected; it keeps retrying).
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts the bridge thread; it serves this node's subject with `peers` (the shards).
+/// Returns once this node's subscription is in place at the NATS server, or after
+/// [`READY_WAIT`], so that a node that says it is listening also answers other nodes.
+pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster, String> {
+    let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the cluster bridge: {e}"))?;
+    let thread_cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name("nats-bridge".into())
+        .spawn(move || runtime.block_on(run(thread_cfg, peers, rx, ready_tx)))
+        .map_err(|e| format!("cannot start the cluster bridge thread: {e}"))?;
+    if ready.recv_timeout(READY_WAIT).is_err() {
+        log::warn!(
+            "NATS not reached within {} s: serving this node's users; calls to other nodes get 1009 until it is",
+            READY_WAIT.as_secs()
+        );
+    }
+    Ok(super::Cluster {
+        cfg,
+        jobs: Jobs(tx),
+    })
+}
+
+async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
+    let mut logged = false;
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("shardcast {} node {}", cfg.name, cfg.node))
+            .connection_timeout(Duration::from_secs(2))
+            // The caller's deadline is `call_timeout_ms`, applied per call below.
+            .request_timeout(None)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => log::info!("NATS: connected"),
+                    async_nats::Event::Disconnected => {
+                        log::warn!("NATS: disconnected; reconnecting (calls to other nodes get 1009 meanwhile)")
+                    }
+                    other => log::warn!("NATS: {other}"),
+                }
+            });
+        match options.connect(cfg.nats.clone()).await {
+            Ok(client) => {
+                if logged {
+                    log::warn!("NATS: reached {:?}; serving as node {}", cfg.nats, cfg.node);
+                }
+                return client;
+            }
+            Err(e) => {
+                if !logged {
+                    log::warn!(
+                        "cannot reach NATS at {:?} (config key `cluster.nats`): {e}; retrying every second, calls to other nodes get 1009 until then",
+                        cfg.nats
+                    );
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    cfg: ClusterConfig,
+    peers: Arc<[InboxTx]>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    // Calls made before NATS is reached fail at once rather than wait.
+    let client = loop {
+        tokio::select! {
+            client = connect(&cfg) => break client,
+            job = jobs.recv() => match job {
+                Some(job) => { let _ = job.reply.send(Err(Error::Overloaded)); }
+                None => return,
+            },
+        }
+    };
+    let mut calls = match client.subscribe(subject(&cfg, cfg.node)).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("NATS: cannot subscribe to this node's calls: {e}");
+            return;
+        }
+    };
+    // The server has the subscription once a round trip after it has come back.
+    if let Err(e) = client.flush().await {
+        log::warn!("NATS: {e}");
+    }
+    let _ = ready.send(());
+    let next_shard = AtomicUsize::new(0);
+    let serve = async {
+        while let Some(msg) = calls.next().await {
+            let Some(reply_to) = msg.reply.clone() else {
+                continue;
+            };
+            let (tx, rx) = oneshot::channel::<Vec<u8>>();
+            let payload = msg.payload.to_vec();
+            let busy = super::error_reply(&payload, &Error::Overloaded);
+            let target = next_shard.fetch_add(1, Ordering::Relaxed) % peers.len();
+            let sent = peers[target].send(Box::new(move |shard| {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let out =
+                        crate::shard::contain("a cluster call", super::serve(&shard, &payload))
+                            .await
+                            .unwrap_or_else(|| super::error_reply(&payload, &Error::Internal));
+                    let _ = tx.send(out);
+                })
+                .detach();
+            }));
+            let client = client.clone();
+            tokio::spawn(async move {
+                let out = match (sent, rx.await) {
+                    (true, Ok(out)) => out,
+                    _ => busy,
+                };
+                if let Err(e) = client.publish(reply_to, out.into()).await {
+                    log::debug!("NATS: a reply was not sent: {e}");
+                }
+            });
+        }
+    };
+    let call = async {
+        while let Some(job) = jobs.recv().await {
+            let client = client.clone();
+            let subject = subject(&cfg, job.node);
+            let limit = cfg.call_timeout;
+            tokio::spawn(async move {
+                let result =
+                    match tokio::time::timeout(limit, client.request(subject, job.payload.into()))
+                        .await
+                    {
+                        Ok(Ok(msg)) => Ok(msg.payload.to_vec()),
+                        Ok(Err(e)) => {
+                            log::debug!("NATS: a call to node {} failed: {e}", job.node);
+                            Err(Error::Overloaded)
+                        }
+                        Err(_) => Err(Error::Overloaded),
+                    };
+                let _ = job.reply.send(result);
+            });
+        }
+    };
+    tokio::join!(serve, call);
+}

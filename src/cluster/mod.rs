@@ -1,0 +1,252 @@
+//! The cluster on NATS (DESIGN.md "a cluster on NATS"): calls for users owned by another
+//! node, carried as NATS request/reply by one bridge thread per process.
+//!
+//! What it owns: the [`Cluster`] handle the shards call through, the wire form of a call
+//! ([`Call`]), and the owner's side of a call ([`serve`]). The NATS client itself lives in
+//! [`bridge`], on its own thread, so no shard ever blocks on NATS or runs its runtime.
+//!
+//! Invariants: without `[cluster]` none of this exists (no thread, no NATS); a call is
+//! answered within `call_timeout_ms` or fails with 1009 (HTTP 503), and a call to a node
+//! with no subscriber fails at once; the owner runs exactly the code it runs for a local
+//! caller (durability included) before it replies; a forwarded call is never forwarded
+//! again, so two nodes that disagree about ownership answer an error, not a loop.
+
+pub mod bridge;
+
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+
+use crate::config::ClusterConfig;
+use crate::shard::Shard;
+use crate::Error;
+
+/// What one node asks of another. The first byte of a request names it.
+pub enum Call {
+    /// An HTTP API request about one user, served by that user's owner node as if it had
+    /// arrived there.
+    Http {
+        method: String,
+        path: String,
+        query: String,
+        authorization: Option<String>,
+        body: Vec<u8>,
+    },
+    /// The share of one `/push` whose users this node owns (JSON: `id`, `title`,
+    /// `content`, `domain`, `uids`), so a push to 10k users is one request per node.
+    PushPart(Vec<u8>),
+}
+
+const HTTP: u8 = 1;
+const PUSH_PART: u8 = 2;
+
+impl Call {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Call::Http {
+                method,
+                path,
+                query,
+                authorization,
+                body,
+            } => {
+                // Head fields cannot hold a newline (httparse refuses them), so they
+                // separate the fields; the body follows the fourth.
+                let auth = authorization.as_deref().unwrap_or("");
+                let mut out = Vec::with_capacity(
+                    method.len() + path.len() + query.len() + auth.len() + body.len() + 5,
+                );
+                out.push(HTTP);
+                for f in [method.as_str(), path, query, auth] {
+                    out.extend_from_slice(f.as_bytes());
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(body);
+                out
+            }
+            Call::PushPart(json) => {
+                let mut out = Vec::with_capacity(json.len() + 1);
+                out.push(PUSH_PART);
+                out.extend_from_slice(json);
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Call> {
+        let (&kind, rest) = bytes.split_first()?;
+        match kind {
+            HTTP => {
+                let mut fields = rest.splitn(5, |&b| b == b'\n');
+                let mut text = || {
+                    fields
+                        .next()
+                        .and_then(|f| std::str::from_utf8(f).ok())
+                        .map(str::to_string)
+                };
+                let (method, path, query, auth) = (text()?, text()?, text()?, text()?);
+                let body = fields.next()?.to_vec();
+                Some(Call::Http {
+                    method,
+                    path,
+                    query,
+                    authorization: (!auth.is_empty()).then_some(auth),
+                    body,
+                })
+            }
+            PUSH_PART => Some(Call::PushPart(rest.to_vec())),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP reply crossing nodes: the status, then the JSON envelope as the owner wrote it.
+pub fn encode_http_reply(status: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(&status.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn decode_http_reply(bytes: &[u8]) -> Option<(u16, &[u8])> {
+    let (s, body) = bytes.split_at_checked(2)?;
+    Some((u16::from_be_bytes([s[0], s[1]]), body))
+}
+
+/// The shards' handle on the bridge (one per process, shared by every shard).
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    jobs: bridge::Jobs,
+}
+
+impl Cluster {
+    pub fn node(&self) -> usize {
+        self.cfg.node
+    }
+
+    /// Sends `call` to `node` and waits for its reply bytes: 1009 when NATS is
+    /// unreachable, the node has no subscriber, or `call_timeout_ms` passes.
+    pub async fn call(&self, node: usize, call: &Call) -> Result<Vec<u8>, Error> {
+        let (tx, rx) = oneshot::channel();
+        if !self.jobs.send(bridge::Job {
+            node,
+            payload: call.encode(),
+            reply: tx,
+        }) {
+            return Err(Error::Overloaded);
+        }
+        rx.await.map_err(|_| Error::Overloaded)?
+    }
+}
+
+/// The owner's side: runs one call that arrived over NATS on `shard` and returns the
+/// reply bytes (never an error: an error is a reply too).
+pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
+    match Call::decode(request) {
+        Some(Call::Http {
+            method,
+            path,
+            query,
+            authorization,
+            mut body,
+        }) => {
+            let req = crate::net::http::Request {
+                method,
+                path,
+                query,
+                content_length: body.len(),
+                authorization,
+                ..Default::default()
+            };
+            let (status, _, out) = crate::net::api::serve_here(shard, &req, &mut body).await;
+            encode_http_reply(status, &out)
+        }
+        Some(Call::PushPart(mut json)) => {
+            let outcome = crate::net::api::push_part(shard, &mut json).await;
+            match outcome {
+                Ok(online) => online.to_string().into_bytes(),
+                Err(e) => error_reply(request, &e),
+            }
+        }
+        None => {
+            log::warn!("a cluster call that is not one this version knows was refused");
+            error_reply(request, &Error::Internal)
+        }
+    }
+}
+
+/// The reply to `request` when it could not run: in the form its caller reads.
+pub fn error_reply(request: &[u8], e: &Error) -> Vec<u8> {
+    if request.first() == Some(&PUSH_PART) {
+        format!("!{}", e.code()).into_bytes()
+    } else {
+        encode_http_reply(e.http_status(), &crate::json::error_envelope(e))
+    }
+}
+
+/// Reads a push part's reply: how many recipients were online, or the owner's error.
+pub fn decode_push_reply(bytes: &[u8]) -> Result<usize, Error> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::Internal)?;
+    match text.strip_prefix('!') {
+        Some(code) if code == Error::Overloaded.code().to_string() => Err(Error::Overloaded),
+        Some(_) => Err(Error::Internal),
+        None => text.parse().map_err(|_| Error::Internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_cross_the_wire_unchanged() {
+        let call = Call::Http {
+            method: "GET".into(),
+            path: "/presence".into(),
+            query: "domain=d&uid=u".into(),
+            authorization: Some("Bearer k".into()),
+            body: b"{\"a\":\n1}".to_vec(),
+        };
+        match Call::decode(&call.encode()) {
+            Some(Call::Http {
+                method,
+                path,
+                query,
+                authorization,
+                body,
+            }) => {
+                assert_eq!((method.as_str(), path.as_str()), ("GET", "/presence"));
+                assert_eq!(query, "domain=d&uid=u");
+                assert_eq!(authorization.as_deref(), Some("Bearer k"));
+                assert_eq!(body, b"{\"a\":\n1}");
+            }
+            _ => panic!("an HTTP call"),
+        }
+        let none = Call::Http {
+            method: "GET".into(),
+            path: "/x".into(),
+            query: String::new(),
+            authorization: None,
+            body: Vec::new(),
+        };
+        assert!(matches!(
+            Call::decode(&none.encode()),
+            Some(Call::Http { authorization: None, ref body, .. }) if body.is_empty()
+        ));
+        assert!(matches!(
+            Call::decode(&Call::PushPart(b"{}".to_vec()).encode()),
+            Some(Call::PushPart(j)) if j == b"{}"
+        ));
+        assert!(Call::decode(&[]).is_none());
+        assert!(Call::decode(&[9, 1]).is_none());
+        assert!(Call::decode(&[HTTP, b'G', b'\n']).is_none(), "cut short");
+        assert_eq!(
+            decode_http_reply(&encode_http_reply(503, b"{}")),
+            Some((503, &b"{}"[..]))
+        );
+        assert_eq!(decode_http_reply(&[1]), None);
+        assert_eq!(decode_push_reply(b"7"), Ok(7));
+        assert_eq!(decode_push_reply(b"!1009"), Err(Error::Overloaded));
+        assert_eq!(decode_push_reply(b"!2000"), Err(Error::Internal));
+    }
+}
