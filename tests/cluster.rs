@@ -1,8 +1,8 @@
 //! A cluster on NATS (DESIGN.md "a cluster on NATS"): a real `nats-server` and three real
 //! broker processes on loopback. What crosses nodes in this version: token issuance,
-//! `/push` (one request per owner node), `/presence`, `/kick`, `/message`,
-//! `/message-log`; and what does not yet (a WebSocket on a non-owner node) is refused
-//! with its specified error.
+//! `/push` (one request per owner node), `/broadcast` (every node), `/presence`, `/kick`,
+//! `/message`, `/message-log`, chat sends; and what does not yet (a WebSocket on a
+//! non-owner node) is refused with its specified error.
 
 mod common;
 
@@ -211,4 +211,73 @@ fn nats_restarted_mid_run_is_survived() {
     assert!(ok, "pushes cross nodes again after NATS restarts");
     // Every push that was acknowledged arrives (the refused ones were never stored).
     assert_eq!(ws.recv()["data"]["msg"]["content"], "after");
+}
+
+/// A chat connection for `uid` on its owner node (`ack` on), the token fetched through
+/// `via`.
+fn chatter(nodes: &[Server], owner: usize, via: usize, uid: &str) -> Ws {
+    let token = nodes[via].token(uid);
+    Ws::connect(&nodes[owner].url(&format!(
+        "/ws?id={uid}&name=N&domain={D}&resource=web&token={token}&ack=1"
+    )))
+}
+
+#[test]
+fn chat_between_users_of_different_nodes_is_stored_delivered_and_queued() {
+    let nats = Nats::start();
+    let nodes = three(&nats);
+    let a = uid_of_node(D, "ca", 0, 3);
+    let b = uid_of_node(D, "cb", 1, 3);
+    let c = uid_of_node(D, "cc", 2, 3);
+    let mut wa = chatter(&nodes, 0, 2, &a);
+    let mut wb = chatter(&nodes, 1, 0, &b);
+    // In the order sent, however many are on their way at once.
+    for i in 0..50 {
+        wa.send(&json!({"toId": b, "type": 10, "content": format!("hi {i}")}));
+    }
+    for i in 0..50 {
+        let ack = wa.recv();
+        assert_eq!(ack["ack"]["offline"], false, "{ack}");
+        let m = wb.recv();
+        assert_eq!(
+            (m["fromId"].as_str(), m["content"].as_str()),
+            (Some(a.as_str()), Some(format!("hi {i}").as_str()))
+        );
+    }
+    // To a user of a third node who is not connected: queued there, delivered at login.
+    wb.send(&json!({"toId": c, "type": 10, "content": "later"}));
+    assert_eq!(wb.recv()["ack"]["offline"], true);
+    let mut wc = chatter(&nodes, 2, 1, &c);
+    let m = wc.recv();
+    assert_eq!(
+        (m["content"].as_str(), m["offline"].as_bool()),
+        (Some("later"), Some(true)),
+        "{m}"
+    );
+    // The history is the owner's, asked of any node.
+    let (status, v) = nodes[0].http(
+        "GET",
+        &format!("/message-log?domain={D}&toId={b}"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"]["total"], 50, "{v}");
+}
+
+#[test]
+fn a_broadcast_reaches_the_notify_connections_of_every_node_with_one_id() {
+    let nats = Nats::start();
+    let nodes = three(&nats);
+    let mut subs: Vec<Ws> = (0..3)
+        .map(|n| subscriber(&nodes, n, n, &uid_of_node(D, &format!("b{n}u"), n, 3)))
+        .collect();
+    let (status, v) = nodes[1].admin_post("/broadcast", &json!({"title": "t", "content": "all"}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"]["online"], 3, "{v}");
+    for ws in subs.iter_mut() {
+        let m = ws.recv();
+        assert_eq!(m["data"]["msg"]["content"], "all", "{m}");
+        assert_eq!(m["data"]["msg"]["_id"], v["content"]["_id"], "{m}");
+    }
 }

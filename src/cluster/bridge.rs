@@ -151,7 +151,8 @@ async fn run(
             let (tx, rx) = oneshot::channel::<Vec<u8>>();
             let payload = msg.payload.to_vec();
             let busy = super::error_reply(&payload, &Error::Overloaded);
-            let target = next_shard.fetch_add(1, Ordering::Relaxed) % peers.len();
+            let target = super::home_shard(&payload, cfg.nodes, peers.len())
+                .unwrap_or_else(|| next_shard.fetch_add(1, Ordering::Relaxed) % peers.len());
             let sent = peers[target].send(Box::new(move |shard| {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

@@ -35,10 +35,18 @@ pub enum Call {
     /// The share of one `/push` whose users this node owns (JSON: `id`, `title`,
     /// `content`, `domain`, `uids`), so a push to 10k users is one request per node.
     PushPart(Vec<u8>),
+    /// A `/broadcast` for this node's notify connections (JSON as a push part, no
+    /// `uids`), so every node sends the same `_id`.
+    BroadcastPart(Vec<u8>),
+    /// A chat message to a user this node owns ([`crate::dialect::chat::ChatMessage`]'s
+    /// wire form), stored and delivered as a local send is.
+    Chat(Vec<u8>),
 }
 
 const HTTP: u8 = 1;
 const PUSH_PART: u8 = 2;
+const BROADCAST_PART: u8 = 3;
+const CHAT: u8 = 4;
 
 impl Call {
     fn encode(&self) -> Vec<u8> {
@@ -64,10 +72,15 @@ impl Call {
                 out.extend_from_slice(body);
                 out
             }
-            Call::PushPart(json) => {
-                let mut out = Vec::with_capacity(json.len() + 1);
-                out.push(PUSH_PART);
-                out.extend_from_slice(json);
+            Call::PushPart(bytes) | Call::BroadcastPart(bytes) | Call::Chat(bytes) => {
+                let kind = match self {
+                    Call::PushPart(_) => PUSH_PART,
+                    Call::BroadcastPart(_) => BROADCAST_PART,
+                    _ => CHAT,
+                };
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(kind);
+                out.extend_from_slice(bytes);
                 out
             }
         }
@@ -95,9 +108,25 @@ impl Call {
                 })
             }
             PUSH_PART => Some(Call::PushPart(rest.to_vec())),
+            BROADCAST_PART => Some(Call::BroadcastPart(rest.to_vec())),
+            CHAT => Some(Call::Chat(rest.to_vec())),
             _ => None,
         }
     }
+}
+
+/// The shard an incoming call must run on, when it matters: a chat message runs on its
+/// recipient's owner shard, so that messages from one connection, which arrive in the
+/// order they were sent, are stored in that order (as they are between local shards).
+pub fn home_shard(request: &[u8], nodes: usize, shards: usize) -> Option<usize> {
+    let (&kind, wire) = request.split_first()?;
+    if kind != CHAT {
+        return None;
+    }
+    let mut fields = wire.splitn(4, |&b| b == b'\n').skip(1);
+    let domain = std::str::from_utf8(fields.next()?).ok()?;
+    let to = std::str::from_utf8(fields.next()?).ok()?;
+    Some(crate::route::place(crate::route::slot_of(domain, to), nodes, shards).shard)
 }
 
 /// An HTTP reply crossing nodes: the status, then the JSON envelope as the owner wrote it.
@@ -162,11 +191,18 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             encode_http_reply(status, &out)
         }
         Some(Call::PushPart(mut json)) => {
-            let outcome = crate::net::api::push_part(shard, &mut json).await;
-            match outcome {
-                Ok(online) => online.to_string().into_bytes(),
-                Err(e) => error_reply(request, &e),
-            }
+            count_reply(request, crate::net::api::push_part(shard, &mut json).await)
+        }
+        Some(Call::BroadcastPart(mut json)) => count_reply(
+            request,
+            crate::net::api::broadcast_part(shard, &mut json).await,
+        ),
+        Some(Call::Chat(wire)) => {
+            let outcome = match crate::dialect::chat::ChatMessage::from_wire(&wire) {
+                Some(msg) => crate::dialect::chat::send(shard, std::sync::Arc::new(msg)).await,
+                None => Err(Error::Internal),
+            };
+            count_reply(request, outcome.map(usize::from))
         }
         None => {
             log::warn!("a cluster call that is not one this version knows was refused");
@@ -175,17 +211,29 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A call answered with a number (recipients online; 1 when a chat message was queued
+/// offline), or `!code`.
+fn count_reply(request: &[u8], outcome: Result<usize, Error>) -> Vec<u8> {
+    match outcome {
+        Ok(n) => n.to_string().into_bytes(),
+        Err(e) => error_reply(request, &e),
+    }
+}
+
 /// The reply to `request` when it could not run: in the form its caller reads.
 pub fn error_reply(request: &[u8], e: &Error) -> Vec<u8> {
-    if request.first() == Some(&PUSH_PART) {
+    if request
+        .first()
+        .is_some_and(|k| [PUSH_PART, BROADCAST_PART, CHAT].contains(k))
+    {
         format!("!{}", e.code()).into_bytes()
     } else {
         encode_http_reply(e.http_status(), &crate::json::error_envelope(e))
     }
 }
 
-/// Reads a push part's reply: how many recipients were online, or the owner's error.
-pub fn decode_push_reply(bytes: &[u8]) -> Result<usize, Error> {
+/// Reads a counted reply ([`count_reply`]): the number, or the owner's error.
+pub fn decode_count_reply(bytes: &[u8]) -> Result<usize, Error> {
     let text = std::str::from_utf8(bytes).map_err(|_| Error::Internal)?;
     match text.strip_prefix('!') {
         Some(code) if code == Error::Overloaded.code().to_string() => Err(Error::Overloaded),
@@ -237,6 +285,18 @@ mod tests {
             Call::decode(&Call::PushPart(b"{}".to_vec()).encode()),
             Some(Call::PushPart(j)) if j == b"{}"
         ));
+        assert!(matches!(
+            Call::decode(&Call::BroadcastPart(b"{}".to_vec()).encode()),
+            Some(Call::BroadcastPart(j)) if j == b"{}"
+        ));
+        assert!(matches!(
+            Call::decode(&Call::Chat(b"x".to_vec()).encode()),
+            Some(Call::Chat(j)) if j == b"x"
+        ));
+        assert_eq!(
+            error_reply(&Call::Chat(Vec::new()).encode(), &Error::Overloaded),
+            b"!1009"
+        );
         assert!(Call::decode(&[]).is_none());
         assert!(Call::decode(&[9, 1]).is_none());
         assert!(Call::decode(&[HTTP, b'G', b'\n']).is_none(), "cut short");
@@ -245,8 +305,8 @@ mod tests {
             Some((503, &b"{}"[..]))
         );
         assert_eq!(decode_http_reply(&[1]), None);
-        assert_eq!(decode_push_reply(b"7"), Ok(7));
-        assert_eq!(decode_push_reply(b"!1009"), Err(Error::Overloaded));
-        assert_eq!(decode_push_reply(b"!2000"), Err(Error::Internal));
+        assert_eq!(decode_count_reply(b"7"), Ok(7));
+        assert_eq!(decode_count_reply(b"!1009"), Err(Error::Overloaded));
+        assert_eq!(decode_count_reply(b"!2000"), Err(Error::Internal));
     }
 }

@@ -93,6 +93,35 @@ impl ChatMessage {
         }
     }
 
+    /// The form that crosses nodes: id, domain, to and from on a line each, then the
+    /// core (names hold no control characters, so no newline: `auth::valid_name`).
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.core.len() + 64);
+        out.extend_from_slice(&self.id.hex());
+        for f in [&self.domain, &self.to, &self.from] {
+            out.push(b'\n');
+            out.extend_from_slice(f.as_bytes());
+        }
+        out.push(b'\n');
+        out.extend_from_slice(&self.core);
+        out
+    }
+
+    pub fn from_wire(wire: &[u8]) -> Option<ChatMessage> {
+        let mut parts = wire.splitn(5, |&b| b == b'\n');
+        let mut text = || std::str::from_utf8(parts.next()?).ok().map(str::to_string);
+        let id = MsgId::parse(&text()?)?;
+        let (domain, to, from) = (text()?, text()?, text()?);
+        Some(ChatMessage {
+            id,
+            domain,
+            to,
+            from,
+            core: parts.next()?.to_vec(),
+            created: std::time::Instant::now(),
+        })
+    }
+
     /// The message object with its `offline` flag.
     pub fn with_offline(&self, offline: bool) -> Vec<u8> {
         with_tail(&self.core, offline)
@@ -228,9 +257,12 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
 pub async fn send(shard: &Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Error> {
     let owner = shard.place(route::slot_of(&msg.domain, &msg.to));
     if owner.node != shard.node() {
-        // Chat across nodes is not built yet: the sender hears 1009, nothing is stored.
-        crate::metrics::bump(&shard.metrics.overloaded, 1);
-        return Err(Error::Overloaded);
+        // The owner node stores and delivers it as a local send, then answers.
+        let cluster = shard.cluster.clone().ok_or(Error::Internal)?;
+        let reply = cluster
+            .call(owner.node, &crate::cluster::Call::Chat(msg.to_wire()))
+            .await?;
+        return crate::cluster::decode_count_reply(&reply).map(|offline| offline != 0);
     }
     shard
         .call(owner.shard, move |owner| deliver(owner, msg))
@@ -330,6 +362,21 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_crosses_nodes_unchanged() {
+        let ids = crate::ids::IdGen::new(3);
+        let m = ChatMessage::new(ids.next(), "d", "to", "from", "F", "web", 10, "a\nb");
+        let back = ChatMessage::from_wire(&m.to_wire()).expect("decodes");
+        assert_eq!(back.id, m.id);
+        assert_eq!(
+            (back.domain.as_str(), back.to.as_str(), back.from.as_str()),
+            ("d", "to", "from")
+        );
+        assert_eq!(back.core, m.core);
+        assert!(ChatMessage::from_wire(b"not an id\nd\nt\nf\n{").is_none());
+        assert!(ChatMessage::from_wire(&m.to_wire()[..30]).is_none());
+    }
 
     #[test]
     fn client_frames() {

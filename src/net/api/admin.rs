@@ -36,9 +36,44 @@ pub async fn broadcast(
         content,
         rt.utc_offset_secs,
     ));
+    // Every other node's connections, one call per node, with this notification's id.
+    let mut remote = Vec::new();
+    if let Some(cluster) = shard.cluster.clone() {
+        let part = crate::cluster::Call::BroadcastPart(super::push::push_part_json(
+            &note,
+            title,
+            content,
+            &domain,
+            &[],
+        ));
+        let part = Rc::new(part);
+        for node in (0..cluster.cfg.nodes).filter(|n| *n != cluster.node()) {
+            let (cluster, part) = (cluster.clone(), part.clone());
+            remote.push(glommio::spawn_local(async move {
+                let reply = cluster.call(node, &part).await?;
+                crate::cluster::decode_count_reply(&reply)
+            }));
+        }
+    }
+    let mut online = broadcast_here(shard, &domain, &note).await?;
+    for t in remote {
+        online += t.await? as u64;
+    }
+    let mut out = b"{\"_id\":\"".to_vec();
+    out.extend_from_slice(&note.id.hex());
+    out.extend_from_slice(format!("\",\"online\":{online}}}").as_bytes());
+    Ok(out)
+}
+
+/// Sends `note` to every online notify connection of `domain` on this node's shards.
+async fn broadcast_here(
+    shard: &Rc<Shard>,
+    domain: &str,
+    note: &Arc<Notification>,
+) -> Result<u64, Error> {
     let mut online = 0;
     for target in 0..shard.shards() {
-        let (note, domain) = (note.clone(), domain.clone());
+        let (note, domain) = (note.clone(), domain.to_string());
         online += shard
             .call(target, move |s| async move {
                 let mut n = 0;
@@ -52,10 +87,25 @@ pub async fn broadcast(
             })
             .await?;
     }
-    let mut out = b"{\"_id\":\"".to_vec();
-    out.extend_from_slice(&note.id.hex());
-    out.extend_from_slice(format!("\",\"online\":{online}}}").as_bytes());
-    Ok(out)
+    Ok(online)
+}
+
+/// Another node's `/broadcast`, for this node's connections (the same `_id`).
+pub async fn broadcast_part(shard: &Rc<Shard>, body: &mut [u8]) -> Result<usize, Error> {
+    let online = broadcast_part_here(shard, body).await?;
+    usize::try_from(online).map_err(|_| Error::Internal)
+}
+
+async fn broadcast_part_here(shard: &Rc<Shard>, body: &mut [u8]) -> Result<u64, Error> {
+    let rt = shard.rt.clone();
+    let v = json::parse(body).ok_or(Error::Internal)?;
+    let id = json::str_of(&v, "id")
+        .and_then(crate::ids::MsgId::parse)
+        .ok_or(Error::Internal)?;
+    let (title, content) = super::push::title_and_content(&v, &rt)?;
+    let domain = json::str_of(&v, "domain").ok_or(Error::Internal)?;
+    let note = Arc::new(Notification::new(id, title, content, rt.utc_offset_secs));
+    broadcast_here(shard, domain, &note).await
 }
 
 /// `GET /presence?domain=&uid=`.

@@ -35,6 +35,7 @@ pub fn is_api_path(path: &str) -> bool {
     API_PATHS.contains(&path)
 }
 
+pub use admin::broadcast_part;
 pub use push::push_part;
 
 /// Serves one request: `(status, content type, body)`. In a cluster, a request about one

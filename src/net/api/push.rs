@@ -94,7 +94,7 @@ pub async fn push(
             let cluster = cluster.clone();
             remote.push(glommio::spawn_local(async move {
                 let reply = cluster.call(node, &part).await?;
-                crate::cluster::decode_push_reply(&reply)
+                crate::cluster::decode_count_reply(&reply)
             }));
         }
     }
@@ -159,7 +159,7 @@ async fn deliver_here(
 
 /// A push's share for another node: the notification as created here (its id, so every
 /// node stores the same `_id` and `create_time`) and that node's users.
-fn push_part_json(
+pub(super) fn push_part_json(
     note: &Notification,
     title: &str,
     content: &str,
