@@ -60,6 +60,15 @@ fn a_push_through_any_node_reaches_every_user_once_on_its_owner() {
     for ws in subs.iter_mut() {
         ws.expect_silence(300);
     }
+    // One call per owner node and push, however many of its users: node 0 pushed once
+    // to node 1 (one user) and once to node 2 (two users), and fetched one token there.
+    assert_eq!(nodes[0].metric("cluster_calls_total", "node=\"1\""), 1);
+    assert_eq!(nodes[0].metric("cluster_calls_total", "node=\"2\""), 2);
+    assert_eq!(nodes[0].metric("cluster_call_failures_total", ""), 0);
+    assert_eq!(
+        nodes[0].metric("cluster_call_seconds_count", "node=\"2\""),
+        2
+    );
     // The offline user's unread list on its owner holds all three.
     let token = nodes[0].token(&away);
     let mut ws = Ws::connect(&nodes[2].url(&format!("/?token={token}")));
@@ -122,6 +131,10 @@ fn a_call_to_a_node_that_is_down_fails_with_1009_and_the_rest_serve() {
         &json!({"uids": [gone], "title": "t", "content": "c"}),
     );
     assert_eq!((status, v["code"].as_i64()), (503, Some(1009)), "{v}");
+    assert_eq!(
+        nodes[0].metric("cluster_call_failures_total", "node=\"2\""),
+        1
+    );
     // Not a hang: NATS says at once that nobody serves node 2 (well inside the 2 s
     // call timeout, with room for a slow machine).
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -69,10 +69,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             READY_WAIT.as_secs()
         );
     }
-    Ok(super::Cluster {
-        cfg,
-        jobs: Jobs(tx),
-    })
+    Ok(super::Cluster::new(cfg, Jobs(tx)))
 }
 
 async fn connect(cfg: &ClusterConfig) -> async_nats::Client {

@@ -14,6 +14,7 @@
 pub mod bridge;
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures_channel::oneshot;
 
@@ -146,9 +147,28 @@ pub fn decode_http_reply(bytes: &[u8]) -> Option<(u16, &[u8])> {
 pub struct Cluster {
     pub cfg: ClusterConfig,
     jobs: bridge::Jobs,
+    /// Calls this node made, per peer node (shared by the shards: one atomic add per call,
+    /// and a call carries a whole batch).
+    peers: Vec<Peer>,
+}
+
+/// What this node's calls to one peer did (`/metrics`, `shardcast_cluster_*{node}`).
+#[derive(Default)]
+struct Peer {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    latency: [AtomicU64; 12],
+    latency_sum_us: AtomicU64,
 }
 
 impl Cluster {
+    pub(super) fn new(cfg: ClusterConfig, jobs: bridge::Jobs) -> Cluster {
+        let peers = (0..cfg.nodes).map(|_| Peer::default()).collect();
+        Cluster { cfg, jobs, peers }
+    }
+
     pub fn node(&self) -> usize {
         self.cfg.node
     }
@@ -156,15 +176,101 @@ impl Cluster {
     /// Sends `call` to `node` and waits for its reply bytes: 1009 when NATS is
     /// unreachable, the node has no subscriber, or `call_timeout_ms` passes.
     pub async fn call(&self, node: usize, call: &Call) -> Result<Vec<u8>, Error> {
+        let payload = call.encode();
+        let peer = self.peers.get(node).ok_or(Error::Internal)?;
+        let started = std::time::Instant::now();
+        peer.calls.fetch_add(1, Relaxed);
+        peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
-        if !self.jobs.send(bridge::Job {
+        let reply = if self.jobs.send(bridge::Job {
             node,
-            payload: call.encode(),
+            payload,
             reply: tx,
         }) {
-            return Err(Error::Overloaded);
+            rx.await.unwrap_or(Err(Error::Overloaded))
+        } else {
+            Err(Error::Overloaded)
+        };
+        match &reply {
+            Ok(bytes) => {
+                peer.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+            }
+            Err(_) => {
+                peer.failures.fetch_add(1, Relaxed);
+            }
         }
-        rx.await.map_err(|_| Error::Overloaded)?
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = crate::metrics::BUCKETS_US.iter().position(|b| us <= *b) {
+            peer.latency[i].fetch_add(1, Relaxed);
+        }
+        peer.latency_sum_us.fetch_add(us, Relaxed);
+        reply
+    }
+
+    /// The per-peer lines of `/metrics` (Prometheus text).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let peers = || {
+            self.peers
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| *n != self.cfg.node)
+        };
+        for (name, help, f) in [
+            (
+                "calls_total",
+                "Calls this node made to a peer node.",
+                (|p: &Peer| &p.calls) as fn(&Peer) -> &AtomicU64,
+            ),
+            (
+                "call_failures_total",
+                "Calls to a peer that failed (1009: down, unreachable, timed out).",
+                |p| &p.failures,
+            ),
+            (
+                "call_bytes_sent_total",
+                "Request bytes sent to a peer.",
+                |p| &p.bytes_out,
+            ),
+            (
+                "call_bytes_received_total",
+                "Reply bytes received from a peer.",
+                |p| &p.bytes_in,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP shardcast_cluster_{name} {help}\n# TYPE shardcast_cluster_{name} counter"
+            );
+            for (n, p) in peers() {
+                let _ = writeln!(
+                    out,
+                    "shardcast_cluster_{name}{{node=\"{n}\"}} {}",
+                    f(p).load(Relaxed)
+                );
+            }
+        }
+        let name = "shardcast_cluster_call_seconds";
+        let _ = writeln!(out, "# HELP {name} Latency of calls to a peer node, reply or failure.\n# TYPE {name} histogram");
+        for (n, p) in peers() {
+            let mut cumulative = 0;
+            for (i, b) in crate::metrics::BUCKETS_US.iter().enumerate() {
+                cumulative += p.latency[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{node=\"{n}\",le=\"{}\"}} {cumulative}",
+                    *b as f64 / 1e6
+                );
+            }
+            let count = p.calls.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{node=\"{n}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_sum{{node=\"{n}\"}} {}",
+                p.latency_sum_us.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(out, "{name}_count{{node=\"{n}\"}} {count}");
+        }
     }
 }
 

@@ -57,5 +57,9 @@ pub async fn metrics(shard: &Rc<Shard>) -> Result<Vec<u8>, Error> {
     for i in 0..shard.shards() {
         snaps.push(shard.call(i, |s| async move { Ok(s.snapshot()) }).await?);
     }
-    Ok(crate::metrics::render(&snaps).into_bytes())
+    let mut text = crate::metrics::render(&snaps);
+    if let Some(cluster) = &shard.cluster {
+        cluster.render_metrics(&mut text);
+    }
+    Ok(text.into_bytes())
 }
