@@ -276,6 +276,19 @@ fn chat_between_users_of_different_nodes_is_stored_delivered_and_queued() {
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["content"]["total"], 50, "{v}");
+    // With the sender's token instead of an admin key: the token lives on node 0, the
+    // history on node 1, the question is asked of node 2.
+    let token_a = nodes[1].token(&a);
+    let (status, v) = nodes[2].get(&format!(
+        "/message-log?domain={D}&toId={b}&fromId={a}&token={token_a}"
+    ));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"]["total"], 50, "{v}");
+    let token_c = nodes[0].token(&c);
+    let (status, v) = nodes[2].get(&format!(
+        "/message-log?domain={D}&toId={b}&fromId={a}&token={token_c}"
+    ));
+    assert_eq!((status, v["code"].as_i64()), (401, Some(1004)), "{v}");
 }
 
 #[test]

@@ -42,12 +42,16 @@ pub enum Call {
     /// A chat message to a user this node owns ([`crate::dialect::chat::ChatMessage`]'s
     /// wire form), stored and delivered as a local send is.
     Chat(Vec<u8>),
+    /// Whose token this is (hex), asked of the token's owner node: `domain\nuid`, or
+    /// nothing when it is unknown or expired.
+    TokenUser(Vec<u8>),
 }
 
 const HTTP: u8 = 1;
 const PUSH_PART: u8 = 2;
 const BROADCAST_PART: u8 = 3;
 const CHAT: u8 = 4;
+const TOKEN_USER: u8 = 5;
 
 impl Call {
     fn encode(&self) -> Vec<u8> {
@@ -73,11 +77,15 @@ impl Call {
                 out.extend_from_slice(body);
                 out
             }
-            Call::PushPart(bytes) | Call::BroadcastPart(bytes) | Call::Chat(bytes) => {
+            Call::PushPart(bytes)
+            | Call::BroadcastPart(bytes)
+            | Call::Chat(bytes)
+            | Call::TokenUser(bytes) => {
                 let kind = match self {
                     Call::PushPart(_) => PUSH_PART,
                     Call::BroadcastPart(_) => BROADCAST_PART,
-                    _ => CHAT,
+                    Call::Chat(_) => CHAT,
+                    _ => TOKEN_USER,
                 };
                 let mut out = Vec::with_capacity(bytes.len() + 1);
                 out.push(kind);
@@ -111,6 +119,7 @@ impl Call {
             PUSH_PART => Some(Call::PushPart(rest.to_vec())),
             BROADCAST_PART => Some(Call::BroadcastPart(rest.to_vec())),
             CHAT => Some(Call::Chat(rest.to_vec())),
+            TOKEN_USER => Some(Call::TokenUser(rest.to_vec())),
             _ => None,
         }
     }
@@ -310,6 +319,25 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             };
             count_reply(request, outcome.map(usize::from))
         }
+        Some(Call::TokenUser(hex)) => {
+            let token = std::str::from_utf8(&hex)
+                .ok()
+                .and_then(crate::auth::Token::parse);
+            let Some(token) = token else {
+                return Vec::new();
+            };
+            let here = shard.place(token.slot()).shard;
+            let user = shard
+                .call(here, move |s| async move {
+                    s.store.token_user(&token, crate::ids::now_secs())
+                })
+                .await;
+            match user {
+                Ok(Some((domain, uid))) => format!("{domain}\n{uid}").into_bytes(),
+                Ok(None) => Vec::new(),
+                Err(e) => error_reply(request, &e),
+            }
+        }
         None => {
             log::warn!("a cluster call that is not one this version knows was refused");
             error_reply(request, &Error::Internal)
@@ -330,12 +358,29 @@ fn count_reply(request: &[u8], outcome: Result<usize, Error>) -> Vec<u8> {
 pub fn error_reply(request: &[u8], e: &Error) -> Vec<u8> {
     if request
         .first()
-        .is_some_and(|k| [PUSH_PART, BROADCAST_PART, CHAT].contains(k))
+        .is_some_and(|k| [PUSH_PART, BROADCAST_PART, CHAT, TOKEN_USER].contains(k))
     {
         format!("!{}", e.code()).into_bytes()
     } else {
         encode_http_reply(e.http_status(), &crate::json::error_envelope(e))
     }
+}
+
+/// Reads a [`Call::TokenUser`] reply.
+pub fn decode_token_user(bytes: &[u8]) -> Result<Option<(String, String)>, Error> {
+    if let Some(code) = bytes.strip_prefix(b"!") {
+        return Err(if code == b"1009" {
+            Error::Overloaded
+        } else {
+            Error::Internal
+        });
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::Internal)?;
+    let (d, u) = text.split_once('\n').ok_or(Error::Internal)?;
+    Ok(Some((d.to_string(), u.to_string())))
 }
 
 /// Reads a counted reply ([`count_reply`]): the number, or the owner's error.

@@ -48,12 +48,21 @@ pub async fn message_log(
             .or(bearer)
             .and_then(Token::parse)
             .ok_or(Error::BadToken)?;
-        let owner = shard.place(token.slot()).shard;
-        let user = shard
-            .call(owner, move |s| async move {
-                s.store.token_user(&token, crate::ids::now_secs())
-            })
-            .await?;
+        let owner = shard.place(token.slot());
+        let user = match &shard.cluster {
+            // The token of `fromId` may live on another node than `toId`'s history.
+            Some(cluster) if owner.node != shard.node() => {
+                let call = crate::cluster::Call::TokenUser(token.to_hex_string().into_bytes());
+                crate::cluster::decode_token_user(&cluster.call(owner.node, &call).await?)?
+            }
+            _ => {
+                shard
+                    .call(owner.shard, move |s| async move {
+                        s.store.token_user(&token, crate::ids::now_secs())
+                    })
+                    .await?
+            }
+        };
         let allowed = match user {
             Some((d, u)) => d == domain && (u == to || Some(&u) == from.as_ref()),
             None => false,
