@@ -149,8 +149,18 @@ fn a_call_to_a_node_that_is_down_fails_with_1009_and_the_rest_serve() {
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(ws.recv()["data"]["msg"]["content"], "still");
+    // Its heartbeats stopped: the others name it in /healthz (and stay healthy).
+    let named = common::wait_until(Duration::from_secs(10), || {
+        let (status, v) = nodes[1].get("/healthz");
+        status == 200 && v["content"]["cluster"]["gone"] == json!([2])
+    });
+    assert!(named, "{:?}", nodes[1].get("/healthz"));
     // Node 2 comes back on its data directory and serves its slots again.
     nodes[2].respawn();
+    let back = common::wait_until(Duration::from_secs(10), || {
+        nodes[1].get("/healthz").1["content"]["cluster"]["gone"] == json!([])
+    });
+    assert!(back, "{:?}", nodes[1].get("/healthz"));
     let ok = common::wait_until(Duration::from_secs(10), || {
         let (status, _) = nodes[0].admin_post(
             "/push",

@@ -2,7 +2,8 @@
 //! tokio runtime), between the shards and NATS.
 //!
 //! Subjects: `<name>.node.<i>` carries the calls node `i` serves (request/reply; the
-//! reply goes to the caller's inbox subject).
+//! reply goes to the caller's inbox subject); `<name>.heartbeat` carries every node's
+//! index once a second.
 //!
 //! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over an
 //! unbounded channel and await a oneshot; every outgoing call ends within
@@ -11,7 +12,7 @@
 //! answered 1009, never queued here; NATS down at start is retried every second with a
 //! log line, and the client reconnects and resubscribes by itself after that.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,12 +49,17 @@ pub fn subject(cfg: &ClusterConfig, node: usize) -> String {
 /// 1009 until the bridge is connected; it keeps retrying).
 const READY_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a node publishes its heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Starts the bridge thread; it serves this node's subject with `peers` (the shards).
 /// Returns once this node's subscription is in place at the NATS server, or after
 /// [`READY_WAIT`], so that a node that says it is listening also answers other nodes.
 pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster, String> {
     let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
     let (tx, rx) = mpsc::unbounded_channel();
+    let seen: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
+    let thread_seen = seen.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,7 +67,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     let thread_cfg = cfg.clone();
     std::thread::Builder::new()
         .name("nats-bridge".into())
-        .spawn(move || runtime.block_on(run(thread_cfg, peers, rx, ready_tx)))
+        .spawn(move || runtime.block_on(run(thread_cfg, peers, rx, ready_tx, thread_seen)))
         .map_err(|e| format!("cannot start the cluster bridge thread: {e}"))?;
     if ready.recv_timeout(READY_WAIT).is_err() {
         log::warn!(
@@ -69,7 +75,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             READY_WAIT.as_secs()
         );
     }
-    Ok(super::Cluster::new(cfg, Jobs(tx)))
+    Ok(super::Cluster::new(cfg, Jobs(tx), seen))
 }
 
 async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
@@ -116,6 +122,7 @@ async fn run(
     peers: Arc<[InboxTx]>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std::sync::mpsc::Sender<()>,
+    seen: Arc<[AtomicU64]>,
 ) {
     // Calls made before NATS is reached fail at once rather than wait.
     let client = loop {
@@ -134,7 +141,14 @@ async fn run(
             return;
         }
     };
-    // The server has the subscription once a round trip after it has come back.
+    let mut beats = match client.subscribe(format!("{}.heartbeat", cfg.name)).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("NATS: cannot subscribe to the heartbeats: {e}");
+            return;
+        }
+    };
+    // The server has the subscriptions once a round trip after it has come back.
     if let Err(e) = client.flush().await {
         log::warn!("NATS: {e}");
     }
@@ -194,5 +208,25 @@ async fn run(
             });
         }
     };
-    tokio::join!(serve, call);
+    // Every node says it is alive once a second; a node silent for GONE_AFTER_MS is gone.
+    let beat = async {
+        let subject = format!("{}.heartbeat", cfg.name);
+        let me = cfg.node.to_string();
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            let _ = client.publish(subject.clone(), me.clone().into()).await;
+        }
+    };
+    let hear = async {
+        while let Some(msg) = beats.next().await {
+            let node = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(|t| t.parse::<usize>().ok());
+            if let Some(slot) = node.and_then(|n| seen.get(n)) {
+                slot.store(crate::ids::now_millis(), Ordering::Relaxed);
+            }
+        }
+    };
+    tokio::join!(serve, call, beat, hear);
 }

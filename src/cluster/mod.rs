@@ -15,6 +15,7 @@ pub mod bridge;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use futures_channel::oneshot;
 
@@ -159,7 +160,12 @@ pub struct Cluster {
     /// Calls this node made, per peer node (shared by the shards: one atomic add per call,
     /// and a call carries a whole batch).
     peers: Vec<Peer>,
+    /// When each node's last heartbeat arrived (ms since the epoch; 0: never).
+    seen_ms: Arc<[AtomicU64]>,
 }
+
+/// A node whose heartbeats stop for this long is gone: calls to it fail at once.
+pub const GONE_AFTER_MS: u64 = 3_000;
 
 /// What this node's calls to one peer did (`/metrics`, `shardcast_cluster_*{node}`).
 #[derive(Default)]
@@ -173,9 +179,32 @@ struct Peer {
 }
 
 impl Cluster {
-    pub(super) fn new(cfg: ClusterConfig, jobs: bridge::Jobs) -> Cluster {
+    pub(super) fn new(
+        cfg: ClusterConfig,
+        jobs: bridge::Jobs,
+        seen_ms: Arc<[AtomicU64]>,
+    ) -> Cluster {
         let peers = (0..cfg.nodes).map(|_| Peer::default()).collect();
-        Cluster { cfg, jobs, peers }
+        Cluster {
+            cfg,
+            jobs,
+            peers,
+            seen_ms,
+        }
+    }
+
+    /// Nodes that were heard from and have been silent for [`GONE_AFTER_MS`]; a node
+    /// never heard from is not counted gone (NATS answers at once that nobody serves it).
+    pub fn gone_nodes(&self) -> Vec<usize> {
+        let now = crate::ids::now_millis();
+        (0..self.cfg.nodes)
+            .filter(|n| *n != self.cfg.node && self.is_gone(*n, now))
+            .collect()
+    }
+
+    fn is_gone(&self, node: usize, now: u64) -> bool {
+        let seen = self.seen_ms.get(node).map_or(0, |s| s.load(Relaxed));
+        seen != 0 && now.saturating_sub(seen) > GONE_AFTER_MS
     }
 
     pub fn node(&self) -> usize {
@@ -189,6 +218,12 @@ impl Cluster {
         let peer = self.peers.get(node).ok_or(Error::Internal)?;
         let started = std::time::Instant::now();
         peer.calls.fetch_add(1, Relaxed);
+        if self.is_gone(node, crate::ids::now_millis()) {
+            // Not the full call timeout for a node whose heartbeats stopped (a hung
+            // process that NATS still routes to).
+            peer.failures.fetch_add(1, Relaxed);
+            return Err(Error::Overloaded);
+        }
         peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
         let reply = if self.jobs.send(bridge::Job {

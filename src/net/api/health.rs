@@ -1,5 +1,5 @@
-//! `GET /healthz` (shard count and open WebSocket connections, or which shards are
-//! unhealthy) and `GET /metrics` (Prometheus text): both ask every shard once, at request
+//! `GET /healthz` (shard count and open WebSocket connections, in a cluster the peer nodes
+//! that are gone, or which shards are unhealthy) and `GET /metrics` (Prometheus text): both ask every shard once, at request
 //! time.
 
 use std::rc::Rc;
@@ -33,8 +33,18 @@ pub async fn healthz(shard: &Rc<Shard>) -> (u16, Vec<u8>) {
         }
     }
     if unhealthy.is_empty() {
+        // A peer node that is gone does not make this node unhealthy: it is named.
+        let cluster = match &shard.cluster {
+            Some(c) => format!(
+                ",\"cluster\":{{\"node\":{},\"nodes\":{},\"gone\":{:?}}}",
+                c.node(),
+                c.cfg.nodes,
+                c.gone_nodes()
+            ),
+            None => String::new(),
+        };
         let content = format!(
-            "{{\"shards\":{},\"connections\":{connections}}}",
+            "{{\"shards\":{},\"connections\":{connections}{cluster}}}",
             shard.shards()
         );
         return (200, crate::json::ok_envelope(content.as_bytes()));
