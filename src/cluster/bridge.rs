@@ -29,6 +29,8 @@ pub struct Job {
     pub node: usize,
     pub payload: Vec<u8>,
     pub reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    /// Published without a reply subject; `reply` gets an empty answer once sent.
+    pub one_way: bool,
 }
 
 /// The shards' side of the bridge's job queue.
@@ -156,9 +158,7 @@ async fn run(
     let next_shard = AtomicUsize::new(0);
     let serve = async {
         while let Some(msg) = calls.next().await {
-            let Some(reply_to) = msg.reply.clone() else {
-                continue;
-            };
+            let reply_to = msg.reply.clone();
             let (tx, rx) = oneshot::channel::<Vec<u8>>();
             let payload = msg.payload.to_vec();
             let busy = super::error_reply(&payload, &Error::Overloaded);
@@ -175,6 +175,10 @@ async fn run(
                 })
                 .detach();
             }));
+            // One-way messages (a remote session's bytes) get no answer.
+            let Some(reply_to) = reply_to else {
+                continue;
+            };
             let client = client.clone();
             tokio::spawn(async move {
                 let out = match (sent, rx.await) {
@@ -192,6 +196,14 @@ async fn run(
             let client = client.clone();
             let subject = subject(&cfg, job.node);
             let limit = cfg.call_timeout;
+            if job.one_way {
+                // In the loop, not a task of its own: one-way messages keep their order.
+                let sent = client.publish(subject, job.payload.into()).await;
+                let _ = job
+                    .reply
+                    .send(sent.map(|_| Vec::new()).map_err(|_| Error::Overloaded));
+                continue;
+            }
             tokio::spawn(async move {
                 let result =
                     match tokio::time::timeout(limit, client.request(subject, job.payload.into()))

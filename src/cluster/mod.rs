@@ -12,6 +12,7 @@
 //! again, so two nodes that disagree about ownership answer an error, not a loop.
 
 pub mod bridge;
+pub mod remote;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -46,6 +47,8 @@ pub enum Call {
     /// Whose token this is (hex), asked of the token's owner node: `domain\nuid`, or
     /// nothing when it is unknown or expired.
     TokenUser(Vec<u8>),
+    /// A message of a remote session ([`remote`]), kind byte included.
+    Raw(Vec<u8>),
 }
 
 const HTTP: u8 = 1;
@@ -57,6 +60,7 @@ const TOKEN_USER: u8 = 5;
 impl Call {
     fn encode(&self) -> Vec<u8> {
         match self {
+            Call::Raw(bytes) => bytes.clone(),
             Call::Http {
                 method,
                 path,
@@ -121,6 +125,7 @@ impl Call {
             BROADCAST_PART => Some(Call::BroadcastPart(rest.to_vec())),
             CHAT => Some(Call::Chat(rest.to_vec())),
             TOKEN_USER => Some(Call::TokenUser(rest.to_vec())),
+            remote::ATTACH..=remote::DELIVER => Some(Call::Raw(bytes.to_vec())),
             _ => None,
         }
     }
@@ -131,6 +136,12 @@ impl Call {
 /// order they were sent, are stored in that order (as they are between local shards).
 pub fn home_shard(request: &[u8], nodes: usize, shards: usize) -> Option<usize> {
     let (&kind, wire) = request.split_first()?;
+    if (remote::ATTACH..=remote::DELIVER).contains(&kind) {
+        // A remote session's messages name the shard that holds its state.
+        return remote::parse_head(request)
+            .map(|(shard, ..)| shard)
+            .filter(|s| *s < shards);
+    }
     if kind != CHAT {
         return None;
     }
@@ -162,6 +173,7 @@ pub struct Cluster {
     peers: Vec<Peer>,
     /// When each node's last heartbeat arrived (ms since the epoch; 0: never).
     seen_ms: Arc<[AtomicU64]>,
+    started_ms: u64,
 }
 
 /// A node whose heartbeats stop for this long is gone: calls to it fail at once.
@@ -190,18 +202,31 @@ impl Cluster {
             jobs,
             peers,
             seen_ms,
+            started_ms: crate::ids::now_millis(),
         }
     }
 
-    /// Nodes that were heard from and have been silent for [`GONE_AFTER_MS`]; a node
-    /// never heard from is not counted gone (NATS answers at once that nobody serves it).
+    /// Nodes silent for [`GONE_AFTER_MS`], never heard from included once this node has
+    /// listened that long (`/healthz`).
     pub fn gone_nodes(&self) -> Vec<usize> {
         let now = crate::ids::now_millis();
+        let listened = now.saturating_sub(self.started_ms) > GONE_AFTER_MS;
         (0..self.cfg.nodes)
-            .filter(|n| *n != self.cfg.node && self.is_gone(*n, now))
+            .filter(|n| *n != self.cfg.node)
+            .filter(|n| {
+                let never = self.seen_ms.get(*n).is_some_and(|s| s.load(Relaxed) == 0);
+                self.is_gone(*n, now) || (never && listened)
+            })
             .collect()
     }
 
+    /// Whether `node`'s heartbeats have stopped ([`Cluster::gone_nodes`]).
+    pub fn is_gone_now(&self, node: usize) -> bool {
+        self.is_gone(node, crate::ids::now_millis())
+    }
+
+    /// Heard from, then silent: calls to it fail at once (one never heard from is tried:
+    /// NATS answers at once when nobody serves it).
     fn is_gone(&self, node: usize, now: u64) -> bool {
         let seen = self.seen_ms.get(node).map_or(0, |s| s.load(Relaxed));
         seen != 0 && now.saturating_sub(seen) > GONE_AFTER_MS
@@ -230,6 +255,7 @@ impl Cluster {
             node,
             payload,
             reply: tx,
+            one_way: false,
         }) {
             rx.await.unwrap_or(Err(Error::Overloaded))
         } else {
@@ -249,6 +275,27 @@ impl Cluster {
         }
         peer.latency_sum_us.fetch_add(us, Relaxed);
         reply
+    }
+
+    /// Sends `payload` (a whole message, kind byte first) to `node` without waiting for
+    /// an answer; resolves once NATS has it, so one caller's messages stay in order.
+    pub async fn publish(&self, node: usize, payload: Vec<u8>) -> Result<(), Error> {
+        if self.is_gone(node, crate::ids::now_millis()) {
+            return Err(Error::Overloaded);
+        }
+        if let Some(peer) = self.peers.get(node) {
+            peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
+        }
+        let (tx, rx) = oneshot::channel();
+        if !self.jobs.send(bridge::Job {
+            node,
+            payload,
+            reply: tx,
+            one_way: true,
+        }) {
+            return Err(Error::Overloaded);
+        }
+        rx.await.unwrap_or(Err(Error::Overloaded)).map(|_| ())
     }
 
     /// The per-peer lines of `/metrics` (Prometheus text).
@@ -373,6 +420,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
                 Err(e) => error_reply(request, &e),
             }
         }
+        Some(Call::Raw(raw)) => remote::serve(shard, &raw).await,
         None => {
             log::warn!("a cluster call that is not one this version knows was refused");
             error_reply(request, &Error::Internal)
@@ -391,10 +439,10 @@ fn count_reply(request: &[u8], outcome: Result<usize, Error>) -> Vec<u8> {
 
 /// The reply to `request` when it could not run: in the form its caller reads.
 pub fn error_reply(request: &[u8], e: &Error) -> Vec<u8> {
-    if request
-        .first()
-        .is_some_and(|k| [PUSH_PART, BROADCAST_PART, CHAT, TOKEN_USER].contains(k))
-    {
+    if request.first().is_some_and(|k| {
+        [PUSH_PART, BROADCAST_PART, CHAT, TOKEN_USER].contains(k)
+            || (remote::ATTACH..=remote::DELIVER).contains(k)
+    }) {
         format!("!{}", e.code()).into_bytes()
     } else {
         encode_http_reply(e.http_status(), &crate::json::error_envelope(e))

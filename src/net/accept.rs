@@ -68,7 +68,7 @@ async fn read_more(
     .await
 }
 
-async fn write_error(stream: &mut TcpStream, e: &Error, extra: &str) {
+pub async fn write_error(stream: &mut TcpStream, e: &Error, extra: &str) {
     let body = crate::json::error_envelope(e);
     let _ = stream
         .write_all(&http::response(
@@ -242,13 +242,10 @@ async fn upgrade(
         }
     }
     let chat = req.path == "/ws";
-    // The notify dialect knows one login error (PROTOCOL.md §3): a query it cannot read
-    // is a token it cannot read, 1004.
-    let login = match http::parse_query(&req.query) {
-        _ if shard.rt.conformance_echo && req.path == "/echo" => Ok(Login::Echo),
-        Ok(q) => login(&q, chat),
-        Err(_) if !chat => Err(Error::BadToken),
-        Err(e) => Err(e),
+    let login = if shard.rt.conformance_echo && req.path == "/echo" {
+        Ok(Login::Echo)
+    } else {
+        login_of(&req.query, chat)
     };
     let up = Upgrade {
         accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
@@ -265,15 +262,19 @@ async fn upgrade(
         },
     };
     if owner.node != shard.node() {
-        // A socket cannot move between hosts, and remote sessions (DESIGN.md "a cluster
-        // on NATS") are not built yet: the client must reach its owner node.
-        log::debug!(
-            "a login owned by node {} refused on node {}",
-            owner.node,
-            shard.node()
-        );
-        crate::metrics::bump(&shard.metrics.overloaded, 1);
-        return write_error(&mut stream, &Error::Overloaded, "").await;
+        // A socket cannot move between hosts: this node holds it and relays its bytes,
+        // the owner node runs the connection (DESIGN.md "a cluster on NATS").
+        let Some(cluster) = shard.cluster.clone() else {
+            return write_error(&mut stream, &Error::Internal, "").await;
+        };
+        let attach = crate::cluster::remote::Attach {
+            owner,
+            accept: up.accept,
+            chat,
+            query: req.query.clone(),
+            rest: up.rest,
+        };
+        return crate::cluster::remote::hold(shard, cluster, stream, attach, up.permit).await;
     }
     let owner = owner.shard;
     if owner != shard.id && shard.peer(owner).is_full() {
@@ -287,6 +288,16 @@ async fn upgrade(
         glommio::spawn_local(upgrade::complete(shard, stream, up)).detach();
     } else {
         handoff::hand_off(&shard, owner, stream, up);
+    }
+}
+
+/// The login of an upgrade request's query. The notify dialect knows one login error
+/// (PROTOCOL.md §3): a query it cannot read is a token it cannot read, 1004.
+pub fn login_of(query: &str, chat: bool) -> Result<Login, Error> {
+    match http::parse_query(query) {
+        Ok(q) => login(&q, chat),
+        Err(_) if !chat => Err(Error::BadToken),
+        Err(e) => Err(e),
     }
 }
 

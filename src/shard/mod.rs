@@ -57,6 +57,8 @@ pub struct Shard {
     inbox_probe: InboxRx,
     /// The other nodes, when `[cluster]` is set.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Remote sessions this shard runs, and sockets it relays for other nodes.
+    pub remote: crate::cluster::remote::Tables,
 }
 
 /// Runs `work`, catching a panic inside it: glommio does not contain panics in tasks (one
@@ -467,6 +469,7 @@ pub async fn run(seed: Seed) {
         died: Cell::new(false),
         inbox_probe: seed.inbox.clone(),
         cluster: seed.cluster,
+        remote: Default::default(),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();

@@ -34,7 +34,7 @@ enum Io {
 }
 
 /// Bytes of a fragmented message being assembled.
-struct Fragments {
+pub struct Fragments {
     opcode: u8,
     data: Vec<u8>,
     /// Bytes of a text message already known to be valid UTF-8 (complete characters).
@@ -210,7 +210,7 @@ async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
 
 /// Splits every complete frame out of `rbuf` and acts on it; keeps the unfinished rest.
 /// True when it stopped for backpressure, possibly before complete frames.
-fn process(
+pub fn process(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     rbuf: &mut Vec<u8>,

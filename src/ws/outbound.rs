@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use futures_lite::AsyncWrite;
-use glommio::net::TcpStream;
 
 use super::frame::{self, Frame};
 use crate::error::close::SLOW_CONSUMER;
@@ -84,10 +83,10 @@ impl Outbound {
     /// Several queued frames go out in one write: they are gathered into `scratch` (the
     /// shard's buffer, free while this connection writes), so a greeting, a burst of
     /// pushes or an offline queue costs one syscall, not one per frame.
-    pub fn poll_flush(
+    pub fn poll_flush<S: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        stream: &mut TcpStream,
+        stream: &mut S,
         scratch: &mut [u8],
     ) -> Poll<std::io::Result<()>> {
         while let Some((front, _)) = self.queue.front() {

@@ -95,7 +95,7 @@ pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
 /// Checks the login, creates the connection and queues its greeting (or its error and
 /// close). Returns the connection, the bytes that arrived after the request head, and the
 /// guard that holds its `max_connections` permit and takes it out of the session table.
-fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leave) {
+pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::Leave) {
     let Upgrade {
         accept,
         chat,

@@ -1,0 +1,506 @@
+//! Remote sessions (DESIGN.md "a cluster on NATS"): a WebSocket whose user another node
+//! owns. A socket cannot move between hosts, so the node that accepted it (the *holder*)
+//! keeps it and relays its bytes, and the owner node runs the connection itself — login,
+//! greeting, frames, dialect, heartbeats, limits — on a session whose socket is NATS.
+//!
+//! What crosses, in order per connection: `attach` (holder → owner: the upgrade's
+//! accept key, dialect and query, and any bytes read past its head), then `input` (the
+//! client's bytes, one read at a time, the next read only after the owner has taken the
+//! last one, so a client that sends faster than the owner handles meets TCP
+//! backpressure), and `deliver` (owner → holder: whatever the connection's outbound queue
+//! holds, 101 and greeting first, already framed and encoded once), and `detach` when the
+//! client goes.
+//!
+//! Invariants: the owner's outbound bound, rate limits, frame limits, heartbeats and idle
+//! timeout apply exactly as to a local connection, because it *is* a connection of the
+//! owner; the holder buffers at most `max_outbound_bytes` it has not written yet and drops
+//! the client past that; an owner drops the sessions of a holder that is gone (its
+//! heartbeats stopped) or cannot be reached, and a holder closes sockets whose owner
+//! answers that the session is gone; every session ends in both tables.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::{Call, Cluster};
+use crate::route::Place;
+use crate::shard::session::Conn;
+use crate::shard::Shard;
+use crate::Error;
+
+pub const ATTACH: u8 = 6;
+pub const INPUT: u8 = 7;
+pub const DETACH: u8 = 8;
+pub const DELIVER: u8 = 9;
+
+/// How often an owner checks that a quiet session's holder is still there.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// Longest a closing relayed socket may take to take its last bytes and go.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Both sides' tables on one shard.
+#[derive(Default)]
+pub struct Tables {
+    /// Owner side: `(holder node, key) → session`.
+    sessions: RefCell<HashMap<(u16, u64), Rc<Session>>>,
+    /// Holder side: `key → relayed socket`.
+    relays: RefCell<HashMap<u64, Rc<Relay>>>,
+}
+
+impl Tables {
+    pub fn remote_sessions(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+}
+
+/// What the holder sends with `attach`.
+pub struct Attach {
+    pub owner: Place,
+    pub accept: String,
+    pub chat: bool,
+    pub query: String,
+    pub rest: Vec<u8>,
+}
+
+/// `[kind][target shard u16][holder node u16][key u64]`, then the message's own bytes.
+fn head(kind: u8, target_shard: usize, holder: usize, key: u64, extra: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + extra);
+    out.push(kind);
+    out.extend_from_slice(&(target_shard as u16).to_be_bytes());
+    out.extend_from_slice(&(holder as u16).to_be_bytes());
+    out.extend_from_slice(&key.to_be_bytes());
+    out
+}
+
+/// `(target shard, holder, key, rest)` of a message built by [`head`].
+pub fn parse_head(bytes: &[u8]) -> Option<(usize, usize, u64, &[u8])> {
+    let (h, rest) = bytes.split_at_checked(13)?;
+    let shard = usize::from(u16::from_be_bytes([h[1], h[2]]));
+    let holder = usize::from(u16::from_be_bytes([h[3], h[4]]));
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&h[5..13]);
+    Some((shard, holder, u64::from_be_bytes(k), rest))
+}
+
+fn push_field(out: &mut Vec<u8>, f: &[u8]) {
+    out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+    out.extend_from_slice(f);
+}
+
+fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = b.split_at_checked(4)?;
+    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let (f, rest) = rest.split_at_checked(n)?;
+    *b = rest;
+    Some(f)
+}
+
+// ---------------------------------------------------------------- the owner's side
+
+/// A connection of this node whose socket is on another node.
+struct Session {
+    conn: Rc<Conn>,
+    holder: usize,
+    key: u64,
+    rbuf: RefCell<Vec<u8>>,
+    frag: RefCell<Option<crate::ws::conn::Fragments>>,
+    /// Set by `detach`: the client is gone.
+    detached: Cell<bool>,
+}
+
+/// Runs a message of kinds [`ATTACH`], [`INPUT`], [`DETACH`] on the owner shard, or
+/// [`DELIVER`] on the holder shard; the reply bytes (empty for the one-way kinds).
+pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
+    let Some((_, holder, key, rest)) = parse_head(request) else {
+        return b"!2000".to_vec();
+    };
+    match request.first().copied() {
+        Some(ATTACH) => attach(shard, holder, key, rest).unwrap_or_else(reply_error),
+        Some(INPUT) => input(shard, holder, key, rest).await,
+        Some(DETACH) => {
+            if let Some(s) = shard.remote.sessions.borrow().get(&(holder as u16, key)) {
+                s.detached.set(true);
+                s.conn.out.borrow_mut().wake();
+            }
+            Vec::new()
+        }
+        Some(DELIVER) => {
+            deliver(shard, key, rest);
+            Vec::new()
+        }
+        _ => b"!2000".to_vec(),
+    }
+}
+
+fn reply_error(e: Error) -> Vec<u8> {
+    format!("!{}", e.code()).into_bytes()
+}
+
+fn attach(shard: &Rc<Shard>, holder: usize, key: u64, mut rest: &[u8]) -> Result<Vec<u8>, Error> {
+    let accept = take_field(&mut rest).and_then(|f| std::str::from_utf8(f).ok());
+    let query = take_field(&mut rest).and_then(|f| std::str::from_utf8(f).ok());
+    let (Some(accept), Some(query), Some((&chat, early))) = (accept, query, rest.split_first())
+    else {
+        return Err(Error::Internal);
+    };
+    let chat = chat == 1;
+    let Some(permit) = shard.admit() else {
+        crate::metrics::bump(&shard.metrics.overloaded, 1);
+        return Err(Error::Overloaded);
+    };
+    let login = crate::net::accept::login_of(query, chat);
+    if let Ok(l) = &login {
+        if shard.place(l.slot())
+            != (Place {
+                node: shard.node(),
+                shard: shard.id,
+            })
+        {
+            return Err(Error::Internal);
+        }
+    }
+    let up = crate::ws::upgrade::Upgrade {
+        accept: accept.to_string(),
+        chat,
+        login,
+        rest: Vec::new(),
+        permit,
+    };
+    // Exactly a local login: checked, registered and greeted here; its 101 and greeting
+    // (or its error and close) wait in the outbound queue for the pump.
+    let (conn, _, leave) = crate::ws::upgrade::open(shard, up);
+    let session = Rc::new(Session {
+        conn,
+        holder,
+        key,
+        rbuf: RefCell::new(Vec::new()),
+        frag: RefCell::new(None),
+        detached: Cell::new(false),
+    });
+    shard
+        .remote
+        .sessions
+        .borrow_mut()
+        .insert((holder as u16, key), session.clone());
+    if !early.is_empty() {
+        take_input(shard, &session, early);
+    }
+    let pumped = crate::shard::contain(
+        "a remote session",
+        pump(shard.clone(), session.clone(), leave),
+    );
+    glommio::spawn_local(pumped).detach();
+    Ok(b"ok".to_vec())
+}
+
+fn take_input(shard: &Rc<Shard>, s: &Session, bytes: &[u8]) -> bool {
+    s.conn.last_rx_ms.set(shard.clock_ms());
+    let mut rbuf = s.rbuf.borrow_mut();
+    rbuf.extend_from_slice(bytes);
+    crate::ws::conn::process(shard, &s.conn, &mut rbuf, &mut s.frag.borrow_mut())
+}
+
+async fn input(shard: &Rc<Shard>, holder: usize, key: u64, bytes: &[u8]) -> Vec<u8> {
+    let session = shard
+        .remote
+        .sessions
+        .borrow()
+        .get(&(holder as u16, key))
+        .cloned();
+    let Some(s) = session else {
+        return b"!gone".to_vec();
+    };
+    let mut paused = take_input(shard, &s, bytes);
+    // Backpressure (chat sends in flight): the holder reads nothing more until the
+    // frames already here have been taken, as a local connection would not.
+    let deadline = shard.clock_ms() + shard.rt.shard_call_timeout.as_millis() as u64;
+    while paused && shard.clock_ms() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        if !crate::dialect::chat::must_wait(&s.conn) {
+            paused = take_input(shard, &s, &[]);
+        }
+    }
+    b"ok".to_vec()
+}
+
+/// Writes into a `Vec`: the outbound queue's flush, for a socket that is NATS.
+struct Collect<'a>(&'a mut Vec<u8>);
+
+impl AsyncWrite for Collect<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().0.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The session's writer: sends what its outbound queue holds to the holder, one message
+/// per wake-up, until the connection closes, the client detaches or the holder is gone.
+async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
+    let _leave = leave;
+    let Some(cluster) = shard.cluster.clone() else {
+        return;
+    };
+    let holder_shard = (s.key >> 56) as usize;
+    loop {
+        let mut bytes = Vec::new();
+        let wake = std::future::poll_fn(|cx| {
+            loop {
+                let mut out = s.conn.out.borrow_mut();
+                let _ = out.poll_flush(
+                    cx,
+                    &mut Collect(&mut bytes),
+                    &mut shard.scratch.borrow_mut(),
+                );
+                drop(out);
+                // Handed over: an offline page leaves the store and the next one is queued.
+                if !crate::dialect::chat::offline_page_written(&shard, &s.conn) {
+                    break;
+                }
+            }
+            let mut out = s.conn.out.borrow_mut();
+            if !bytes.is_empty() || out.closing().is_some() || s.detached.get() {
+                return Poll::Ready(());
+            }
+            out.set_waker(cx.waker());
+            Poll::Pending
+        });
+        futures_lite::future::or(wake, glommio::timer::sleep(LIVENESS_CHECK)).await;
+        let closing = s.conn.out.borrow().closing().is_some() && s.conn.out.borrow().is_empty();
+        if s.detached.get() || cluster.gone_nodes().contains(&s.holder) {
+            break;
+        }
+        if bytes.is_empty() && !closing {
+            continue;
+        }
+        let mut msg = head(DELIVER, holder_shard, s.holder, s.key, bytes.len() + 1);
+        msg.push(u8::from(closing));
+        msg.extend_from_slice(&bytes);
+        if cluster.publish(s.holder, msg).await.is_err() || closing {
+            break;
+        }
+    }
+    shard.sessions.borrow_mut().remove(&s.conn);
+    shard
+        .remote
+        .sessions
+        .borrow_mut()
+        .remove(&(s.holder as u16, s.key));
+    log::debug!("remote session {} of node {} ended", s.key, s.holder);
+}
+
+// ---------------------------------------------------------------- the holder's side
+
+/// A relayed socket's bytes from the owner, not yet written.
+#[derive(Default)]
+struct Relay {
+    pending: RefCell<Vec<u8>>,
+    /// The owner closed the connection: write what is pending, then end.
+    closing: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Relay {
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+fn deliver(shard: &Rc<Shard>, key: u64, rest: &[u8]) {
+    let Some(relay) = shard.remote.relays.borrow().get(&key).cloned() else {
+        return;
+    };
+    let Some((&closing, bytes)) = rest.split_first() else {
+        return;
+    };
+    relay.pending.borrow_mut().extend_from_slice(bytes);
+    if closing == 1 {
+        relay.closing.set(true);
+    }
+    relay.wake();
+}
+
+/// Takes the relay out of the table however the socket ends, and tells the owner.
+struct Leave {
+    shard: Rc<Shard>,
+    cluster: Arc<Cluster>,
+    key: u64,
+    owner: Place,
+    attached: Cell<bool>,
+    _permit: crate::shard::ConnPermit,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.shard.remote.relays.borrow_mut().remove(&self.key);
+        if self.attached.get() {
+            let msg = head(DETACH, self.owner.shard, self.shard.node(), self.key, 0);
+            let (cluster, node) = (self.cluster.clone(), self.owner.node);
+            glommio::spawn_local(async move {
+                let _ = cluster.publish(node, msg).await;
+            })
+            .detach();
+        }
+    }
+}
+
+enum Io {
+    Closing,
+    Gone,
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>>>>;
+
+/// The holder's task for one socket: attach at the owner, then relay both ways.
+pub async fn hold(
+    shard: Rc<Shard>,
+    cluster: Arc<Cluster>,
+    mut stream: TcpStream,
+    attach: Attach,
+    permit: crate::shard::ConnPermit,
+) {
+    let key = ((shard.id as u64) << 56) | shard.next_conn_id();
+    let relay = Rc::new(Relay::default());
+    shard.remote.relays.borrow_mut().insert(key, relay.clone());
+    let leave = Leave {
+        shard: shard.clone(),
+        cluster: cluster.clone(),
+        key,
+        owner: attach.owner,
+        attached: Cell::new(false),
+        _permit: permit,
+    };
+    let mut msg = head(
+        ATTACH,
+        attach.owner.shard,
+        shard.node(),
+        key,
+        attach.accept.len() + attach.query.len() + attach.rest.len() + 9,
+    );
+    push_field(&mut msg, attach.accept.as_bytes());
+    push_field(&mut msg, attach.query.as_bytes());
+    msg.push(u8::from(attach.chat));
+    msg.extend_from_slice(&attach.rest);
+    let answer = cluster.call(attach.owner.node, &Call::Raw(msg)).await;
+    match answer.as_deref() {
+        Ok(b"ok") => leave.attached.set(true),
+        Ok(other) => {
+            let e = if other == b"!1009" {
+                Error::Overloaded
+            } else {
+                Error::Internal
+            };
+            return crate::net::accept::write_error(&mut stream, &e, "").await;
+        }
+        Err(e) => return crate::net::accept::write_error(&mut stream, e, "").await,
+    }
+    let owner = attach.owner;
+    let max = shard.rt.max_outbound_bytes;
+    let mut in_flight: Option<InFlight> = None;
+    let io = std::future::poll_fn(|cx| loop {
+        {
+            let mut pending = relay.pending.borrow_mut();
+            while !pending.is_empty() {
+                match Pin::new(&mut stream).poll_write(cx, &pending) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                    Poll::Ready(Ok(n)) => {
+                        pending.drain(..n);
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if pending.capacity() > 64 * 1024 && pending.is_empty() {
+                *pending = Vec::new();
+            }
+            if pending.is_empty() && relay.closing.get() {
+                return Poll::Ready(Io::Closing);
+            }
+            // A client this far behind is dropped, as the owner drops one with 1013.
+            if pending.len() > max {
+                return Poll::Ready(Io::Gone);
+            }
+        }
+        *relay.waker.borrow_mut() = Some(cx.waker().clone());
+        if let Some(f) = in_flight.as_mut() {
+            match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(r)) if r == b"ok" => in_flight = None,
+                Poll::Ready(_) => return Poll::Ready(Io::Gone),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut scratch = shard.scratch.borrow_mut();
+        match Pin::new(&mut stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+            Poll::Ready(Ok(n)) => {
+                let mut msg = head(INPUT, owner.shard, shard.node(), key, n);
+                msg.extend_from_slice(&scratch[..n]);
+                let cluster = cluster.clone();
+                in_flight = Some(Box::pin(async move {
+                    cluster.call(owner.node, &Call::Raw(msg)).await
+                }));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    if let Io::Closing = io {
+        // The owner closed it (its close frame is written): nothing to detach.
+        leave.attached.set(false);
+        let finish = async {
+            let _ = stream.flush().await;
+            let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            let mut sink = [0u8; 256];
+            while let Ok(n) = futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(finish, glommio::timer::sleep(CLOSE_GRACE)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_and_fields_read_back() {
+        let mut m = head(INPUT, 3, 2, u64::MAX - 5, 0);
+        push_field(&mut m, b"abc");
+        push_field(&mut m, b"");
+        let (shard, holder, key, mut rest) = parse_head(&m).expect("a head");
+        assert_eq!((shard, holder, key), (3, 2, u64::MAX - 5));
+        assert_eq!(take_field(&mut rest), Some(&b"abc"[..]));
+        assert_eq!(take_field(&mut rest), Some(&b""[..]));
+        assert_eq!(take_field(&mut rest), None);
+        assert!(parse_head(&m[..12]).is_none());
+        let mut cut: &[u8] = &[0, 0, 0, 9, 1];
+        assert_eq!(take_field(&mut cut), None);
+    }
+}
