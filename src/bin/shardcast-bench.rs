@@ -16,7 +16,10 @@
 //!   the token fetch and the unread list are included).
 //!
 //! Targets: `shardcast` (started by the generator unless `--addr` and `--pid` are given) or
-//! `nchan` (`--addr` and `--pid` of an nginx+nchan started by `benches/compare.sh`).
+//! `nchan` (`--addr` and `--pid` of an nginx+nchan started by `benches/compare.sh`). For a
+//! cluster (`benches/cluster.sh`): `--pid` lists every process whose CPU counts,
+//! `--owner-node N --nodes M` makes every subscriber a user that node N owns, and
+//! `--publish-addr` sends the pushes to another node than `--addr`.
 //! Loopback only; every loop is bounded in count and time.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,6 +41,30 @@ static UID_PREFIX: OnceLock<String> = OnceLock::new();
 
 fn uid_prefix() -> &'static str {
     UID_PREFIX.get_or_init(|| "u".to_string())
+}
+
+/// `--owner-node N --nodes M` (a cluster): subscriber `idx` is the `idx`-th user id of
+/// the prefix that node N of M owns, so a run can put every subscriber on its owner node
+/// or every one on another.
+static OWNED: OnceLock<Vec<String>> = OnceLock::new();
+
+/// The user id of subscriber `idx`.
+fn user_id(idx: usize) -> String {
+    match OWNED.get().and_then(|ids| ids.get(idx)) {
+        Some(id) => id.clone(),
+        None => format!("{}{idx}", uid_prefix()),
+    }
+}
+
+/// The first `n` user ids of the prefix that node `node` of `nodes` owns.
+fn owned_ids(node: usize, nodes: usize, n: usize) -> Vec<String> {
+    (0..)
+        .map(|k| format!("{}{k}", uid_prefix()))
+        .filter(|u| {
+            shardcast::route::place(shardcast::route::slot_of("default", u), nodes, 1).node == node
+        })
+        .take(n)
+        .collect()
 }
 
 fn deadline_ns() -> u64 {
@@ -101,6 +128,16 @@ fn main() {
     };
     let shards = o.num("--shards", 2);
     let _ = UID_PREFIX.set(o.get("--uid-prefix").unwrap_or("u").to_string());
+    if let Some(n) = o.get("--owner-node") {
+        let nodes = o.num("--nodes", 1) as usize;
+        let node: usize = n
+            .parse()
+            .unwrap_or_else(|_| die("--owner-node takes a node index"));
+        if node >= nodes {
+            die("--owner-node must be below --nodes");
+        }
+        let _ = OWNED.set(owned_ids(node, nodes, o.num("--conns", 10_000) as usize));
+    }
     let _ = DEADLINE.set(Duration::from_secs(
         o.num("--max-seconds", 300).clamp(1, 900),
     ));
@@ -396,7 +433,7 @@ fn channel(idx: usize) -> String {
 /// figures measure connections), or nothing for Nchan.
 fn login(t: &Target, http: &mut Http, idx: usize) -> String {
     match t.kind {
-        Kind::Shardcast => http.token(&format!("{}{idx}", uid_prefix())),
+        Kind::Shardcast => http.token(&user_id(idx)),
         Kind::Nchan => String::new(),
     }
 }
@@ -733,7 +770,10 @@ fn push(t: &Target, o: &Opts) {
     let pad = "x".repeat(size.saturating_sub(40));
     let pubs: Vec<_> = (0..publishers)
         .map(|_| {
-            let (next, addr, pad, kind) = (next.clone(), t.addr.clone(), pad.clone(), t.kind);
+            // `--publish-addr`: publishers on another node of a cluster than the
+            // subscribers.
+            let addr = o.get("--publish-addr").unwrap_or(&t.addr).to_string();
+            let (next, pad, kind) = (next.clone(), pad.clone(), t.kind);
             std::thread::spawn(move || {
                 let mut http = Http::connect(&addr);
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (now_ns() | 1);
@@ -751,8 +791,8 @@ fn push(t: &Target, o: &Opts) {
                     match kind {
                         Kind::Shardcast => {
                             let body = format!(
-                                "{{\"uids\":[\"{}{user}\"],\"title\":\"b\",\"content\":\"{m}\"}}",
-                                uid_prefix()
+                                "{{\"uids\":[\"{}\"],\"title\":\"b\",\"content\":\"{m}\"}}",
+                                user_id(user)
                             );
                             http.call("POST", "/push", Some(ADMIN), &body);
                         }

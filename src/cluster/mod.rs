@@ -532,7 +532,7 @@ mod tests {
             b"!1009"
         );
         assert!(Call::decode(&[]).is_none());
-        assert!(Call::decode(&[9, 1]).is_none());
+        assert!(Call::decode(&[99, 1]).is_none());
         assert!(Call::decode(&[HTTP, b'G', b'\n']).is_none(), "cut short");
         assert_eq!(
             decode_http_reply(&encode_http_reply(503, b"{}")),
