@@ -63,7 +63,14 @@ done
 python3 - "$dir/results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| placement | loop | pushes/s | CPU µs per push (2 brokers + NATS) | p50 ms | p99 ms | lost / dup |\n|---|---|---|---|---|---|---|")
+groups = {}
 for r in rows:
-    print(f'| {r["label"]} | {r["mode"]} | {r["msgs_per_s"]} | {r["server_cpu_us_per_msg"]} | {r["p50_ms"]} | {r["p99_ms"]} | {r["lost"]} / {r["duplicated"]} |')
+    groups.setdefault((r["label"], r["mode"]), []).append(r)
+def spread(rs, k):
+    xs = sorted(r[k] for r in rs)
+    return f"{xs[len(xs) // 2]} ({xs[0]}–{xs[-1]})" if len(xs) > 1 else f"{xs[0]}"
+print("\n| placement | loop | pushes/s, median (range) | CPU µs per push (2 brokers + NATS) | p50 ms | p99 ms | lost / dup | rounds |\n|---|---|---|---|---|---|---|---|")
+for (label, mode), rs in groups.items():
+    print(f"| {label} | {mode} | {spread(rs, 'msgs_per_s')} | {spread(rs, 'server_cpu_us_per_msg')} | {spread(rs, 'p50_ms')} | "
+          f"{spread(rs, 'p99_ms')} | {sum(r['lost'] for r in rs)} / {sum(r['duplicated'] for r in rs)} | {len(rs)} |")
 PY

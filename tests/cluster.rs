@@ -418,3 +418,67 @@ fn a_broadcast_reaches_the_notify_connections_of_every_node_with_one_id() {
         assert_eq!(m["data"]["msg"]["_id"], v["content"]["_id"], "{m}");
     }
 }
+
+#[test]
+fn a_node_killed_under_push_load_keeps_every_push_it_acknowledged() {
+    let nats = Nats::start();
+    let mut nodes = three(&nats);
+    let uid = uid_of_node(D, "k", 1, 3);
+    // Pushes through node 0 to a user of node 1, one after another, until node 1 is
+    // killed; each 200 was made durable by node 1 before node 0 answered.
+    let addr = nodes[0].addr;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pusher = {
+        let (uid, count) = (uid.clone(), count.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut c = common::KeepAlive::connect(addr);
+            let started = Instant::now();
+            // Fewer than `max_unread` (1000), so the unread list holds every one.
+            while started.elapsed() < Duration::from_secs(10) && acked.len() < 900 {
+                let body = json!({"uids": [uid], "title": "t", "content": "c"}).to_string();
+                let Some((status, v)) = c.request("POST", "/push", Some(ADMIN), &body) else {
+                    break;
+                };
+                if status == 200 {
+                    acked.push(v["content"]["_id"].as_str().expect("_id").to_string());
+                    count.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
+                } else if acked.len() > 20 {
+                    break;
+                }
+            }
+            acked
+        })
+    };
+    let loaded = common::wait_until(Duration::from_secs(10), || {
+        count.load(std::sync::atomic::Ordering::Relaxed) >= 50
+    });
+    assert!(loaded, "pushes flow before the kill");
+    nodes[1].kill9();
+    let acked = pusher.join().expect("pusher");
+    assert!(
+        acked.len() > 20,
+        "pushes were acknowledged before the kill: {}",
+        acked.len()
+    );
+    nodes[1].respawn();
+    let token = nodes[1].token(&uid);
+    let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    let list = ws.recv();
+    let have: std::collections::BTreeSet<&str> = list["data"]["msg_list"]
+        .as_array()
+        .expect("msg_list")
+        .iter()
+        .filter_map(|m| m["_id"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !have.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged pushes lost",
+        lost.len(),
+        acked.len()
+    );
+}
