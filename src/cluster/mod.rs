@@ -186,6 +186,9 @@ struct Peer {
     failures: AtomicU64,
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
+    /// Remote-session deliveries to that node, and the NATS messages that carried them.
+    deliveries: AtomicU64,
+    delivery_messages: AtomicU64,
     latency: [AtomicU64; 12],
     latency_sum_us: AtomicU64,
 }
@@ -298,6 +301,14 @@ impl Cluster {
         rx.await.unwrap_or(Err(Error::Overloaded)).map(|_| ())
     }
 
+    /// Counts one batch of `sessions` remote-session deliveries sent to `node`.
+    pub fn count_deliveries(&self, node: usize, sessions: usize) {
+        if let Some(p) = self.peers.get(node) {
+            p.deliveries.fetch_add(sessions as u64, Relaxed);
+            p.delivery_messages.fetch_add(1, Relaxed);
+        }
+    }
+
     /// The per-peer lines of `/metrics` (Prometheus text).
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
@@ -327,6 +338,16 @@ impl Cluster {
                 "call_bytes_received_total",
                 "Reply bytes received from a peer.",
                 |p| &p.bytes_in,
+            ),
+            (
+                "deliveries_total",
+                "Deliveries to remote sessions held by a peer.",
+                |p| &p.deliveries,
+            ),
+            (
+                "delivery_messages_total",
+                "NATS messages that carried them (batched per holder shard).",
+                |p| &p.delivery_messages,
             ),
         ] {
             let _ = writeln!(

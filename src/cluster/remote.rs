@@ -53,7 +53,28 @@ pub struct Tables {
     sessions: RefCell<HashMap<(u16, u64), Rc<Session>>>,
     /// Holder side: `key → relayed socket`.
     relays: RefCell<HashMap<u64, Rc<Relay>>>,
+    /// Owner side: deliveries waiting for the next message to each `(holder node,
+    /// holder shard)`, sent by one flusher task per shard.
+    outgoing: RefCell<HashMap<(usize, usize), Batch>>,
+    flushing: Cell<bool>,
 }
+
+/// Deliveries for one holder shard, as one NATS message: runs of identical bytes with
+/// the sessions they go to, so a push to many users of one holder node crosses NATS
+/// once, not once per user.
+#[derive(Default)]
+struct Batch {
+    groups: Vec<(Vec<u8>, Vec<Recipient>)>,
+    bytes: usize,
+}
+
+/// A session a run of bytes goes to: its key, and whether they end it.
+type Recipient = (u64, bool);
+
+/// Bytes waiting for one holder shard past which sessions leave their frames in their
+/// own outbound queues (where the slow-consumer rule applies) until the flusher catches
+/// up: the batch is bounded, not the queue of a slow NATS.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 impl Tables {
     pub fn remote_sessions(&self) -> usize {
@@ -133,7 +154,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             Vec::new()
         }
         Some(DELIVER) => {
-            deliver(shard, key, rest);
+            deliver(shard, rest);
             Vec::new()
         }
         _ => b"!2000".to_vec(),
@@ -296,11 +317,21 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         if bytes.is_empty() && !closing {
             continue;
         }
-        let mut msg = head(DELIVER, holder_shard, s.holder, s.key, bytes.len() + 1);
-        msg.push(u8::from(closing));
-        msg.extend_from_slice(&bytes);
-        if cluster.publish(s.holder, msg).await.is_err() || closing {
+        enqueue(
+            &shard,
+            &cluster,
+            (s.holder, holder_shard),
+            s.key,
+            closing,
+            bytes,
+        );
+        if closing {
             break;
+        }
+        while shard.remote.waiting(s.holder, holder_shard) > MAX_BATCH_BYTES
+            && !cluster.is_gone_now(s.holder)
+        {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
     shard.sessions.borrow_mut().remove(&s.conn);
@@ -310,6 +341,107 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         .borrow_mut()
         .remove(&(s.holder as u16, s.key));
     log::debug!("remote session {} of node {} ended", s.key, s.holder);
+}
+
+impl Tables {
+    fn waiting(&self, holder: usize, holder_shard: usize) -> usize {
+        self.outgoing
+            .borrow()
+            .get(&(holder, holder_shard))
+            .map_or(0, |b| b.bytes)
+    }
+}
+
+/// Adds one session's bytes to its holder shard's batch (joining the previous run when
+/// the bytes are the same) and makes sure the flusher runs.
+fn enqueue(
+    shard: &Rc<Shard>,
+    cluster: &Arc<Cluster>,
+    to: (usize, usize),
+    key: u64,
+    closing: bool,
+    bytes: Vec<u8>,
+) {
+    {
+        let mut outgoing = shard.remote.outgoing.borrow_mut();
+        let batch = outgoing.entry(to).or_default();
+        match batch.groups.last_mut() {
+            Some((b, keys)) if *b == bytes => keys.push((key, closing)),
+            _ => {
+                batch.bytes += bytes.len();
+                batch.groups.push((bytes, vec![(key, closing)]));
+            }
+        }
+        batch.bytes += 9;
+    }
+    if !shard.remote.flushing.replace(true) {
+        let (shard, cluster) = (shard.clone(), cluster.clone());
+        let flush = async move {
+            // One message per holder shard per turn: what arrives while one is sent
+            // forms the next (batching as group commit does).
+            loop {
+                let batches = std::mem::take(&mut *shard.remote.outgoing.borrow_mut());
+                if batches.is_empty() {
+                    break;
+                }
+                for ((node, holder_shard), batch) in batches {
+                    let sessions = batch.groups.iter().map(|(_, keys)| keys.len()).sum();
+                    cluster.count_deliveries(node, sessions);
+                    let _ = cluster
+                        .publish(node, encode_batch(holder_shard, shard.node(), &batch))
+                        .await;
+                }
+            }
+            shard.remote.flushing.set(false);
+        };
+        let contained = async move {
+            let _ = crate::shard::contain("the remote delivery flusher", flush).await;
+        };
+        glommio::spawn_local(contained).detach();
+    }
+}
+
+/// `head(DELIVER)`, then per run: `[len u32][bytes][count u32]` and `count` times
+/// `[key u64][closing u8]`.
+fn encode_batch(holder_shard: usize, owner: usize, batch: &Batch) -> Vec<u8> {
+    let mut out = head(
+        DELIVER,
+        holder_shard,
+        owner,
+        0,
+        batch.bytes + batch.groups.len() * 8,
+    );
+    for (bytes, keys) in &batch.groups {
+        push_field(&mut out, bytes);
+        out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+        for (key, closing) in keys {
+            out.extend_from_slice(&key.to_be_bytes());
+            out.push(u8::from(*closing));
+        }
+    }
+    out
+}
+
+/// The runs of a delivery batch: `(bytes, [(key, closing)])`; `None` when cut short.
+fn decode_batch(mut rest: &[u8]) -> Option<Vec<(&[u8], Vec<Recipient>)>> {
+    let mut runs = Vec::new();
+    while !rest.is_empty() {
+        let bytes = take_field(&mut rest)?;
+        let (n, tail) = rest.split_at_checked(4)?;
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        let (entries, tail) = tail.split_at_checked(n.checked_mul(9)?)?;
+        rest = tail;
+        let keys = entries
+            .chunks_exact(9)
+            .map(|e| {
+                let mut k = [0u8; 8];
+                k.copy_from_slice(&e[..8]);
+                (u64::from_be_bytes(k), e[8] == 1)
+            })
+            .collect();
+        runs.push((bytes, keys));
+    }
+    Some(runs)
 }
 
 // ---------------------------------------------------------------- the holder's side
@@ -331,18 +463,24 @@ impl Relay {
     }
 }
 
-fn deliver(shard: &Rc<Shard>, key: u64, rest: &[u8]) {
-    let Some(relay) = shard.remote.relays.borrow().get(&key).cloned() else {
+fn deliver(shard: &Rc<Shard>, rest: &[u8]) {
+    let Some(runs) = decode_batch(rest) else {
+        log::warn!("a remote delivery that does not decode was dropped");
         return;
     };
-    let Some((&closing, bytes)) = rest.split_first() else {
-        return;
-    };
-    relay.pending.borrow_mut().extend_from_slice(bytes);
-    if closing == 1 {
-        relay.closing.set(true);
+    let relays = shard.remote.relays.borrow();
+    for (bytes, keys) in runs {
+        for (key, closing) in keys {
+            let Some(relay) = relays.get(&key) else {
+                continue;
+            };
+            relay.pending.borrow_mut().extend_from_slice(bytes);
+            if closing {
+                relay.closing.set(true);
+            }
+            relay.wake();
+        }
     }
-    relay.wake();
 }
 
 /// Takes the relay out of the table however the socket ends, and tells the owner.
@@ -502,5 +640,26 @@ mod tests {
         assert!(parse_head(&m[..12]).is_none());
         let mut cut: &[u8] = &[0, 0, 0, 9, 1];
         assert_eq!(take_field(&mut cut), None);
+    }
+
+    #[test]
+    fn a_batch_sends_shared_bytes_once() {
+        let batch = Batch {
+            groups: vec![
+                (b"frame".to_vec(), vec![(1, false), (2, false), (3, true)]),
+                (b"other".to_vec(), vec![(4, false)]),
+            ],
+            bytes: 0,
+        };
+        let msg = encode_batch(1, 0, &batch);
+        assert_eq!(msg.windows(5).filter(|w| w == b"frame").count(), 1);
+        let (shard, _, _, rest) = parse_head(&msg).expect("head");
+        assert_eq!(shard, 1);
+        let runs = decode_batch(rest).expect("runs");
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].0, b"frame");
+        assert_eq!(runs[0].1, vec![(1, false), (2, false), (3, true)]);
+        assert_eq!(runs[1], (&b"other"[..], vec![(4, false)]));
+        assert!(decode_batch(&rest[..rest.len() - 3]).is_none(), "cut short");
     }
 }
