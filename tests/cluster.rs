@@ -212,6 +212,15 @@ fn a_notify_connection_on_a_node_that_does_not_own_the_user_is_served_by_the_own
         assert_eq!(ws.recv()["data"]["msg"]["content"], format!("live {via}"));
     }
     ws.expect_silence(300);
+    // A second device, on the third node, is kicked through node 2 (PROTOCOL.md: 4001).
+    let mut other = Ws::connect(&nodes[2].url(&format!("/?token={token}")));
+    assert_eq!(other.recv()["event"], 2);
+    let (status, v) = nodes[2].admin_post("/kick", &json!({"uid": uid, "code": 4001}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(other.expect_close(), 4001);
+    assert_eq!(ws.expect_close(), 4001);
+    let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    assert_eq!(ws.recv()["event"], 2);
     // A read report through the holder reaches the owner's unread list.
     ws.send(&json!({"event": 3, "data": {"msg_id": first}}));
     let (status, v) = nodes[2].http("GET", &format!("/presence?uid={uid}"), Some(ADMIN), None);
