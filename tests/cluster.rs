@@ -124,6 +124,8 @@ fn a_call_to_a_node_that_is_down_fails_with_1009_and_the_rest_serve() {
     let gone = uid_of_node(D, "g", 2, 3);
     let here = uid_of_node(D, "h", 0, 3);
     let mut ws = subscriber(&nodes, 0, 0, &here);
+    // An idle client of node 2's, held by node 0.
+    let mut held = subscriber(&nodes, 0, 1, &gone);
     nodes[2].kill9();
     let started = Instant::now();
     let (status, v) = nodes[0].admin_post(
@@ -159,6 +161,23 @@ fn a_call_to_a_node_that_is_down_fails_with_1009_and_the_rest_serve() {
         status == 200 && gone.contains(&json!(2))
     });
     assert!(named, "{:?}", nodes[1].get("/healthz"));
+    // Its holder closes the socket of a user whose owner is gone (the client reconnects).
+    let ended = loop {
+        match held.ws.read() {
+            // The read timeout (10 s): still open.
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Ok(tungstenite::Message::Close(_)) | Err(_) => break true,
+            Ok(_) => continue,
+        }
+    };
+    assert!(ended);
     // Node 2 comes back on its data directory and serves its slots again.
     nodes[2].respawn();
     let back = common::wait_until(Duration::from_secs(10), || {

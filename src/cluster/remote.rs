@@ -560,7 +560,7 @@ pub async fn hold(
     let owner = attach.owner;
     let max = shard.rt.max_outbound_bytes;
     let mut in_flight: Option<InFlight> = None;
-    let io = std::future::poll_fn(|cx| loop {
+    let relayed = std::future::poll_fn(|cx| loop {
         {
             let mut pending = relay.pending.borrow_mut();
             while !pending.is_empty() {
@@ -604,8 +604,16 @@ pub async fn hold(
             }
             Poll::Pending => return Poll::Pending,
         }
-    })
-    .await;
+    });
+    // An idle client sends nothing and gets nothing: the owner's heartbeats are what
+    // would end it, so a gone owner is watched for here.
+    let owner_gone = async {
+        while !cluster.is_gone_now(owner.node) {
+            glommio::timer::sleep(LIVENESS_CHECK).await;
+        }
+        Io::Gone
+    };
+    let io = futures_lite::future::or(relayed, owner_gone).await;
     if let Io::Closing = io {
         // The owner closed it (its close frame is written): nothing to detach.
         leave.attached.set(false);
