@@ -60,6 +60,8 @@ struct File {
     profile: String,
     allowed_origins: Vec<String>,
     conformance_echo: bool,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
     retention_interval_secs: f64,
     history_max_age_secs: u64,
     history_max_per_user: u64,
@@ -119,6 +121,14 @@ impl std::fmt::Debug for DomainKeys {
     }
 }
 
+/// `tls_cert` and `tls_key`: PEM files read at start-up and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// When a write is acknowledged (PROTOCOL.md §5, DESIGN.md "Storage").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -168,6 +178,8 @@ pub struct Runtime {
     pub production: bool,
     pub allowed_origins: Vec<String>,
     pub conformance_echo: bool,
+    /// `None`: plain TCP (`ws://`, `http://`).
+    pub tls: Option<TlsFiles>,
     pub retention_interval: Duration,
     pub history_max_age_secs: u64,
     pub history_max_per_user: u64,
@@ -212,7 +224,7 @@ impl Runtime {
              max_inbox = {}\nmax_inflight_writes = {}\nshard_call_timeout_ms = {}\n\
              max_messages_per_sec = {}\nmax_inbound_bytes_per_sec = {}\n\
              ping_interval_secs = {}\nidle_timeout_secs = {}\nrequest_timeout_secs = {}\n\
-             allowed_origins = {:?}\nconformance_echo = {}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
+             allowed_origins = {:?}\nconformance_echo = {}\ntls_cert = {:?}\ntls_key = {:?}\nretention_interval_secs = {}\nhistory_max_age_secs = {}\n\
              history_max_per_user = {}\noffline_ttl_secs = {}\nlog_level = {:?}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
@@ -249,6 +261,8 @@ impl Runtime {
             d(self.request_timeout),
             self.allowed_origins,
             self.conformance_echo,
+            self.tls.as_ref().map_or(String::new(), |t| t.cert.display().to_string()),
+            self.tls.as_ref().map_or(String::new(), |t| t.key.display().to_string()),
             d(self.retention_interval),
             self.history_max_age_secs,
             self.history_max_per_user,
@@ -573,6 +587,18 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
             "the echo path is for conformance runs; production refuses it",
         ));
     }
+    let tls = match (
+        f.tls_cert.as_os_str().is_empty(),
+        f.tls_key.as_os_str().is_empty(),
+    ) {
+        (true, true) => None,
+        (false, false) => Some(TlsFiles {
+            cert: f.tls_cert.clone(),
+            key: f.tls_key.clone(),
+        }),
+        (true, false) => return Err(bad("tls_cert", "tls_key is set: set both or neither")),
+        (false, true) => return Err(bad("tls_key", "tls_cert is set: set both or neither")),
+    };
     let domains = validate_domains(&f, production)?;
     let cluster = f.cluster.as_ref().map(validate_cluster).transpose()?;
     let log_level = f
@@ -617,6 +643,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         production,
         allowed_origins: f.allowed_origins,
         conformance_echo: f.conformance_echo,
+        tls,
         retention_interval,
         history_max_age_secs: f.history_max_age_secs,
         history_max_per_user: f.history_max_per_user,
@@ -792,6 +819,8 @@ mod tests {
                 "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\nconformance_echo = true",
                 "conformance_echo",
             ),
+            ("tls_cert = \"/etc/cert.pem\"", "tls_key"),
+            ("tls_key = \"/etc/key.pem\"", "tls_cert"),
             ("[domains.shop]\nsecret = \"a\"", "domains.shop.admin_key"),
             ("[domains.shop]\nsecret = \"a\"\nadmin_key = \"b\"\ncolour = 1", "domains.shop.colour"),
             ("[domains.shop]\nsecret = 1\nadmin_key = \"b\"", "domains.shop.secret"),

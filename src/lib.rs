@@ -3,11 +3,13 @@
 //! The path of a byte, module by module:
 //!
 //! 1. [`net::accept`] — every shard accepts on the same port (SO_REUSEPORT) and reads a
-//!    request head with [`net::http`] (httparse) into its scratch buffer.
+//!    request head with [`net::http`] (httparse) into its scratch buffer; with
+//!    `tls_cert`/`tls_key` set, [`net::tls`] (rustls) runs the handshake underneath.
 //! 2. [`net::api`] serves HTTP calls in place; per-user work goes to the user's owner,
 //!    found by [`route`] (`slot = hash(domain, uid)`, `owner = slot % shards`), through
 //!    [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`].
-//! 3. A WebSocket upgrade is moved by [`shard::handoff`] to the owner, where
+//! 3. A WebSocket upgrade is moved by [`shard::handoff`] (the socket and its TLS state) to
+//!    the owner, where
 //!    [`ws::upgrade`] checks the login and [`ws::conn`] runs the connection.
 //! 4. [`dialect`] (`notify`, `chat`) applies each client message; [`store`] persists it in
 //!    the owner's sled partition and acknowledges after group commit.
@@ -55,6 +57,7 @@ const IO_MEMORY: usize = 256 * 1024;
 pub struct Server {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    rt: Arc<Runtime>,
     peers: Arc<[InboxTx]>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     exits: crossbeam_channel::Receiver<usize>,
@@ -82,6 +85,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     for i in 0..rt.shards {
         dbs.push(store::open(&rt, i)?);
     }
+    let tls = rt.tls.as_ref().map(net::tls::load).transpose()?;
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
     let peers: Arc<[InboxTx]> = txs.into();
@@ -110,6 +114,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             open_conns: open_conns.clone(),
             token_key,
             cluster: cluster.clone(),
+            tls: tls.clone(),
         };
         let notice = ExitNotice(id, exit_tx.clone());
         let handle = glommio::LocalExecutorBuilder::new(placement)
@@ -125,6 +130,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     }
     Ok(Server {
         addr,
+        rt,
         peers,
         handles,
         exits,
@@ -170,6 +176,20 @@ impl Server {
         for p in self.peers.iter() {
             shard::request_stop(p);
         }
+    }
+
+    /// Reads `tls_cert` and `tls_key` again and gives every shard the result for its
+    /// new handshakes (SIGHUP); open connections keep the certificate they began with.
+    /// On an error nothing changes. `Ok(false)` when TLS is not configured.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        let Some(files) = &self.rt.tls else {
+            return Ok(false);
+        };
+        let config = net::tls::load(files)?;
+        for p in self.peers.iter() {
+            shard::replace_tls(p, config.clone());
+        }
+        Ok(true)
     }
 
     /// Receives the index of each shard whose thread ends.

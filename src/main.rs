@@ -129,41 +129,54 @@ fn main() -> ExitCode {
     println!("shardcast listening on {}", server.addr);
     let _ = std::io::stdout().flush();
 
-    let (sig_tx, sig_rx) = crossbeam_channel::bounded::<i32>(1);
-    std::thread::spawn(move || {
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded::<i32>(8);
+    std::thread::spawn(move || loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `signals` is an initialised sigset; `sig` is a valid out pointer.
-        if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
-            let _ = sig_tx.send(sig);
+        if unsafe { libc::sigwait(&signals, &mut sig) } != 0 || sig_tx.send(sig).is_err() {
+            return;
         }
     });
     let exits = server.exit_events();
-    crossbeam_channel::select! {
-        recv(sig_rx) -> sig => {
-            log::info!("signal {} received: shutting down", sig.unwrap_or(0));
-            server.stop();
-            if server.join() {
-                log::info!("stopped cleanly");
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+    loop {
+        crossbeam_channel::select! {
+            recv(sig_rx) -> sig => {
+                let sig = sig.unwrap_or(libc::SIGTERM);
+                if sig == libc::SIGHUP {
+                    // Certificate rotation: new handshakes get the new files, open
+                    // connections stay; a file that does not load changes nothing.
+                    match server.reload_tls() {
+                        Ok(true) => log::info!("SIGHUP: TLS certificate and key reloaded"),
+                        Ok(false) => log::warn!("SIGHUP: TLS is not configured; nothing to reload"),
+                        Err(e) => log::error!("SIGHUP: TLS reload failed, the old certificate stays: {e}"),
+                    }
+                    continue;
+                }
+                log::info!("signal {sig} received: shutting down");
+                server.stop();
+                return if server.join() {
+                    log::info!("stopped cleanly");
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                };
             }
-        }
-        recv(exits) -> which => {
-            log::error!(
-                "shard {} stopped unexpectedly; exiting instead of serving part of the users",
-                which.map_or("?".into(), |i| i.to_string())
-            );
-            // The other shards still close their connections and flush their stores
-            // (what they acknowledged in `async` mode is on disk too), within a bound.
-            std::thread::spawn(|| {
-                std::thread::sleep(std::time::Duration::from_secs(10));
-                log::error!("the other shards did not stop within 10 s; exiting anyway");
-                std::process::exit(1);
-            });
-            server.stop();
-            server.join();
-            ExitCode::from(1)
+            recv(exits) -> which => {
+                log::error!(
+                    "shard {} stopped unexpectedly; exiting instead of serving part of the users",
+                    which.map_or("?".into(), |i| i.to_string())
+                );
+                // The other shards still close their connections and flush their stores
+                // (what they acknowledged in `async` mode is on disk too), within a bound.
+                std::thread::spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_secs(10));
+                    log::error!("the other shards did not stop within 10 s; exiting anyway");
+                    std::process::exit(1);
+                });
+                server.stop();
+                server.join();
+                return ExitCode::from(1);
+            }
         }
     }
 }
@@ -175,6 +188,7 @@ fn block_signals() -> std::io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }

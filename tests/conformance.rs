@@ -1,7 +1,8 @@
 //! RFC 6455 conformance (PROTOCOL.md §5 v2): Autobahn|Testsuite cases 1–10 against the
 //! real broker — the full profile on the conformance echo (`conformance_echo`, the same
 //! frame and connection code as both dialects), and the no-echo profile on a logged-in
-//! chat connection. Every case must be OK, NON-STRICT or INFORMATIONAL.
+//! chat connection, over `ws://` and over `wss://` (native TLS). Every case must be OK,
+//! NON-STRICT or INFORMATIONAL.
 //!
 //! `wstest` comes from `../shared/conformance/install-autobahn.sh .autobahn` (`.ci/run`
 //! runs it; `WSTEST` may point elsewhere). Without it the test fails under CI and skips
@@ -82,5 +83,44 @@ fn autobahn_cases_1_to_10_pass() {
     );
     // The broker served the whole run and still answers.
     let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+    drop(server);
+
+    // The no-echo profile again over wss:// (native TLS, a certificate made here; the
+    // suite's client does not verify it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = common::Cert::make(dir.path(), "conformance");
+    let keys = cert.keys();
+    let server = Server::start(&[
+        (keys[0].0, keys[0].1.as_str()),
+        (keys[1].0, keys[1].1.as_str()),
+        ("ping_interval_secs", "600"),
+        ("idle_timeout_secs", "600"),
+    ]);
+    let client = common::tls_client(&[&cert.der], &[&rustls::version::TLS13], &[]);
+    let ts = common::now_secs().to_string();
+    let sign = common::sign_in("conformance", "ab", &ts, common::SECRET);
+    let (status, v) = common::https(
+        server.addr,
+        &client,
+        "GET",
+        &format!("/auth/websocket?uid=ab&timestamp={ts}&sign={sign}&domain=conformance"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let token = v["content"]["token"].as_str().expect("token");
+    let chat = format!(
+        "wss://127.0.0.1:{}/ws?id=ab&name=ab&domain=conformance&resource=web&token={token}",
+        server.addr.port()
+    );
+    run_suite(
+        &wstest,
+        &script,
+        &["--profile", "no-echo"],
+        &chat,
+        "no-echo-chat-wss",
+    );
+    let (status, _) = common::https(server.addr, &client, "GET", "/healthz", None, None);
     assert_eq!(status, 200);
 }

@@ -19,7 +19,9 @@
 //! `nchan` (`--addr` and `--pid` of an nginx+nchan started by `benches/compare.sh`). For a
 //! cluster (`benches/cluster.sh`): `--pid` lists every process whose CPU counts,
 //! `--owner-node N --nodes M` makes every subscriber a user that node N owns, and
-//! `--publish-addr` sends the pushes to another node than `--addr`.
+//! `--publish-addr` sends the pushes to another node than `--addr`. `--tls CERT,KEY`
+//! (shardcast started by the generator): the broker serves that certificate for
+//! `localhost` and every connection of the run is TLS (`benches/tls.sh` makes one).
 //! Loopback only; every loop is bounded in count and time.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -158,7 +160,19 @@ fn main() {
                 let me = std::env::current_exe().unwrap_or_else(|_| die("own path"));
                 me.with_file_name("shardcast").display().to_string()
             });
-            let broker = start_broker(&server, shards, o.get("--durability").unwrap_or("group"));
+            let tls = o.get("--tls").map(|v| {
+                let (cert, key) = v
+                    .split_once(',')
+                    .unwrap_or_else(|| die("--tls takes CERT,KEY (PEM files for localhost)"));
+                let _ = TLS.set(tls_client(cert));
+                (cert.to_string(), key.to_string())
+            });
+            let broker = start_broker(
+                &server,
+                shards,
+                o.get("--durability").unwrap_or("group"),
+                tls.as_ref(),
+            );
             Target {
                 kind,
                 addr: broker.addr.clone(),
@@ -195,7 +209,12 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(server: &str, shards: u64, durability: &str) -> Broker {
+fn start_broker(
+    server: &str,
+    shards: u64,
+    durability: &str,
+    tls: Option<&(String, String)>,
+) -> Broker {
     let dir = std::env::temp_dir().join(format!("shardcast-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("temp dir: {e}")));
@@ -208,8 +227,9 @@ fn start_broker(server: &str, shards: u64, durability: &str) -> Broker {
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshards = {shards}\nsecret = \"{SECRET}\"\n\
              admin_key = \"{ADMIN}\"\nlog_level = \"warn\"\ndurability = \"{durability}\"\n\
              ping_interval_secs = 3600.0\nidle_timeout_secs = 7200.0\nmax_messages_per_sec = 1000000\n\
-             max_inbound_bytes_per_sec = 4000000000\n",
-            dir.join("data")
+             max_inbound_bytes_per_sec = 4000000000\n{}",
+            dir.join("data"),
+            tls.map_or(String::new(), |(c, k)| format!("tls_cert = {c:?}\ntls_key = {k:?}\n"))
         ),
     )
     .unwrap_or_else(|e| die(&format!("config: {e}")));
@@ -287,17 +307,104 @@ fn md5_hex(s: &str) -> String {
         .collect()
 }
 
+/// The TLS client of a run against a broker with `--tls` (trusting that certificate).
+static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// A client socket: plain TCP, or TLS when the run uses `--tls`.
+enum Sock {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Sock {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Sock::Plain(s) => s,
+            Sock::Tls(s) => &s.sock,
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        self.tcp().set_nonblocking(on)
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Plain(s) => s.read(buf),
+            Sock::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Plain(s) => s.write(buf),
+            Sock::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sock::Plain(s) => s.flush(),
+            Sock::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `addr` (and completes the TLS handshake with `--tls`).
+fn dial(addr: &str) -> Sock {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect {addr}: {e}")));
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let _ = s.set_nodelay(true);
+    let Some(config) = TLS.get() else {
+        return Sock::Plain(s);
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap_or_else(|_| die("name"));
+    let conn = rustls::ClientConnection::new(config.clone(), name)
+        .unwrap_or_else(|e| die(&format!("TLS client: {e}")));
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .unwrap_or_else(|e| die(&format!("TLS handshake: {e}")));
+    }
+    Sock::Tls(Box::new(tls))
+}
+
+/// `--tls CERT,KEY`: the broker serves that certificate (for `localhost`) and the
+/// generator trusts it.
+fn tls_client(cert: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap_or_else(|e| die(&format!("--tls {cert}: {e}")))
+    {
+        let c = c.unwrap_or_else(|e| die(&format!("--tls {cert}: {e}")));
+        roots
+            .add(c)
+            .unwrap_or_else(|e| die(&format!("--tls {cert}: {e}")));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| die(&format!("TLS: {e}")))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// A keep-alive HTTP/1.1 client.
 struct Http {
-    s: TcpStream,
+    s: Sock,
     buf: Vec<u8>,
 }
 
 impl Http {
     fn connect(addr: &str) -> Http {
-        let s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect {addr}: {e}")));
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let _ = s.set_nodelay(true);
+        let s = dial(addr);
         Http { s, buf: Vec::new() }
     }
 
@@ -371,10 +478,8 @@ impl Http {
 
 /// Opens a WebSocket to `path` and returns once the upgrade is done and, when
 /// `until_event2`, the unread list has arrived. Returns the socket and leftover bytes.
-fn ws_open(addr: &str, path: &str, until_event2: bool) -> (TcpStream, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect: {e}")));
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let _ = s.set_nodelay(true);
+fn ws_open(addr: &str, path: &str, until_event2: bool) -> (Sock, Vec<u8>) {
+    let mut s = dial(addr);
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -439,7 +544,7 @@ fn login(t: &Target, http: &mut Http, idx: usize) -> String {
 }
 
 /// Subscriber `idx` of a scenario: a socket opened for the target's dialect.
-fn subscribe(t: &Target, login: &str, idx: usize) -> (TcpStream, Vec<u8>) {
+fn subscribe(t: &Target, login: &str, idx: usize) -> (Sock, Vec<u8>) {
     match t.kind {
         Kind::Shardcast => ws_open(&t.addr, &format!("/?token={login}"), true),
         Kind::Nchan => ws_open(&t.addr, &format!("/sub/{}", channel(idx)), false),
@@ -546,7 +651,7 @@ fn finish(
 /// Reads every socket in `socks` (nonblocking, with poll(2)) until `stop`; records each
 /// marker's arrival and latency.
 fn reader(
-    socks: Vec<(usize, TcpStream, Vec<u8>)>,
+    mut socks: Vec<(usize, Sock, Vec<u8>)>,
     seen: Arc<Seen>,
     stop: Arc<AtomicBool>,
 ) -> Vec<u64> {
@@ -558,7 +663,7 @@ fn reader(
     let mut fds: Vec<libc::pollfd> = socks
         .iter()
         .map(|(_, s, _)| libc::pollfd {
-            fd: s.as_raw_fd(),
+            fd: s.tcp().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         })
@@ -575,9 +680,10 @@ fn reader(
                 continue;
             }
             pfd.revents = 0;
-            let (idx, s, _) = &socks[i];
+            let (idx, s, _) = &mut socks[i];
+            let idx = &*idx;
             loop {
-                match (&*s).read(&mut chunk) {
+                match s.read(&mut chunk) {
                     Ok(0) => {
                         pfd.fd = -1;
                         break;
@@ -633,13 +739,12 @@ fn reader(
 }
 
 fn spawn_readers(
-    socks: Vec<(usize, TcpStream, Vec<u8>)>,
+    socks: Vec<(usize, Sock, Vec<u8>)>,
     threads: usize,
     seen: &Arc<Seen>,
     stop: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Vec<u64>>> {
-    let mut groups: Vec<Vec<(usize, TcpStream, Vec<u8>)>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<(usize, Sock, Vec<u8>)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, s) in socks.into_iter().enumerate() {
         groups[i % threads].push(s);
     }
@@ -699,7 +804,7 @@ fn logins(t: &Target, conns: usize) -> Vec<String> {
 }
 
 /// Opens a subscriber per login with 4 threads.
-fn open_subscribers(t: &Target, logins: &[String]) -> Vec<(usize, TcpStream, Vec<u8>)> {
+fn open_subscribers(t: &Target, logins: &[String]) -> Vec<(usize, Sock, Vec<u8>)> {
     let per = logins.len().div_ceil(4).max(1);
     std::thread::scope(|sc| {
         let handles: Vec<_> = (0..logins.len())
@@ -912,7 +1017,7 @@ fn chat(t: &Target, o: &Opts) {
         }
     } else {
         // One writer over every sender socket, round robin by sequence number.
-        let mut socks: Vec<TcpStream> = senders.into_iter().map(|(_, s, _)| s).collect();
+        let mut socks: Vec<Sock> = senders.into_iter().map(|(_, s, _)| s).collect();
         for seq in 0..messages {
             if now_ns() - t0 > deadline_ns() {
                 break;
@@ -959,7 +1064,7 @@ fn chat(t: &Target, o: &Opts) {
 /// Reads what the broker sent a chat sender (blocking, up to the socket's timeout) and
 /// returns how many acks it held; any error object ends the run, since a closed loop
 /// must meet backpressure, never a refusal.
-fn read_acks(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+fn read_acks(s: &mut Sock, buf: &mut Vec<u8>) -> usize {
     let mut chunk = [0u8; 16384];
     match s.read(&mut chunk) {
         Ok(0) => die("a chat sender's connection closed"),

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::net::tls::Stream;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::{Call, Cluster};
 use crate::route::Place;
@@ -518,7 +518,7 @@ type InFlight = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>>>>;
 pub async fn hold(
     shard: Rc<Shard>,
     cluster: Arc<Cluster>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     attach: Attach,
     permit: crate::shard::ConnPermit,
 ) {
@@ -572,6 +572,12 @@ pub async fn hold(
                     Poll::Pending => break,
                 }
             }
+            // Over TLS the last records may wait in rustls for room in the socket.
+            if pending.is_empty() {
+                if let Poll::Ready(Err(_)) = Pin::new(&mut stream).poll_flush(cx) {
+                    return Poll::Ready(Io::Gone);
+                }
+            }
             if pending.capacity() > 64 * 1024 && pending.is_empty() {
                 *pending = Vec::new();
             }
@@ -619,7 +625,7 @@ pub async fn hold(
         leave.attached.set(false);
         let finish = async {
             let _ = stream.flush().await;
-            let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            stream.shutdown_write().await;
             let mut sink = [0u8; 256];
             while let Ok(n) = futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {
                 if n == 0 {

@@ -15,6 +15,8 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::tls::Stream;
+
 use super::http::{self, Request};
 use crate::route;
 use crate::shard::{handoff, ConnPermit, Shard};
@@ -31,13 +33,23 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => match shard.admit() {
+            Some(Ok(tcp)) => match shard.admit() {
                 Some(permit) => {
-                    glommio::spawn_local(contained(shard.clone(), stream, permit)).detach();
+                    let tls = shard.tls.borrow().clone();
+                    match Stream::accepted(tcp, tls.as_ref()) {
+                        Ok(stream) => {
+                            glommio::spawn_local(contained(shard.clone(), stream, permit)).detach();
+                        }
+                        Err(e) => log::warn!("shard {}: TLS session not created: {e}", shard.id),
+                    }
                 }
                 None => {
                     shard.metrics.refused(crate::metrics::Refusal::Connections);
-                    glommio::spawn_local(refuse(stream)).detach();
+                    // Over TLS the refusal would cost a handshake, the very work an
+                    // overloaded broker must not take on: the socket is just closed.
+                    if shard.tls.borrow().is_none() {
+                        glommio::spawn_local(refuse(tcp)).detach();
+                    }
                 }
             },
             Some(Err(e)) => {
@@ -52,7 +64,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Reads more bytes into `buf`; `Ok(0)` at end of stream.
 async fn read_more(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
@@ -68,7 +80,11 @@ async fn read_more(
     .await
 }
 
-pub async fn write_error(stream: &mut TcpStream, e: &Error, extra: &str) {
+pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
+    stream: &mut S,
+    e: &Error,
+    extra: &str,
+) {
     let body = crate::json::error_envelope(e);
     let _ = stream
         .write_all(&http::response(
@@ -89,7 +105,7 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Runs [`serve`] so that a panic ends this connection only.
-async fn contained(shard: Rc<Shard>, stream: TcpStream, permit: ConnPermit) {
+async fn contained(shard: Rc<Shard>, stream: Stream, permit: ConnPermit) {
     use futures_lite::FutureExt;
     let id = shard.id;
     if std::panic::AssertUnwindSafe(serve(shard, stream, permit))
@@ -104,7 +120,7 @@ async fn contained(shard: Rc<Shard>, stream: TcpStream, permit: ConnPermit) {
 /// Reads more bytes into `buf`, giving up at `deadline` (`request_timeout_secs`).
 async fn read_until(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> std::io::Result<usize> {
@@ -117,8 +133,7 @@ async fn read_until(
 }
 
 /// One connection from its first byte until it closes or becomes a WebSocket.
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
-    let _ = stream.set_nodelay(true);
+async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
     let mut buf: Vec<u8> = Vec::new();
     // Each request, head and body, must arrive within request_timeout of the moment the
     // connection became ready for it (slowloris, idle keep-alive).
@@ -169,6 +184,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
+                || stream.flush().await.is_err()
             {
                 return;
             }
@@ -192,7 +208,8 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, permit: ConnPermit) {
             ""
         };
         let resp = http::response(status, content_type, &out, req.keep_alive, extra);
-        if stream.write_all(&resp).await.is_err() {
+        // Over TLS the last record may still sit in rustls; plain TCP has nothing to flush.
+        if stream.write_all(&resp).await.is_err() || stream.flush().await.is_err() {
             return;
         }
         if !req.keep_alive {
@@ -211,7 +228,7 @@ fn is_upgrade_path(path: &str) -> bool {
 
 async fn upgrade(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     req: &Request,
     ws: &http::WsHeaders,
     rest: Vec<u8>,

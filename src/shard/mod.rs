@@ -59,6 +59,9 @@ pub struct Shard {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Remote sessions this shard runs, and sockets it relays for other nodes.
     pub remote: crate::cluster::remote::Tables,
+    /// What new TLS handshakes present (`tls_cert`/`tls_key`); `None`: plain TCP. A
+    /// reload replaces it through the inbox, so no lock is shared between shards.
+    pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
 /// Runs `work`, catching a panic inside it: glommio does not contain panics in tasks (one
@@ -436,6 +439,14 @@ pub struct Seed {
     pub open_conns: Arc<AtomicUsize>,
     pub token_key: crate::auth::TokenKey,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Asks shard `tx` to present `config` in its new TLS handshakes (SIGHUP).
+pub fn replace_tls(tx: &InboxTx, config: Arc<rustls::ServerConfig>) -> bool {
+    tx.send_control(Box::new(move |shard: &Rc<Shard>| {
+        *shard.tls.borrow_mut() = Some(config);
+    }))
 }
 
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
@@ -470,6 +481,7 @@ pub async fn run(seed: Seed) {
         inbox_probe: seed.inbox.clone(),
         cluster: seed.cluster,
         remote: Default::default(),
+        tls: RefCell::new(seed.tls),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
     glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();

@@ -14,11 +14,11 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::frame::{self, FrameError};
 use super::outbound;
 use crate::error::close;
+use crate::net::tls::Stream;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
@@ -92,7 +92,7 @@ impl Drop for Leave {
 /// before it joined the session table.
 pub async fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     conn: Rc<Conn>,
     mut rbuf: Vec<u8>,
     leave: Leave,
@@ -183,7 +183,7 @@ pub async fn serve(
 /// for the peer to finish, within `CLOSE_GRACE` (PROTOCOL.md §5: a refused login is
 /// dropped within 2 s; every other closing connection gets the same, so that a client
 /// that goes on trickling bytes after its close frame cannot hold the socket).
-async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Stream) {
     let grace = shard.rt.idle_timeout.min(CLOSE_GRACE);
     let finish = async {
         let flushed = std::future::poll_fn(|cx| {
@@ -196,7 +196,7 @@ async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
             return;
         }
         let _ = stream.flush().await;
-        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        stream.shutdown_write().await;
         let mut sink = [0u8; 256];
         loop {
             match futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {

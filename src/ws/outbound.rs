@@ -117,7 +117,9 @@ impl Outbound {
         if self.queue.capacity() > 16 {
             self.queue = VecDeque::new();
         }
-        Poll::Ready(Ok(()))
+        // TLS may hold the last records back until the socket has room; plain TCP holds
+        // nothing.
+        Pin::new(&mut *stream).poll_flush(cx)
     }
 
     /// Marks `n` bytes from the front of the queue as written.

@@ -8,11 +8,10 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
-
 use super::outbound::{self, Outbound};
 use crate::auth::Token;
 use crate::error::close;
+use crate::net::tls::Stream;
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
 use crate::Error;
@@ -74,7 +73,7 @@ fn response_101(accept: &str) -> Vec<u8> {
 /// memory is mostly this future). A panic in the connection's code ends this connection
 /// only: it is caught here, the connection leaves the session table (its `Leave` guard
 /// drops), and the shard goes on.
-pub async fn complete(shard: Rc<Shard>, stream: TcpStream, up: Upgrade) {
+pub async fn complete(shard: Rc<Shard>, stream: Stream, up: Upgrade) {
     use futures_lite::FutureExt;
     let id = shard.id;
     let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(&shard, up)))

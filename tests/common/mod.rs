@@ -452,9 +452,9 @@ pub fn uid_on(domain: &str, prefix: &str, shard: usize, shards: usize) -> String
         .expect("some uid lands on every shard")
 }
 
-/// A real WebSocket client (tungstenite) with bounded reads.
-pub struct Ws {
-    pub ws: WebSocket<TcpStream>,
+/// A real WebSocket client (tungstenite) with bounded reads, over plain TCP or TLS.
+pub struct Ws<S: Read + Write = TcpStream> {
+    pub ws: WebSocket<S>,
 }
 
 impl Ws {
@@ -471,6 +471,28 @@ impl Ws {
         Ws { ws }
     }
 
+    /// Asserts that nothing arrives within `ms` (used only to prove an absence).
+    pub fn expect_silence(&mut self, ms: u64) {
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(ms)))
+            .expect("timeout");
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(WAIT))
+            .expect("timeout");
+    }
+}
+
+impl<S: Read + Write> Ws<S> {
     /// The next text message as JSON (pings are answered by tungstenite).
     pub fn recv(&mut self) -> Value {
         loop {
@@ -501,26 +523,6 @@ impl Ws {
                 Err(e) => panic!("expected a close frame, got error {e}"),
             }
         }
-    }
-
-    /// Asserts that nothing arrives within `ms` (used only to prove an absence).
-    pub fn expect_silence(&mut self, ms: u64) {
-        self.ws
-            .get_mut()
-            .set_read_timeout(Some(Duration::from_millis(ms)))
-            .expect("timeout");
-        match self.ws.read() {
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
-        self.ws
-            .get_mut()
-            .set_read_timeout(Some(WAIT))
-            .expect("timeout");
     }
 
     pub fn close(mut self) {
@@ -722,4 +724,123 @@ pub fn uid_of_node(domain: &str, prefix: &str, node: usize, nodes: usize) -> Str
             shardcast::route::place(shardcast::route::slot_of(domain, u), nodes, 2).node == node
         })
         .expect("some uid lands on every node")
+}
+
+/// A self-signed certificate for `localhost`, made at test time, as PEM files in `dir`.
+pub struct Cert {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// The certificate as DER, to trust it or to recognise it on the wire.
+    pub der: Vec<u8>,
+}
+
+impl Cert {
+    pub fn make(dir: &std::path::Path, name: &str) -> Cert {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("self-signed certificate");
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, made.cert.pem()).expect("write certificate");
+        std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+        Cert {
+            cert,
+            key,
+            der: made.cert.der().to_vec(),
+        }
+    }
+
+    /// The config overrides that serve this certificate.
+    pub fn keys(&self) -> [(&'static str, String); 2] {
+        [
+            ("tls_cert", format!("{:?}", self.cert)),
+            ("tls_key", format!("{:?}", self.key)),
+        ]
+    }
+}
+
+pub type TlsSock = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS client configuration that trusts `roots` and offers `versions` and `alpn`.
+pub fn tls_client(
+    roots: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .expect("trust the test certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
+/// A TLS connection to `addr` for the name `localhost`, handshake done (or its error).
+pub fn tls_try_connect(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsSock> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(WAIT))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let mut sock = rustls::StreamOwned::new(conn, tcp);
+    while sock.conn.is_handshaking() {
+        sock.conn.complete_io(&mut sock.sock)?;
+    }
+    Ok(sock)
+}
+
+pub fn tls_connect(addr: SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> TlsSock {
+    tls_try_connect(addr, config).expect("TLS handshake")
+}
+
+/// One HTTPS request (`Connection: close`); the status and the JSON body.
+pub fn https(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    target: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut sock = tls_connect(addr, config);
+    let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Until close_notify (Ok(0)) or, should the server skip it, the end of the stream.
+    while let Ok(n) = sock.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    parse_response(&raw)
+}
+
+/// A WebSocket over TLS to `path` (query included).
+pub fn wss(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Ws<TlsSock> {
+    let sock = tls_connect(addr, config);
+    let url = format!("wss://localhost:{}{path}", addr.port());
+    let (ws, resp) = tungstenite::client(url, sock).expect("WebSocket handshake over TLS");
+    assert_eq!(resp.status(), 101);
+    Ws { ws }
 }
