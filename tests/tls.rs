@@ -54,14 +54,24 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
     let server = start(&cert, &[]);
     let client = tls_client(&[&cert.der], BOTH, &[b"h2", b"http/1.1"]);
 
-    // Users of both shards, several connections each: whichever shard the kernel hands a
-    // connection to, some are moved to their owner with their TLS session.
-    let uids: Vec<String> = (0..6)
+    // Users of both shards: the kernel spreads the connections over the shards, so some
+    // are moved to their owner with their TLS session (all 12 landing on their owner has
+    // a chance of 1 in 4096).
+    let uids: Vec<String> = (0..12)
         .map(|i| common::uid_on("default", &format!("t{i}_"), i % 2, 2))
         .collect();
+    let tokens: Vec<String> = uids
+        .iter()
+        .map(|u| token(&server, &client, "default", u))
+        .collect();
+    let hops = || {
+        let raw = common::https_raw(server.addr, &client, "GET", "/metrics", None, None);
+        common::metric_sum(&String::from_utf8_lossy(&raw), "cross_shard_hops_total", "")
+    };
+    // A scrape itself asks the other shard; measure what one costs.
+    let (h0, h1) = (hops(), hops());
     let mut clients = Vec::new();
-    for uid in &uids {
-        let t = token(&server, &client, "default", uid);
+    for t in &tokens {
         let mut ws = wss(server.addr, &client, &format!("/?token={t}"));
         let tls = &ws.ws.get_ref().conn;
         assert_eq!(tls.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN http/1.1");
@@ -69,6 +79,10 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
         assert_eq!(v["event"], 2, "unread list first: {v}");
         clients.push(ws);
     }
+    assert!(
+        hops() - h1 > h1 - h0,
+        "some upgrades were handed to their owner shard"
+    );
     let (status, v) = https(
         server.addr,
         &client,
@@ -78,7 +92,7 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
         Some(&json!({"uids": uids, "title": "over tls", "content": "加密"}).to_string()),
     );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["content"]["online"], 6, "{v}");
+    assert_eq!(v["content"]["online"], 12, "{v}");
     let id = v["content"]["_id"].as_str().expect("_id").to_string();
     for ws in &mut clients {
         let m = ws.recv();

@@ -812,6 +812,18 @@ pub fn https(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    parse_response(&https_raw(addr, config, method, target, bearer, body))
+}
+
+/// One HTTPS request (`Connection: close`); the whole response as received.
+pub fn https_raw(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    target: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> Vec<u8> {
     let mut sock = tls_connect(addr, config);
     let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     let body = body.unwrap_or("");
@@ -829,7 +841,7 @@ pub fn https(
         }
         raw.extend_from_slice(&chunk[..n]);
     }
-    parse_response(&raw)
+    raw
 }
 
 /// A WebSocket over TLS to `path` (query included).
