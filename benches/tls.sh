@@ -15,7 +15,7 @@ cargo build --release --locked --bins
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 bench=target/release/shardcast-bench
 for r in $(seq 1 "$rounds"); do

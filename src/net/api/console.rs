@@ -1,9 +1,12 @@
 //! `GET /console`: the web console, one page embedded in the binary (no build step, no
-//! external resources). `GET /console/dev-token`: a development-only helper that issues a
-//! token without a sign — it exists only while the broker runs with the development
-//! secrets shipped in `tuning/default.toml` and the development profile, and answers 404
-//! otherwise, so no secret or shortcut reaches a production page. It grants what a signed
-//! request for the same `(domain, uid)` grants, no more: a token of that user only.
+//! external resources). `GET /console/shardcast.js`: the JavaScript client of
+//! `clients/js`, embedded unchanged, which the page imports, so that the console speaks
+//! the protocol through the code applications use rather than a copy of it.
+//! `GET /console/dev-token`: a development-only helper that issues a token without a
+//! sign — it exists only while the broker runs with the development secrets shipped in
+//! `tuning/default.toml` and the development profile, and answers 404 otherwise, so no
+//! secret or shortcut reaches a production page. It grants what a signed request for the
+//! same `(domain, uid)` grants, no more: a token of that user only.
 
 use std::rc::Rc;
 
@@ -13,6 +16,7 @@ use crate::shard::Shard;
 use crate::Error;
 
 pub const PAGE: &str = include_str!("console.html");
+pub const CLIENT: &str = include_str!("../../../clients/js/src/shardcast.js");
 
 /// The page as served: it says whether the development token helper exists, so the page
 /// need not probe for it (a probe shows as a failed request in the browser's console).

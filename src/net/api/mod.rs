@@ -17,8 +17,9 @@ use crate::metrics::Refusal;
 use crate::shard::Shard;
 use crate::Error;
 
-const API_PATHS: [&str; 11] = [
+const API_PATHS: [&str; 12] = [
     "/console",
+    "/console/shardcast.js",
     "/console/dev-token",
     "/broadcast",
     "/presence",
@@ -112,6 +113,10 @@ pub async fn serve_here(
 ) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/console" && req.method == "GET" {
         return (200, "text/html; charset=utf-8", console::page(shard));
+    }
+    if req.path == "/console/shardcast.js" && req.method == "GET" {
+        let js = console::CLIENT.as_bytes().to_vec();
+        return (200, "text/javascript; charset=utf-8", js);
     }
     if req.path == "/healthz" && req.method == "GET" {
         let (status, body) = health::healthz(shard).await;
