@@ -440,3 +440,35 @@ fn a_burst_of_chat_sends_meets_backpressure_not_refusals() {
     );
     assert_eq!(v["content"]["total"], n, "{v}");
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_dropped_after_request_timeout() {
+    let server = Server::start(&[("request_timeout_secs", "0.5")]);
+    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(4096)
+        .expect("rcvbuf");
+    // Far more answers than the socket buffers hold (each /metrics is kilobytes), sent at
+    // once, then nothing is read for several request timeouts.
+    let requests = 2000;
+    let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let _ = s.write_all(&one.repeat(requests));
+    std::thread::sleep(Duration::from_secs(3));
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let answered = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(answered > 0, "some answers were written");
+    assert!(
+        answered < requests,
+        "the broker kept the stalled client: all {answered} answers arrived"
+    );
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+}

@@ -55,9 +55,9 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
     let client = tls_client(&[&cert.der], BOTH, &[b"h2", b"http/1.1"]);
 
     // Users of both shards: the kernel spreads the connections over the shards, so some
-    // are moved to their owner with their TLS session (all 12 landing on their owner has
-    // a chance of 1 in 4096).
-    let uids: Vec<String> = (0..12)
+    // are moved to their owner with their TLS session (all 24 landing on their owner has
+    // a chance of 1 in 16 million).
+    let uids: Vec<String> = (0..24)
         .map(|i| common::uid_on("default", &format!("t{i}_"), i % 2, 2))
         .collect();
     let tokens: Vec<String> = uids
@@ -92,7 +92,7 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
         Some(&json!({"uids": uids, "title": "over tls", "content": "加密"}).to_string()),
     );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["content"]["online"], 12, "{v}");
+    assert_eq!(v["content"]["online"], 24, "{v}");
     let id = v["content"]["_id"].as_str().expect("_id").to_string();
     for ws in &mut clients {
         let m = ws.recv();

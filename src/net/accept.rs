@@ -80,22 +80,48 @@ async fn read_more(
     .await
 }
 
+/// Longest an error answer and its close may take: a client that does not read (a zero
+/// window) cannot hold the connection, its task and its `max_connections` place with it.
+/// Over TLS even a small answer waits for the socket, and the close for the close alert.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `work`, or `None` once `limit` has passed.
+async fn within<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
 pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
     stream: &mut S,
     e: &Error,
     extra: &str,
 ) {
-    let body = crate::json::error_envelope(e);
-    let _ = stream
-        .write_all(&http::response(
+    answer_and_close(
+        stream,
+        &http::response(
             e.http_status(),
             http::JSON,
-            &body,
+            &crate::json::error_envelope(e),
             false,
             extra,
-        ))
-        .await;
-    let _ = stream.close().await;
+        ),
+    )
+    .await;
+}
+
+/// Writes a last response and closes, within [`ANSWER_GRACE`].
+async fn answer_and_close<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, resp: &[u8]) {
+    within(ANSWER_GRACE, async {
+        let _ = stream.write_all(resp).await;
+        let _ = stream.close().await;
+    })
+    .await;
 }
 
 /// `max_connections` reached: 503 with code 1009, then close.
@@ -180,12 +206,12 @@ async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
         let end = head_len + req.content_length;
         if req.expect_continue && buf.len() < end {
             // RFC 9110 §10.1.1: the client holds the body back until it hears 100.
-            if stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-                || stream.flush().await.is_err()
-            {
+            let sent = within(shard.rt.request_timeout, async {
+                stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                stream.flush().await
+            })
+            .await;
+            if !matches!(sent, Some(Ok(()))) {
                 return;
             }
         }
@@ -208,12 +234,18 @@ async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
             ""
         };
         let resp = http::response(status, content_type, &out, req.keep_alive, extra);
-        // Over TLS the last record may still sit in rustls; plain TCP has nothing to flush.
-        if stream.write_all(&resp).await.is_err() || stream.flush().await.is_err() {
-            return;
-        }
         if !req.keep_alive {
-            let _ = stream.close().await;
+            return answer_and_close(&mut stream, &resp).await;
+        }
+        // A client that does not read its answers is dropped after request_timeout, as
+        // one that does not send its request. Over TLS the last record may still sit in
+        // rustls; plain TCP has nothing to flush.
+        let sent = within(shard.rt.request_timeout, async {
+            stream.write_all(&resp).await?;
+            stream.flush().await
+        })
+        .await;
+        if !matches!(sent, Some(Ok(()))) {
             return;
         }
         deadline = Instant::now() + shard.rt.request_timeout;
@@ -244,9 +276,7 @@ async fn upgrade(
             false,
             "Sec-WebSocket-Version: 13\r\n",
         );
-        let _ = stream.write_all(&resp).await;
-        let _ = stream.close().await;
-        return;
+        return answer_and_close(&mut stream, &resp).await;
     }
     let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
         return write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;

@@ -69,6 +69,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Bytes of records rustls may hold for a connection that the socket has not taken yet.
+const TLS_BUFFER_BYTES: usize = 16 * 1024;
+
 /// A connection's byte stream, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
@@ -88,7 +91,10 @@ impl Stream {
         match tls {
             None => Ok(Stream::Plain(tcp)),
             Some(config) => {
-                let tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+                let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+                // What rustls may hold beyond the socket is bounded like one record, not
+                // its default 64 KiB: the outbound queue's limit must stay the limit.
+                tls.set_buffer_limit(Some(TLS_BUFFER_BYTES));
                 Ok(Stream::Tls(Box::new(TlsStream {
                     tcp,
                     tls: Box::new(tls),
