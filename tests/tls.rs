@@ -47,6 +47,26 @@ fn token(
     v["content"]["token"].as_str().expect("token").to_string()
 }
 
+/// `POST /push` over HTTPS; the response, asserted successful.
+fn push(
+    server: &Server,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    uids: &[String],
+    content: &str,
+) -> serde_json::Value {
+    let body = json!({"uids": uids, "title": "over tls", "content": content}).to_string();
+    let (status, v) = https(
+        server.addr,
+        client,
+        "POST",
+        "/push",
+        Some(ADMIN),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
 #[test]
 fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -83,15 +103,7 @@ fn both_dialects_and_the_api_work_over_tls_on_every_shard() {
         hops() - h1 > h1 - h0,
         "some upgrades were handed to their owner shard"
     );
-    let (status, v) = https(
-        server.addr,
-        &client,
-        "POST",
-        "/push",
-        Some(ADMIN),
-        Some(&json!({"uids": uids, "title": "over tls", "content": "加密"}).to_string()),
-    );
-    assert_eq!(status, 200, "{v}");
+    let v = push(&server, &client, &uids, "加密");
     assert_eq!(v["content"]["online"], 24, "{v}");
     let id = v["content"]["_id"].as_str().expect("_id").to_string();
     for ws in &mut clients {
@@ -210,15 +222,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
         "new handshakes present the new certificate"
     );
     // The connection opened before the reload is still served.
-    let (status, v) = https(
-        server.addr,
-        &client,
-        "POST",
-        "/push",
-        Some(ADMIN),
-        Some(&json!({"uids": ["keeper"], "title": "t", "content": "after reload"}).to_string()),
-    );
-    assert_eq!(status, 200, "{v}");
+    push(&server, &client, &["keeper".to_string()], "after reload");
     assert_eq!(open.recv()["data"]["msg"]["content"], "after reload");
 
     // A reload that cannot read its files changes nothing.
