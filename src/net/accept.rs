@@ -19,7 +19,7 @@ use super::tls::Stream;
 
 use super::http::{self, Request};
 use crate::route;
-use crate::shard::{handoff, ConnPermit, Shard};
+use crate::shard::{handoff, within, ConnPermit, Shard};
 use crate::ws::upgrade::{self, Login, Upgrade};
 use crate::Error;
 
@@ -85,18 +85,6 @@ async fn read_more(
 /// Over TLS even a small answer waits for the socket, and the close for the close alert.
 const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `work`, or `None` once `limit` has passed.
-async fn within<T>(
-    limit: std::time::Duration,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    futures_lite::future::or(async { Some(work.await) }, async {
-        glommio::timer::sleep(limit).await;
-        None
-    })
-    .await
-}
-
 pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
     stream: &mut S,
     e: &Error,
@@ -151,11 +139,9 @@ async fn read_until(
     deadline: Instant,
 ) -> std::io::Result<usize> {
     let left = deadline.saturating_duration_since(Instant::now());
-    futures_lite::future::or(read_more(shard, stream, buf), async {
-        glommio::timer::sleep(left).await;
-        Err(std::io::ErrorKind::TimedOut.into())
-    })
-    .await
+    within(left, read_more(shard, stream, buf))
+        .await
+        .unwrap_or(Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// One connection from its first byte until it closes or becomes a WebSocket.

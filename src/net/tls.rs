@@ -95,12 +95,7 @@ impl Stream {
                 // What rustls may hold beyond the socket is bounded like one record, not
                 // its default 64 KiB: the outbound queue's limit must stay the limit.
                 tls.set_buffer_limit(Some(TLS_BUFFER_BYTES));
-                Ok(Stream::Tls(Box::new(TlsStream {
-                    tcp,
-                    tls: Box::new(tls),
-                    eof: false,
-                    closing: false,
-                })))
+                Ok(Stream::tls(tcp, Box::new(tls)))
             }
         }
     }
@@ -128,13 +123,17 @@ impl Stream {
         let tcp = unsafe { TcpStream::from_raw_fd(parts.fd.into_raw_fd()) };
         match parts.tls {
             None => Stream::Plain(tcp),
-            Some(tls) => Stream::Tls(Box::new(TlsStream {
-                tcp,
-                tls,
-                eof: false,
-                closing: false,
-            })),
+            Some(tls) => Stream::tls(tcp, tls),
         }
+    }
+
+    fn tls(tcp: TcpStream, tls: Box<ServerConnection>) -> Stream {
+        Stream::Tls(Box::new(TlsStream {
+            tcp,
+            tls,
+            eof: false,
+            closing: false,
+        }))
     }
 
     /// Ends the sending direction: TLS says close_notify first (RFC 8446 §6.1).

@@ -107,17 +107,22 @@ where
     }
 }
 
-/// `work`, or 1009 once `limit` has passed (the work is dropped: a call waiting for a
-/// hung store or a stuck shard gives up instead of holding its caller forever).
+/// `work`, or `None` once `limit` has passed (the work is dropped).
+pub async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+/// `work`, or 1009 once `limit` has passed (a call waiting for a hung store or a stuck
+/// shard gives up instead of holding its caller forever).
 async fn with_deadline<T>(
     limit: Duration,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    futures_lite::future::or(work, async {
-        glommio::timer::sleep(limit).await;
-        Err(Error::Overloaded)
-    })
-    .await
+    within(limit, work).await.unwrap_or(Err(Error::Overloaded))
 }
 
 /// A write waiting to be durable, counted against `max_inflight_writes` until dropped.
