@@ -34,6 +34,7 @@ struct File {
     utc_offset: String,
     token_ttl_secs: u64,
     sign_window_secs: u64,
+    idempotency_window_secs: u64,
     durability: String,
     group_commit_ms: u64,
     store_cache_bytes: u64,
@@ -152,6 +153,8 @@ pub struct Runtime {
     pub utc_offset_secs: i64,
     pub token_ttl_secs: u64,
     pub sign_window_secs: u64,
+    /// How long an `Idempotency-Key` is remembered (PROTOCOL.md §6).
+    pub idempotency_window_secs: u64,
     pub durability: Durability,
     pub group_commit: Duration,
     pub store_cache_bytes: u64,
@@ -216,7 +219,7 @@ impl Runtime {
         let mut text = format!(
             "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nring_depth = {}\nsecret = {:?}\nadmin_key = {:?}\n\
              profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
-             sign_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
+             sign_window_secs = {}\nidempotency_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
              store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
              max_unread_bytes = {}\nmax_offline_per_user = {}\n\
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
@@ -237,6 +240,7 @@ impl Runtime {
             self.default_domain,
             self.token_ttl_secs,
             self.sign_window_secs,
+            self.idempotency_window_secs,
             self.group_commit.as_millis(),
             self.store_cache_bytes,
             self.max_push_uids,
@@ -333,10 +337,32 @@ pub fn load(path: Option<&Path>, overrides: &str) -> Result<Runtime, ConfigError
         )?;
     }
     check_domain_tables(&table)?;
-    let file: File = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError(format!("config: {}", e.message())))?;
+    let file: File = match toml::Value::Table(table.clone()).try_into() {
+        Ok(f) => f,
+        Err(e) => return Err(name_the_key(&table, &e)),
+    };
     validate(file)
+}
+
+/// A value of the right TOML type that its key still refuses (`shards = -1`): serde's
+/// message names no key when deserializing from a table, so the keys that differ from
+/// the defaults are tried one at a time to find the one at fault.
+fn name_the_key(table: &toml::Table, e: &toml::de::Error) -> ConfigError {
+    let defaults = match parse_table("tuning/default.toml (embedded)", DEFAULT_TOML) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    for (key, value) in table {
+        if defaults.get(key) == Some(value) {
+            continue;
+        }
+        let mut one = defaults.clone();
+        one.insert(key.clone(), value.clone());
+        if let Err(e) = toml::Value::Table(one).try_into::<File>() {
+            return bad(key, e.message());
+        }
+    }
+    ConfigError(format!("config: {}", e.message()))
 }
 
 /// Parses and validates a config from text only (used by unit tests and fuzzing).
@@ -345,8 +371,24 @@ pub fn from_str(text: &str) -> Result<Runtime, ConfigError> {
 }
 
 fn parse_table(name: &str, text: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("{name}: not valid TOML: {}", e.message())))
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let (line, column) = line_and_column(text, span.start);
+            format!(" at line {line}, column {column}")
+        });
+        ConfigError(format!(
+            "{name}: not valid TOML{at}: {}",
+            e.message().trim()
+        ))
+    })
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn merge(base: &mut toml::Table, top: toml::Table, from: &Path) -> Result<(), ConfigError> {
@@ -524,6 +566,9 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.token_ttl_secs == 0 {
         return Err(bad("token_ttl_secs", "must be at least 1"));
     }
+    if f.idempotency_window_secs == 0 {
+        return Err(bad("idempotency_window_secs", "must be at least 1"));
+    }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && (0.001..=86400.0).contains(&v) {
             Ok(Duration::from_secs_f64(v))
@@ -616,6 +661,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         utc_offset_secs,
         token_ttl_secs: f.token_ttl_secs,
         sign_window_secs: f.sign_window_secs,
+        idempotency_window_secs: f.idempotency_window_secs,
         durability,
         group_commit: Duration::from_millis(f.group_commit_ms),
         store_cache_bytes: f.store_cache_bytes,
@@ -796,6 +842,9 @@ mod tests {
         let cases = [
             ("shardz = 2", "shardz"),
             ("shards = \"two\"", "shards"),
+            ("shards = -1", "config key `shards`"),
+            ("shards = \n", "line 1, column 10"),
+            ("a = 1\n[x\n", "line 2, column 3"),
             ("durability = \"fast\"", "durability"),
             ("utc_offset = \"8\"", "utc_offset"),
             ("listen = \"nowhere\"", "listen"),

@@ -43,6 +43,24 @@ pub enum Error {
     /// 1009 / 503.
     #[error("overloaded")]
     Overloaded,
+    /// 1009 / 503: a call to a cluster node that stopped sending heartbeats.
+    #[error("cluster node {0} is gone (no heartbeat); retry later")]
+    NodeGone(usize),
+    /// A `/push` that some owners stored and others did not: the code and status of
+    /// `cause`, with the counts in `content` (`stored`, `failed` recipients), so a
+    /// backend knows a retry with the same `Idempotency-Key` completes it.
+    #[error(
+        "{cause} ({stored} recipients stored, {failed} not; retry with the same Idempotency-Key)"
+    )]
+    Partly {
+        cause: Box<Error>,
+        stored: usize,
+        failed: usize,
+    },
+    /// 1010 / 403 (PROTOCOL.md §2 v3): a valid credential used beyond what it grants,
+    /// such as a user's token for another user's history.
+    #[error("credential does not grant this")]
+    NotGranted,
     /// 1009, close 1008: the user already holds `max_connections_per_user` (§5).
     #[error("too many connections for this user")]
     UserConnections,
@@ -70,6 +88,7 @@ impl Error {
     /// The protocol `code` (PROTOCOL.md §2 and §3).
     pub fn code(&self) -> u16 {
         match self {
+            Error::Partly { cause, .. } => cause.code(),
             Error::Internal => 1000,
             Error::BadParam(_) | Error::LengthRequired => 1001,
             Error::BadSign => 1002,
@@ -79,7 +98,8 @@ impl Error {
             Error::NotFound => 1006,
             Error::MethodNotAllowed => 1007,
             Error::TooLarge(_) => 1008,
-            Error::Overloaded | Error::UserConnections => 1009,
+            Error::Overloaded | Error::NodeGone(_) | Error::UserConnections => 1009,
+            Error::NotGranted => 1010,
             Error::WsInternal => 2000,
             Error::BadFrame => 2001,
             Error::NoSuchEvent => 2002,
@@ -92,15 +112,16 @@ impl Error {
     /// The HTTP status that goes with `code()` (PROTOCOL.md §2).
     pub fn http_status(&self) -> u16 {
         match self {
+            Error::Partly { cause, .. } => cause.http_status(),
             Error::Internal | Error::WsInternal => 500,
             Error::BadParam(_) => 400,
             Error::LengthRequired => 411,
             Error::BadSign | Error::StaleTimestamp | Error::BadToken => 401,
-            Error::BadAdminKey | Error::AdminOtherDomain => 403,
+            Error::BadAdminKey | Error::AdminOtherDomain | Error::NotGranted => 403,
             Error::NotFound => 404,
             Error::MethodNotAllowed => 405,
             Error::TooLarge(_) => 413,
-            Error::Overloaded => 503,
+            Error::Overloaded | Error::NodeGone(_) => 503,
             Error::RateLimited | Error::UserConnections => 429,
             Error::BadFrame | Error::NoSuchEvent | Error::BadField(_) | Error::NoSuchUnread(_) => {
                 400
@@ -112,15 +133,17 @@ impl Error {
     /// `None` when the connection stays open after the error is reported.
     pub fn close_code(&self) -> Option<u16> {
         match self {
+            Error::Partly { cause, .. } => cause.close_code(),
             Error::BadToken | Error::BadParam(_) | Error::UserConnections => Some(1008),
             Error::TooLarge(_) => Some(1009),
-            Error::Overloaded => Some(1013),
+            Error::Overloaded | Error::NodeGone(_) => Some(1013),
             Error::Internal | Error::WsInternal => Some(1011),
             Error::LengthRequired
             | Error::BadSign
             | Error::StaleTimestamp
             | Error::BadAdminKey
             | Error::AdminOtherDomain
+            | Error::NotGranted
             | Error::NotFound
             | Error::MethodNotAllowed
             | Error::BadFrame
@@ -231,6 +254,8 @@ mod tests {
             (Error::MethodNotAllowed, 1007, 405),
             (Error::too_large("body"), 1008, 413),
             (Error::Overloaded, 1009, 503),
+            (Error::NodeGone(2), 1009, 503),
+            (Error::NotGranted, 1010, 403),
         ];
         for (e, code, status) in rows {
             assert_eq!((e.code(), e.http_status()), (code, status), "{e:?}");

@@ -55,7 +55,13 @@ pub fn ok_envelope(content: &[u8]) -> Vec<u8> {
 
 /// The error envelope of PROTOCOL.md §2.
 pub fn error_envelope(e: &crate::Error) -> Vec<u8> {
-    envelope(e, b"{}")
+    match e {
+        crate::Error::Partly { stored, failed, .. } => envelope(
+            e,
+            format!("{{\"stored\":{stored},\"failed\":{failed}}}").as_bytes(),
+        ),
+        _ => envelope(e, b"{}"),
+    }
 }
 
 /// An error envelope with `content`.

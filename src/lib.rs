@@ -46,8 +46,16 @@ use std::sync::Arc;
 use config::Runtime;
 use shard::inbox::{self, InboxTx};
 
+/// mimalloc 2.x (the crate's `v2` feature): 3.3.0–3.3.2, the crate's default, corrupts
+/// its free lists under multi-threaded use (microsoft/mimalloc#1287) — seen here as a
+/// segfault in the allocation fast path of a shard thread under benchmark load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator's version (`major*10000 + minor*100 + patch`: 20302 is 2.3.2).
+pub fn allocator_version() -> u32 {
+    GLOBAL.version()
+}
 
 /// io_uring buffer memory per shard: shardcast does no direct file I/O through glommio,
 /// so the 10 MiB default would only add RSS.
@@ -72,9 +80,27 @@ impl Drop for ExitNotice {
     }
 }
 
+/// What start-up checks beyond the configuration's own validation, without serving or
+/// changing anything (`shardcast check-config`): the TLS files load and form a usable
+/// certificate, and the data directory is a directory (or can be made one).
+pub fn check(rt: &Runtime) -> Result<(), String> {
+    if let Some(files) = &rt.tls {
+        net::tls::load(files)?;
+    }
+    match std::fs::metadata(&rt.data_dir) {
+        Ok(m) if !m.is_dir() => Err(format!(
+            "data_dir {} is not a directory",
+            rt.data_dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Starts the broker: checks the data directory, opens every shard's store, binds the
 /// port once per shard, and starts the shards. Errors say what to change.
 pub fn start(rt: Runtime) -> Result<Server, String> {
+    check(&rt)?;
+    refuse_served_address(rt.listen)?;
     std::fs::create_dir_all(&rt.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
     // Journals first: resharding moves what they hold too.
@@ -85,6 +111,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     for i in 0..rt.shards {
         dbs.push(store::open(&rt, i)?);
     }
+    // Loaded again (checked above): the shards need the configuration itself.
     let tls = rt.tls.as_ref().map(net::tls::load).transpose()?;
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
@@ -135,6 +162,36 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
         handles,
         exits,
     })
+}
+
+/// Fails when another process already serves `addr`. The shards share their port with
+/// SO_REUSEPORT, and so would a second broker started on the same address: the kernel
+/// would split connections between two processes that know nothing of each other's
+/// tokens and sessions. A socket bound *without* SO_REUSEPORT cannot join a listening
+/// group, so this probe fails exactly when someone listens there (SO_REUSEADDR only
+/// lets it past connections of an earlier run still in TIME_WAIT). The probe closes
+/// before the shards bind: two brokers started at the same instant can still both pass.
+fn refuse_served_address(addr: SocketAddr) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let fail = |e: std::io::Error| format!("cannot listen on {addr} (config key `listen`): {e}");
+    let probe = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(fail)?;
+    probe.set_reuse_address(true).map_err(fail)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr} (config key `listen`): another process already listens \
+             there (another shardcast?); stop it or choose another address"
+        )),
+        Err(e) => Err(fail(e)),
+    }
 }
 
 /// One listening socket per shard on the same address (SO_REUSEPORT); with port 0 the
@@ -208,5 +265,15 @@ impl Server {
 
     pub fn shards(&self) -> usize {
         self.peers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_allocator_is_mimalloc_2() {
+        // 3.3.x crashes under load (see GLOBAL); a dependency update must not bring it back.
+        let v = super::allocator_version();
+        assert!((20_000..30_000).contains(&v), "mimalloc {v}");
     }
 }

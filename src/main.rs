@@ -11,7 +11,8 @@ shardcast — a sharded, thread-per-core WebSocket push and chat broker
 
 Usage:
   shardcast [--config FILE]          run the broker (no FILE: the embedded tuning/default.toml)
-  shardcast check-config FILE        validate FILE and print the effective configuration
+  shardcast check-config FILE        run every start-up check on FILE (TLS files included)
+                                     and print the effective configuration
   shardcast print-default-config     print the embedded tuning/default.toml
   shardcast --help                   this text
   shardcast --version                the version
@@ -59,7 +60,10 @@ fn main() -> ExitCode {
                     eprintln!("shardcast: check-config needs a FILE\n\n{USAGE}");
                     return ExitCode::from(2);
                 };
-                return match shardcast::config::load(Some(std::path::Path::new(&file)), "") {
+                let checked = shardcast::config::load(Some(std::path::Path::new(&file)), "")
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| shardcast::check(&rt).map(|()| rt));
+                return match checked {
                     Ok(rt) => {
                         print!("{}", rt.effective_toml());
                         ExitCode::SUCCESS
@@ -125,7 +129,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log::info!("{shards} shards serving on {}", server.addr);
+    log::info!(
+        "{shards} shards serving on {} (mimalloc {})",
+        server.addr,
+        shardcast::allocator_version()
+    );
     println!("shardcast listening on {}", server.addr);
     let _ = std::io::stdout().flush();
 

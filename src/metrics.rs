@@ -96,7 +96,7 @@ pub struct Metrics {
     pub store_write: Histogram,
     pub delivery: Histogram,
     /// Removed by retention: tokens, unread, offline, history.
-    pub retention_removed: [Cell<u64>; 4],
+    pub retention_removed: [Cell<u64>; 5],
     /// Refused credentials and caps, indexed like [`REFUSALS`].
     pub refusals: [Cell<u64>; 6],
 }
@@ -178,7 +178,7 @@ pub struct Snapshot {
     pub errors: [u64; 16],
     pub store_write: HistogramSnapshot,
     pub delivery: HistogramSnapshot,
-    pub retention_removed: [u64; 4],
+    pub retention_removed: [u64; 5],
     pub refusals: [u64; 6],
 }
 
@@ -405,7 +405,10 @@ pub fn render(shards: &[Snapshot]) -> String {
         "Entries removed by retention, by kind.",
     );
     for s in shards {
-        for (i, kind) in ["token", "unread", "offline", "history"].iter().enumerate() {
+        for (i, kind) in ["token", "unread", "offline", "history", "idempotency"]
+            .iter()
+            .enumerate()
+        {
             let _ = writeln!(
                 out,
                 "shardcast_retention_removed_total{{shard=\"{}\",kind=\"{kind}\"}} {}",

@@ -307,16 +307,19 @@ fn message_log_auth_rules() {
     // The admin key.
     let (s, v) = log(&server, &format!("domain={D}&toId=rita"), Some(ADMIN));
     assert!(ok(s, &v), "{v}");
-    // Refusals: 1004.
+    // A valid token of someone else does not grant this history: 1010 (PROTOCOL.md §2 v3).
+    for query in [
+        format!("domain={D}&toId=rita&token={quinn}"),
+        format!("domain={D}&toId=rita&token={stranger}"),
+        format!("domain={D}&toId=rita&fromId=quinn&token={stranger}"),
+        format!("domain={D}&toId=rita&token={rita_elsewhere}"),
+    ] {
+        let (s, v) = log(&server, &query, None);
+        assert_eq!((s, v["code"].as_i64()), (403, Some(1010)), "{query}: {v}");
+    }
+    // No credential, or one that is not valid: 1004.
     for (query, auth) in [
         (format!("domain={D}&toId=rita"), None),
-        (format!("domain={D}&toId=rita&token={quinn}"), None),
-        (format!("domain={D}&toId=rita&token={stranger}"), None),
-        (
-            format!("domain={D}&toId=rita&fromId=quinn&token={stranger}"),
-            None,
-        ),
-        (format!("domain={D}&toId=rita&token={rita_elsewhere}"), None),
         (format!("domain={D}&toId=rita"), Some("not-the-admin-key")),
         (
             format!("domain={D}&toId=rita&token=00000000000000000000000000000000"),

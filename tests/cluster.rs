@@ -542,3 +542,60 @@ fn a_push_to_many_remote_sessions_crosses_nats_in_few_messages() {
     // its way shares the next one (6 here on an idle machine), never one per user.
     assert!(m1 - m0 <= 10, "{} messages for 20 deliveries", m1 - m0);
 }
+
+#[test]
+fn a_keyed_push_retried_after_a_node_was_down_completes_only_the_missing_part() {
+    let nats = Nats::start();
+    let mut nodes = three(&nats);
+    let up = uid_of_node(D, "iu", 1, 3);
+    let down = uid_of_node(D, "id", 2, 3);
+    // A key that node 0 or 1 remembers (node 2 is the one that goes down).
+    let key = (0..1000)
+        .map(|i| format!("retry-{i}"))
+        .find(|k| {
+            let slot = shardcast::route::slot_of("\u{1}idempotency", k);
+            shardcast::route::place(slot, 3, 2).node != 2
+        })
+        .expect("a key");
+    nodes[2].kill9();
+    // Until node 2 is known to be gone: then the error names it.
+    let gone = common::wait_until(Duration::from_secs(10), || {
+        let v = nodes[0].get("/healthz").1;
+        v["content"]["cluster"]["gone"]
+            .as_array()
+            .is_some_and(|g| g.contains(&json!(2)))
+    });
+    assert!(gone);
+    let body = json!({"uids": [up, down], "title": "t", "content": "exactly once"});
+    let (status, v) = nodes[0].admin_post_once("/push", &key, &body);
+    assert_eq!((status, v["code"].as_i64()), (503, Some(1009)), "{v}");
+    assert_eq!(v["content"], json!({"stored": 1, "failed": 1}), "{v}");
+    assert!(v["msg"].as_str().unwrap_or("").contains("node 2"), "{v}");
+    nodes[2].respawn();
+    let mut answer = None;
+    let done = common::wait_until(Duration::from_secs(15), || {
+        let (status, v) = nodes[0].admin_post_once("/push", &key, &body);
+        if status == 200 {
+            answer = Some(v);
+        }
+        status == 200
+    });
+    assert!(done, "the retry completes once node 2 is back");
+    let answer = answer.expect("answer");
+    // One notification, one `_id`, once for each recipient.
+    for (owner, uid) in [(1, &up), (2, &down)] {
+        let list = {
+            let token = nodes[owner].token(uid);
+            let mut ws = Ws::connect(&nodes[owner].url(&format!("/?token={token}")));
+            ws.recv()["data"]["msg_list"]
+                .as_array()
+                .cloned()
+                .expect("list")
+        };
+        assert_eq!(list.len(), 1, "{uid}: {list:?}");
+        assert_eq!(list[0]["_id"], answer["content"]["_id"]);
+    }
+    // And again through another node: the same answer, nothing new.
+    let (status, again) = nodes[1].admin_post_once("/push", &key, &body);
+    assert_eq!((status, &again), (200, &answer));
+}

@@ -170,3 +170,41 @@ fn a_snapshot_write_cut_by_a_kill_does_not_stop_the_store_from_opening() {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["_id"], pushed);
 }
+
+#[test]
+fn read_reports_stay_read_after_sigkill() {
+    let mut server = Server::start(&[]);
+    let reader = common::uid_on("default", "reader", 0, 2);
+    let other = common::uid_on("default", "bystander", 0, 2);
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            server.push(&[&reader], &format!("n{i}"), "c")["_id"]
+                .as_str()
+                .expect("_id")
+                .to_string()
+        })
+        .collect();
+    let (mut ws, list) = server.notify(&reader);
+    assert_eq!(list.len(), 6);
+    ws.send(&json!({"event": 3, "data": {"msg_ids": &ids[..3]}}));
+    // The report has been applied once a new login lists 3 (read reports are silent).
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || { server.notify(&reader).1.len() == 3 }
+    ));
+    // An acknowledged push on the same shard: durable, and with it every write the shard
+    // made before it — the read report included, when it goes through the journal.
+    server.push(&[&other], "after", "c");
+    server.kill9();
+    server.respawn();
+    let (_ws, list) = server.notify(&reader);
+    let left: BTreeSet<String> = list
+        .iter()
+        .map(|m| m["_id"].as_str().expect("_id").to_string())
+        .collect();
+    assert_eq!(
+        left,
+        ids[3..].iter().cloned().collect::<BTreeSet<_>>(),
+        "read reports came back after SIGKILL"
+    );
+}

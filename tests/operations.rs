@@ -51,6 +51,15 @@ fn cli_commands_and_exit_codes() {
         ("max_unread = \"many\"\n", "max_unread"),
         ("durability = \"fast\"\n", "durability"),
         ("profile = \"production\"\n", "profile"),
+        // Right type, wrong value: the key is named.
+        ("shards = -1\n", "config key `shards`"),
+        // Syntax: line and column.
+        ("shards = 2\nsecret = \"s\n", "line 2, column 12"),
+        // Every start-up check runs: a certificate that does not parse.
+        (
+            "tls_cert = \"/etc/hostname\"\ntls_key = \"/etc/hostname\"\n",
+            "tls_cert",
+        ),
     ] {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).expect("write");
@@ -238,4 +247,43 @@ fn console_page_is_served_and_the_dev_token_helper_exists_only_with_dev_secrets(
     let token = v["content"]["token"].as_str().expect("token");
     let mut ws = common::Ws::connect(&dev.url(&format!("/?token={token}")));
     assert_eq!(ws.recv()["event"], 2);
+}
+
+#[test]
+fn a_second_broker_on_a_served_address_stops_naming_it() {
+    let first = Server::start(&[]);
+    let addr = first.addr;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = {:?}\nshards = 2\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let exited = common::wait_until(std::time::Duration::from_secs(20), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("a second broker started on {addr}, which the first one serves");
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&addr.to_string()), "{err}");
+    // The first one serves on, alone: its tokens work on every connection.
+    for _ in 0..8 {
+        first.notify("still-mine");
+    }
 }

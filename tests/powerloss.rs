@@ -90,8 +90,9 @@ fn cut_power(journal: &Path, dir: &Path) -> usize {
     undone
 }
 
-/// `faults`: SHARDCAST_FAULTS for the broker (e.g. frequent checkpoints).
-fn power_cut(name: &str, faults: &str) {
+/// `faults`: SHARDCAST_FAULTS for the broker (e.g. frequent checkpoints). `big`: every
+/// tenth chat message is 200 KiB, which sled keeps in a blob file of its own.
+fn power_cut(name: &str, faults: &str, big: bool) {
     let Some(shim) = build_shim() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -104,7 +105,12 @@ fn power_cut(name: &str, faults: &str) {
     let _ = std::fs::remove_file(&journal);
     let tmp = std::env::temp_dir();
     let mut server = Server::start_with_env(
-        &[("durability", "\"group\"")],
+        &[
+            ("durability", "\"group\""),
+            ("max_message_bytes", if big { "262144" } else { "65536" }),
+            ("max_frame_bytes", if big { "266240" } else { "69632" }),
+            ("max_inbound_bytes_per_sec", "1048576"),
+        ],
         &[
             ("LD_PRELOAD", shim.to_str().expect("path")),
             ("POWERLOSS_DIR", tmp.to_str().expect("path")),
@@ -128,7 +134,13 @@ fn power_cut(name: &str, faults: &str) {
             .entry(uid)
             .or_default()
             .insert(v["content"]["_id"].as_str().expect("id").to_string());
-        let body = serde_json::json!({"domain": "d", "toId": "pat", "type": 100, "content": format!("m{i}")});
+        let content = if big && i % 10 == 0 {
+            format!("m{i}-{}", "b".repeat(200 << 10))
+        } else {
+            format!("m{i}")
+        };
+        let body =
+            serde_json::json!({"domain": "d", "toId": "pat", "type": 100, "content": content});
         let (status, v) = c
             .request("POST", "/message", Some(ADMIN), &body.to_string())
             .expect("answer");
@@ -199,12 +211,19 @@ fn power_cut(name: &str, faults: &str) {
 
 #[test]
 fn acknowledged_writes_survive_a_power_cut() {
-    power_cut("plain", "");
+    power_cut("plain", "", false);
 }
 
 /// Checkpoints every few records: sled's flush and fdatasync become the durability point
 /// of everything before them, and the journals they covered are deleted.
 #[test]
 fn acknowledged_writes_survive_a_power_cut_across_checkpoints() {
-    power_cut("checkpoints", "checkpoint_bytes=2048");
+    power_cut("checkpoints", "checkpoint_bytes=2048", false);
+}
+
+/// Large values live in sled's blob files: a checkpoint must make them (and their
+/// directory) durable before it deletes the journals that could restore them.
+#[test]
+fn large_messages_survive_a_power_cut_across_checkpoints() {
+    power_cut("blobs", "checkpoint_bytes=2048", true);
 }

@@ -33,6 +33,7 @@ pub enum Call {
         path: String,
         query: String,
         authorization: Option<String>,
+        idempotency_key: Option<String>,
         body: Vec<u8>,
     },
     /// The share of one `/push` whose users this node owns (JSON: `id`, `title`,
@@ -66,16 +67,24 @@ impl Call {
                 path,
                 query,
                 authorization,
+                idempotency_key,
                 body,
             } => {
                 // Head fields cannot hold a newline (httparse refuses them), so they
-                // separate the fields; the body follows the fourth.
+                // separate the fields; the body follows the fifth.
                 let auth = authorization.as_deref().unwrap_or("");
+                let idem = idempotency_key.as_deref().unwrap_or("");
                 let mut out = Vec::with_capacity(
-                    method.len() + path.len() + query.len() + auth.len() + body.len() + 5,
+                    method.len()
+                        + path.len()
+                        + query.len()
+                        + auth.len()
+                        + idem.len()
+                        + body.len()
+                        + 6,
                 );
                 out.push(HTTP);
-                for f in [method.as_str(), path, query, auth] {
+                for f in [method.as_str(), path, query, auth, idem] {
                     out.extend_from_slice(f.as_bytes());
                     out.push(b'\n');
                 }
@@ -104,7 +113,7 @@ impl Call {
         let (&kind, rest) = bytes.split_first()?;
         match kind {
             HTTP => {
-                let mut fields = rest.splitn(5, |&b| b == b'\n');
+                let mut fields = rest.splitn(6, |&b| b == b'\n');
                 let mut text = || {
                     fields
                         .next()
@@ -112,12 +121,14 @@ impl Call {
                         .map(str::to_string)
                 };
                 let (method, path, query, auth) = (text()?, text()?, text()?, text()?);
+                let idem = text()?;
                 let body = fields.next()?.to_vec();
                 Some(Call::Http {
                     method,
                     path,
                     query,
                     authorization: (!auth.is_empty()).then_some(auth),
+                    idempotency_key: (!idem.is_empty()).then_some(idem),
                     body,
                 })
             }
@@ -250,7 +261,7 @@ impl Cluster {
             // Not the full call timeout for a node whose heartbeats stopped (a hung
             // process that NATS still routes to).
             peer.failures.fetch_add(1, Relaxed);
-            return Err(Error::Overloaded);
+            return Err(Error::NodeGone(node));
         }
         peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -284,7 +295,7 @@ impl Cluster {
     /// an answer; resolves once NATS has it, so one caller's messages stay in order.
     pub async fn publish(&self, node: usize, payload: Vec<u8>) -> Result<(), Error> {
         if self.is_gone(node, crate::ids::now_millis()) {
-            return Err(Error::Overloaded);
+            return Err(Error::NodeGone(node));
         }
         if let Some(peer) = self.peers.get(node) {
             peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
@@ -395,6 +406,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             path,
             query,
             authorization,
+            idempotency_key,
             mut body,
         }) => {
             let req = crate::net::http::Request {
@@ -403,6 +415,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
                 query,
                 content_length: body.len(),
                 authorization,
+                idempotency_key,
                 ..Default::default()
             };
             let (status, _, out) = crate::net::api::serve_here(shard, &req, &mut body).await;
@@ -508,6 +521,7 @@ mod tests {
             path: "/presence".into(),
             query: "domain=d&uid=u".into(),
             authorization: Some("Bearer k".into()),
+            idempotency_key: Some("retry-7".into()),
             body: b"{\"a\":\n1}".to_vec(),
         };
         match Call::decode(&call.encode()) {
@@ -516,9 +530,11 @@ mod tests {
                 path,
                 query,
                 authorization,
+                idempotency_key,
                 body,
             }) => {
                 assert_eq!((method.as_str(), path.as_str()), ("GET", "/presence"));
+                assert_eq!(idempotency_key.as_deref(), Some("retry-7"));
                 assert_eq!(query, "domain=d&uid=u");
                 assert_eq!(authorization.as_deref(), Some("Bearer k"));
                 assert_eq!(body, b"{\"a\":\n1}");
@@ -530,6 +546,7 @@ mod tests {
             path: "/x".into(),
             query: String::new(),
             authorization: None,
+            idempotency_key: None,
             body: Vec::new(),
         };
         assert!(matches!(

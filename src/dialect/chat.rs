@@ -217,6 +217,40 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
     let started = std::time::Instant::now();
     crate::fault::panic_point("chat_send");
     let _slot = shard.begin_write()?;
+    let offline = store_and_send(&shard, &msg)?;
+    shard.store.durable().await?;
+    shard.metrics.store_write.observe(started.elapsed());
+    Ok(offline)
+}
+
+/// [`deliver`] at most once per `Idempotency-Key` (PROTOCOL.md §6, `POST /message`):
+/// the answer (the message object with its `offline` flag) is remembered in the same
+/// turn as the message is stored, so a retry gets that answer and nothing is stored or
+/// sent again.
+pub async fn deliver_once(
+    shard: Rc<Shard>,
+    msg: Arc<ChatMessage>,
+    once: super::Idempotency,
+) -> Result<Vec<u8>, Error> {
+    let started = std::time::Instant::now();
+    let _slot = shard.begin_write()?;
+    let key = once.answer_key();
+    if let Some(answer) = shard.store.idempotent(&key, crate::ids::now_secs())? {
+        // It may still be in the group being written.
+        shard.store.durable().await?;
+        return Ok(answer.to_vec());
+    }
+    let offline = store_and_send(&shard, &msg)?;
+    let answer = msg.with_offline(offline);
+    shard.store.put_idempotent(&key, once.expire, &answer)?;
+    shard.store.durable().await?;
+    shard.metrics.store_write.observe(started.elapsed());
+    Ok(answer)
+}
+
+/// Stores `msg` in its recipient's history, sends it to the online resources or queues
+/// it; whether it was queued. No await: durable once the caller's `durable()` resolves.
+fn store_and_send(shard: &Rc<Shard>, msg: &Arc<ChatMessage>) -> Result<bool, Error> {
     let slot = route::slot_of(&msg.domain, &msg.to);
     // Connections already closing (kicked, idle, replaced) no longer count as online.
     let online: Vec<Rc<Conn>> = shard
@@ -248,8 +282,6 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
     crate::metrics::bump(&m.messages_delivered, delivered);
     crate::metrics::bump(&m.offline_queued, u64::from(offline));
     m.delivery.observe(msg.created.elapsed());
-    shard.store.durable().await?;
-    shard.metrics.store_write.observe(started.elapsed());
     Ok(offline)
 }
 

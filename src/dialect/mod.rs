@@ -13,6 +13,39 @@ use crate::shard::Shard;
 use crate::ws::{frame, outbound};
 use crate::Error;
 
+/// An `Idempotency-Key` of a backend call (PROTOCOL.md §6) as the owner shards see it:
+/// remembered per admin scope, at `slot`, until `expire` (unix seconds).
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    /// `""` for the top-level admin key, else the declared domain whose key it was.
+    pub scope: String,
+    pub key: String,
+    pub slot: u16,
+    pub expire: u64,
+}
+
+impl Idempotency {
+    /// The record of the whole call's answer (kept by one shard).
+    pub fn answer_key(&self) -> Vec<u8> {
+        crate::store::keys::idempotent(
+            self.slot,
+            crate::store::keys::IDEMPOTENT,
+            &self.scope,
+            &self.key,
+        )
+    }
+
+    /// The record of one owner shard's part of a push.
+    pub fn part_key(&self) -> Vec<u8> {
+        crate::store::keys::idempotent(
+            self.slot,
+            crate::store::keys::IDEMPOTENT_PART,
+            &self.scope,
+            &self.key,
+        )
+    }
+}
+
 /// A complete text message from `conn`.
 pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
     if !conn.registered.get() {

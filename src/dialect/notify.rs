@@ -101,11 +101,17 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
 
 /// Stores `note` as unread for `uids` (all owned by this shard) and delivers it to their
 /// notify connections. Returns the number of connections it was queued to, once durable.
+///
+/// With `once` (an `Idempotency-Key`), this shard's part is done at most once within the
+/// window: a part already done answers what it answered then and stores and sends
+/// nothing. The check and the part's record are in the same turn as the writes, so two
+/// concurrent retries cannot both pass it.
 pub async fn deliver(
     shard: Rc<Shard>,
     domain: String,
     uids: Vec<(u16, String)>,
     note: Arc<Notification>,
+    once: Option<super::Idempotency>,
 ) -> Result<usize, Error> {
     let started = std::time::Instant::now();
     crate::fault::panic_point("push_deliver");
@@ -114,6 +120,17 @@ pub async fn deliver(
         return Err(Error::Internal);
     }
     let _slot = shard.begin_write()?;
+    if let Some(once) = &once {
+        let done = shard
+            .store
+            .idempotent(&once.part_key(), crate::ids::now_secs())?;
+        if let Some(online) = done {
+            // Answered only once what it answered is durable (it may be in the group
+            // being written).
+            shard.store.durable().await?;
+            return Ok(usize::try_from(crate::store::keys::u64_value(Some(&online))).unwrap_or(0));
+        }
+    }
     shard.store.add_unread(
         &domain,
         uids.iter().map(|(slot, uid)| (*slot, uid.as_str())),
@@ -130,6 +147,13 @@ pub async fn deliver(
                 }
             }
         }
+    }
+    if let Some(once) = &once {
+        shard.store.put_idempotent(
+            &once.part_key(),
+            once.expire,
+            &(online as u64).to_be_bytes(),
+        )?;
     }
     let m = &shard.metrics;
     m.delivery.observe(note.created.elapsed());

@@ -23,6 +23,8 @@ pub struct Request {
     /// HTTP/1.0: keep-alive must be confirmed with `Connection: keep-alive`.
     pub http10: bool,
     pub authorization: Option<String>,
+    /// `Idempotency-Key` of `POST /push` and `POST /message` (PROTOCOL.md §6), as sent.
+    pub idempotency_key: Option<String>,
     pub origin: Option<String>,
     /// Set when the request asks for a WebSocket upgrade.
     pub upgrade: Option<WsHeaders>,
@@ -115,6 +117,8 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
             out.expect_continue = value.trim().eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            out.idempotency_key = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {

@@ -411,6 +411,7 @@ async fn retention(shard: Rc<Shard>) {
             removed.unread,
             removed.offline,
             removed.history,
+            removed.idempotent,
         ];
         for (cell, n) in shard.metrics.retention_removed.iter().zip(counts) {
             crate::metrics::bump(cell, n);

@@ -21,7 +21,8 @@
 //! has changes nothing; a record is framed by its length and CRC, and replay stops at the
 //! first torn one (nothing after it was acknowledged: acknowledgements wait for the
 //! fdatasync that covers the record); a journal is deleted only after a sled flush and an
-//! fdatasync of sled's log that started after its last record.
+//! fdatasync of sled's log and blob files that started after its last record
+//! ([`super::sync_partition`]).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -227,11 +228,8 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
                 );
             }
         }
-        db.flush()
-            .map_err(|e| format!("cannot flush {}: {e}", dir.display()))?;
-        super::open_sync_file(rt, shard)?
-            .sync_data()
-            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+        super::sync_partition(&db, &super::open_sync_file(rt, shard)?, &dir)
+            .map_err(|e| format!("cannot flush and sync {}: {e}", dir.display()))?;
         drop(db);
         let last = gens.last().copied().unwrap_or(0);
         remove_before(&dir, last.saturating_add(1))
@@ -314,6 +312,11 @@ impl Journal {
 
     pub fn del(&self, key: &[u8]) {
         self.op(DEL, &[key]);
+    }
+
+    /// The partition's directory (`shard-<i>`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Whether a checkpoint is running (shutdown waits for it).
@@ -421,16 +424,15 @@ impl Journal {
         );
         glommio::spawn_local(async move {
             let done = glommio::executor()
-                .spawn_blocking(move || -> Result<(), sled::Error> {
-                    db.flush()?;
-                    db_file.sync_data()?;
-                    Ok(remove_before(&dir, next)?)
+                .spawn_blocking(move || -> std::io::Result<()> {
+                    super::sync_partition(&db, &db_file, &dir)?;
+                    remove_before(&dir, next)
                 })
                 .await;
             if let Err(e) = done {
                 // Counted and logged on this (the shard's) thread; the journals stay and
                 // are replayed at the next start, and the next rotation tries again.
-                let _ = Error::from(e);
+                let _ = io(e);
             }
             busy.set(false);
         })

@@ -12,6 +12,8 @@
 //! slot f user(to) user(from)                → last fseq (u64)
 //! slot g user                               → first retained history seq (absent: 1)
 //! slot e user(to) user(from)                → first retained fseq (absent: 1)
+//! slot I slen scope klen key               → expire(8) answer (an idempotent call, PROTOCOL.md §6)
+//! slot i slen scope klen key               → expire(8) online(8) (this shard's part of a push)
 //! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
 //! ```
 //! Invariant: domain and uid are 1..=128 bytes (auth::valid_name), so each length fits in
@@ -27,6 +29,8 @@ pub const FROM: u8 = b'F';
 pub const FROM_SEQ: u8 = b'f';
 pub const HISTORY_FIRST: u8 = b'g';
 pub const FROM_FIRST: u8 = b'e';
+pub const IDEMPOTENT: u8 = b'I';
+pub const IDEMPOTENT_PART: u8 = b'i';
 
 /// Length of the `slot kind user` prefix of a key, if it has one.
 pub fn user_prefix_len(key: &[u8]) -> Option<usize> {
@@ -64,6 +68,17 @@ pub fn token(slot: u16, token: &[u8; 16]) -> Vec<u8> {
     k.extend_from_slice(&slot.to_be_bytes());
     k.push(TOKEN);
     k.extend_from_slice(token);
+    k
+}
+
+/// `slot kind slen scope klen key` for an `Idempotency-Key` (1..=64 bytes) of an admin
+/// scope (`""` for the top-level key, else the domain, ≤ 128 bytes).
+pub fn idempotent(slot: u16, kind: u8, scope: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + scope.len() + key.len());
+    k.extend_from_slice(&slot.to_be_bytes());
+    k.push(kind);
+    push_name(&mut k, scope);
+    push_name(&mut k, key);
     k
 }
 

@@ -188,10 +188,8 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
     // The same durability point as an acknowledgement: a copy is on disk (fdatasync after
     // sled's flush) before its original is removed.
     let durable = |j: usize| -> Result<(), String> {
-        dbs[j].flush().map_err(err)?;
-        files[j]
-            .sync_data()
-            .map_err(|e| format!("resharding: cannot sync shard {j}: {e}"))
+        super::sync_partition(&dbs[j], &files[j], &rt.data_dir.join(format!("shard-{j}")))
+            .map_err(|e| format!("resharding: cannot flush and sync shard {j}: {e}"))
     };
     let mut moved = 0u64;
     for (i, db) in dbs.iter().enumerate() {

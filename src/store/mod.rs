@@ -68,6 +68,40 @@ pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, Strin
     std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
+/// Makes every file of a partition durable after `db.flush()`: sled's log (`db_file`,
+/// see [`open_sync_file`]), then each blob file (values sled keeps outside its log, in
+/// `blobs/<lsn>`, written without a sync) and the `blobs` directory and the partition's
+/// own directory (so that new blob files and their names survive a power cut too). The
+/// one durability point of sled's own files: a journal checkpoint, the shutdown flush,
+/// journal replay at start and each resharding step all go through here before anything
+/// that the journal would have restored is deleted.
+pub fn sync_partition(
+    db: &sled::Db,
+    db_file: &std::fs::File,
+    dir: &std::path::Path,
+) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    db_file.sync_data()?;
+    let blobs = dir.join("blobs");
+    match std::fs::read_dir(&blobs) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                // sled removes blobs it no longer needs at any time.
+                match std::fs::File::open(&path) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            std::fs::File::open(&blobs)?.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
 pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
     open_db_with(rt, shard, Some(500))
@@ -235,9 +269,7 @@ impl Store {
     /// Flushes everything (shutdown): sled flushed and synced holds every write, so the
     /// journals are deleted.
     pub fn flush(&self) -> Result<(), Error> {
-        self.db.flush()?;
-        self.sync_file
-            .sync_data()
+        sync_partition(&self.db, &self.sync_file, self.commit.journal().dir())
             .map_err(|e| Error::from(sled::Error::Io(e)))?;
         self.commit.journal().remove_all()
     }
@@ -342,9 +374,10 @@ impl Store {
         let prefix = keys::user(slot, keys::UNREAD, domain, uid);
         let mut missing = Vec::new();
         for id in ids {
+            // Through the journal like every write: a read report replayed from an older
+            // journal would otherwise come back as unread after a crash.
             if self
-                .db
-                .remove(keys::with_suffix(prefix.clone(), &id.0))?
+                .del(keys::with_suffix(prefix.clone(), &id.0))?
                 .is_none()
             {
                 missing.push(*id);
@@ -468,6 +501,28 @@ impl Store {
             self.put(count_key, &count.saturating_sub(removed).to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// The value stored under an idempotency record `key` (past its `expire(8)`), unless
+    /// it is absent or expired at `now`.
+    pub fn idempotent(&self, key: &[u8], now: u64) -> Result<Option<IVec>, Error> {
+        let Some(v) = self.db.get(key)? else {
+            return Ok(None);
+        };
+        match v.get(..8) {
+            Some(e) if keys::u64_value(Some(e)) > now => Ok(Some(v.subslice(8, v.len() - 8))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Remembers `value` under an idempotency record `key` until `expire` (unix seconds);
+    /// retention removes it after that.
+    pub fn put_idempotent(&self, key: &[u8], expire: u64, value: &[u8]) -> Result<(), Error> {
+        crate::fault::store_write()?;
+        let mut v = Vec::with_capacity(8 + value.len());
+        v.extend_from_slice(&expire.to_be_bytes());
+        v.extend_from_slice(value);
+        self.put(key, v)
     }
 
     /// Page `page` (1-based) of `size` of `to`'s history, newest first, optionally only

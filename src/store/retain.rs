@@ -99,6 +99,7 @@ pub struct Removed {
     pub unread: u64,
     pub offline: u64,
     pub history: u64,
+    pub idempotent: u64,
 }
 
 /// Seconds of the message id at the start of a stored chat core (`{"id":"<24 hex>"`).
@@ -165,6 +166,12 @@ impl Store {
                 {
                     self.del(&k)?;
                     removed.tokens += 1;
+                }
+                Some(&(keys::IDEMPOTENT | keys::IDEMPOTENT_PART))
+                    if keys::u64_value(v.get(..8)) <= now =>
+                {
+                    self.del(&k)?;
+                    removed.idempotent += 1;
                 }
                 Some(&(keys::UNREAD | keys::OFFLINE | keys::HISTORY)) => {
                     if let Some(n) = keys::user_prefix_len(&k) {

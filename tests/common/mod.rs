@@ -292,6 +292,18 @@ impl Server {
         self.http("POST", path, Some(ADMIN), Some(&body.to_string()))
     }
 
+    /// [`Server::admin_post`] with an `Idempotency-Key` (PROTOCOL.md §6).
+    pub fn admin_post_once(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let body = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Authorization: Bearer {ADMIN}\r\nIdempotency-Key: {key}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        parse_response(&self.raw(req.as_bytes()))
+    }
+
     /// `GET /auth/websocket` with the given parameters (`domain` omitted when `None`).
     pub fn request_token(
         &self,

@@ -45,6 +45,7 @@ pub async fn broadcast(
             content,
             &domain,
             &[],
+            None,
         ));
         let part = Rc::new(part);
         for node in (0..cluster.cfg.nodes).filter(|n| *n != cluster.node()) {

@@ -15,6 +15,7 @@ use crate::Error;
 pub async fn message(
     shard: &Rc<Shard>,
     scope: &AdminScope,
+    key: Option<&str>,
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
     let rt = shard.rt.clone();
@@ -48,6 +49,18 @@ pub async fn message(
         kind,
         content,
     ));
+    // A key is remembered by the recipient's owner shard, where the message is stored
+    // (a cluster forwards the whole call to the recipient's node first).
+    let slot = crate::route::slot_of(domain, to);
+    if let Some(once) = super::push::idempotency(shard, scope, key, |_| slot)? {
+        let owner = shard.place(slot);
+        if owner.node != shard.node() {
+            return Err(Error::Internal);
+        }
+        return shard
+            .call(owner.shard, move |s| chat::deliver_once(s, msg, once))
+            .await;
+    }
     let offline = chat::send(shard, msg.clone()).await?;
     Ok(msg.with_offline(offline))
 }

@@ -63,12 +63,11 @@ pub async fn message_log(
                     .await?
             }
         };
-        let allowed = match user {
-            Some((d, u)) => d == domain && (u == to || Some(&u) == from.as_ref()),
-            None => false,
-        };
-        if !allowed {
-            return Err(Error::BadToken);
+        match user {
+            Some((d, u)) if d == domain && (u == to || Some(&u) == from.as_ref()) => {}
+            // A valid token of someone else: it is not invalid, it does not grant this.
+            Some(_) => return Err(Error::NotGranted),
+            None => return Err(Error::BadToken),
         }
     }
 

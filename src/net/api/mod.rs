@@ -53,6 +53,7 @@ pub async fn serve(
                 path: req.path.clone(),
                 query: req.query.clone(),
                 authorization: req.authorization.clone(),
+                idempotency_key: req.idempotency_key.clone(),
                 body: body.to_vec(),
             };
             let reply = cluster.call(node, &call).await;
@@ -83,6 +84,12 @@ fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
             let q = http::parse_query(&req.query).ok()?;
             let domain = http::param(&q, "domain")?.to_string();
             (domain, http::param(&q, "toId")?.to_string())
+        }
+        // A keyed push is coordinated where its key is remembered (see `push`).
+        ("/push", "POST") => {
+            let key = req.idempotency_key.as_deref()?;
+            let place = shard.place(crate::route::slot_of(push::KEY_DOMAIN, key));
+            return (place.node != shard.node()).then_some(place.node);
         }
         ("/message" | "/kick", "POST") => {
             // Parsed from a copy: the owner parses the body as it arrived.
@@ -142,8 +149,14 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
     let query = || http::parse_query(&req.query);
     match (req.path.as_str(), method) {
         ("/auth/websocket", "GET") => token::issue(shard, &query()?).await,
-        ("/push", "POST") => push::push(shard, &admin(shard, req)?, body).await,
-        ("/message", "POST") => message::message(shard, &admin(shard, req)?, body).await,
+        ("/push", "POST") => {
+            let key = req.idempotency_key.as_deref();
+            push::push(shard, &admin(shard, req)?, key, body).await
+        }
+        ("/message", "POST") => {
+            let key = req.idempotency_key.as_deref();
+            message::message(shard, &admin(shard, req)?, key, body).await
+        }
         ("/presence", "GET") => admin::presence(shard, &admin(shard, req)?, &query()?).await,
         ("/kick", "POST") => admin::kick(shard, &admin(shard, req)?, body).await,
         ("/broadcast", "POST") => admin::broadcast(shard, &admin(shard, req)?, body).await,
