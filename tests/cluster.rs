@@ -558,12 +558,14 @@ fn a_keyed_push_retried_after_a_node_was_down_completes_only_the_missing_part() 
         })
         .expect("a key");
     nodes[2].kill9();
-    // Until node 2 is known to be gone: then the error names it.
+    // Until both live nodes know node 2 is gone (the call may be coordinated by either,
+    // where its key is remembered): then the error names it.
     let gone = common::wait_until(Duration::from_secs(10), || {
-        let v = nodes[0].get("/healthz").1;
-        v["content"]["cluster"]["gone"]
-            .as_array()
-            .is_some_and(|g| g.contains(&json!(2)))
+        nodes[..2].iter().all(|n| {
+            n.get("/healthz").1["content"]["cluster"]["gone"]
+                .as_array()
+                .is_some_and(|g| g.contains(&json!(2)))
+        })
     });
     assert!(gone);
     let body = json!({"uids": [up, down], "title": "t", "content": "exactly once"});

@@ -265,7 +265,7 @@ impl Cluster {
         }
         peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
-        let reply = if self.jobs.send(bridge::Job {
+        let mut reply = if self.jobs.send(bridge::Job {
             node,
             payload,
             reply: tx,
@@ -275,6 +275,10 @@ impl Cluster {
         } else {
             Err(Error::Overloaded)
         };
+        if reply == Err(Error::Overloaded) && self.gone_nodes().contains(&node) {
+            // Nobody answered for a node that is gone or was never heard from: say so.
+            reply = Err(Error::NodeGone(node));
+        }
         match &reply {
             Ok(bytes) => {
                 peer.bytes_in.fetch_add(bytes.len() as u64, Relaxed);

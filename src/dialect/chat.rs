@@ -261,7 +261,7 @@ fn store_and_send(shard: &Rc<Shard>, msg: &Arc<ChatMessage>) -> Result<bool, Err
         .filter(|c| !c.is_notify() && c.out.borrow().closing().is_none())
         .cloned()
         .collect();
-    shard.store.append_chat(slot, &msg)?;
+    shard.store.append_chat(slot, msg)?;
     let mut delivered = 0u64;
     if !online.is_empty() {
         let f = frame::text(&msg.with_offline(false));
@@ -274,7 +274,7 @@ fn store_and_send(shard: &Rc<Shard>, msg: &Arc<ChatMessage>) -> Result<bool, Err
     if offline {
         let dropped = shard
             .store
-            .queue_offline(slot, &msg, shard.rt.max_offline_per_user)?;
+            .queue_offline(slot, msg, shard.rt.max_offline_per_user)?;
         crate::metrics::bump(&shard.metrics.offline_dropped, dropped);
     }
     let m = &shard.metrics;
