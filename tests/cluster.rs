@@ -427,7 +427,8 @@ fn chat_between_users_of_different_nodes_is_stored_delivered_and_queued() {
     let (status, v) = nodes[2].get(&format!(
         "/message-log?domain={D}&toId={b}&fromId={a}&token={token_c}"
     ));
-    assert_eq!((status, v["code"].as_i64()), (401, Some(1004)), "{v}");
+    // A valid token of someone else: it does not grant this history (PROTOCOL.md §2 v3).
+    assert_eq!((status, v["code"].as_i64()), (403, Some(1010)), "{v}");
 }
 
 #[test]
