@@ -602,3 +602,39 @@ fn a_keyed_push_retried_after_a_node_was_down_completes_only_the_missing_part() 
     let (status, again) = nodes[1].admin_post_once("/push", &key, &body);
     assert_eq!((status, &again), (200, &answer));
 }
+
+#[test]
+fn a_holder_restarted_at_once_never_delivers_one_users_message_to_another() {
+    let nats = Nats::start();
+    let mut nodes = three(&nats);
+    let alice = uid_of_node(D, "alice", 1, 3);
+    // Alice's socket is held by node 0 (its first WebSocket), owned by node 1. Tokens
+    // come from node 1, so node 0 counts nothing but the relayed sockets.
+    let token = nodes[1].token(&alice);
+    let mut held = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    assert_eq!(held.recv()["event"], 2);
+    // Node 0 dies and is back well within the 3 s after which node 1 would call it gone:
+    // node 1 still runs alice's session for the old socket.
+    nodes[0].kill9();
+    drop(held);
+    nodes[0].respawn();
+    // Other users of node 1 through the new node 0: their relays are numbered from the
+    // start again on whichever shard the kernel picks, as alice's was.
+    let mut others: Vec<Ws> = (0..6)
+        .map(|i| {
+            let uid = uid_of_node(D, &format!("bob{i}x"), 1, 3);
+            let token = nodes[1].token(&uid);
+            let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+            assert_eq!(ws.recv()["event"], 2);
+            ws
+        })
+        .collect();
+    let (status, v) = nodes[1].admin_post(
+        "/push",
+        &json!({"uids": [alice], "title": "private", "content": "for alice only"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    for ws in &mut others {
+        ws.expect_silence(400);
+    }
+}

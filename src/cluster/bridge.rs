@@ -61,7 +61,11 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
     let (tx, rx) = mpsc::unbounded_channel();
     let seen: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
-    let thread_seen = seen.clone();
+    let epochs: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
+    let (thread_seen, thread_epochs) = (seen.clone(), epochs.clone());
+    let mut random = [0u8; 4];
+    getrandom::getrandom(&mut random).map_err(|e| format!("cannot draw an epoch: {e}"))?;
+    let epoch = u32::from_be_bytes(random);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +73,14 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     let thread_cfg = cfg.clone();
     std::thread::Builder::new()
         .name("nats-bridge".into())
-        .spawn(move || runtime.block_on(run(thread_cfg, peers, rx, ready_tx, thread_seen)))
+        .spawn(move || {
+            let heard = Heard {
+                seen: thread_seen,
+                epochs: thread_epochs,
+                epoch,
+            };
+            runtime.block_on(run(thread_cfg, peers, rx, ready_tx, heard))
+        })
         .map_err(|e| format!("cannot start the cluster bridge thread: {e}"))?;
     if ready.recv_timeout(READY_WAIT).is_err() {
         log::warn!(
@@ -77,7 +88,14 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             READY_WAIT.as_secs()
         );
     }
-    Ok(super::Cluster::new(cfg, Jobs(tx), seen))
+    Ok(super::Cluster::new(cfg, Jobs(tx), seen, epochs, epoch))
+}
+
+/// What the heartbeats say, and what this node says in its own.
+struct Heard {
+    seen: Arc<[AtomicU64]>,
+    epochs: Arc<[AtomicU64]>,
+    epoch: u32,
 }
 
 async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
@@ -124,7 +142,7 @@ async fn run(
     peers: Arc<[InboxTx]>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std::sync::mpsc::Sender<()>,
-    seen: Arc<[AtomicU64]>,
+    heard: Heard,
 ) {
     // Calls made before NATS is reached fail at once rather than wait.
     let client = loop {
@@ -223,7 +241,9 @@ async fn run(
     // Every node says it is alive once a second; a node silent for GONE_AFTER_MS is gone.
     let beat = async {
         let subject = format!("{}.heartbeat", cfg.name);
-        let me = cfg.node.to_string();
+        // `node epoch`: a new epoch tells owners that this node's earlier process, and
+        // every socket it held, is gone.
+        let me = format!("{} {}", cfg.node, heard.epoch);
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tick.tick().await;
@@ -232,11 +252,15 @@ async fn run(
     };
     let hear = async {
         while let Some(msg) = beats.next().await {
-            let node = std::str::from_utf8(&msg.payload)
-                .ok()
-                .and_then(|t| t.parse::<usize>().ok());
-            if let Some(slot) = node.and_then(|n| seen.get(n)) {
-                slot.store(crate::ids::now_millis(), Ordering::Relaxed);
+            let text = std::str::from_utf8(&msg.payload).unwrap_or("");
+            let mut words = text.split(' ');
+            let node = words.next().and_then(|t| t.parse::<usize>().ok());
+            let epoch = words.next().and_then(|t| t.parse::<u32>().ok());
+            if let (Some(node), Some(epoch)) = (node, epoch) {
+                if let (Some(seen), Some(known)) = (heard.seen.get(node), heard.epochs.get(node)) {
+                    known.store(super::EPOCH_KNOWN | u64::from(epoch), Ordering::Relaxed);
+                    seen.store(crate::ids::now_millis(), Ordering::Relaxed);
+                }
             }
         }
     };

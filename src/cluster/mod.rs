@@ -184,8 +184,17 @@ pub struct Cluster {
     peers: Vec<Peer>,
     /// When each node's last heartbeat arrived (ms since the epoch; 0: never).
     seen_ms: Arc<[AtomicU64]>,
+    /// Each node's process epoch as its last heartbeat announced it ([`EPOCH_KNOWN`] set
+    /// once heard).
+    epochs: Arc<[AtomicU64]>,
+    /// This process's epoch: random per start, in every relay key this node makes, so a
+    /// key never names a socket of an earlier process of this node.
+    pub epoch: u32,
     started_ms: u64,
 }
+
+/// The bit of [`Cluster::epochs`] that says an epoch was heard.
+pub const EPOCH_KNOWN: u64 = 1 << 32;
 
 /// A node whose heartbeats stop for this long is gone: calls to it fail at once.
 pub const GONE_AFTER_MS: u64 = 3_000;
@@ -209,6 +218,8 @@ impl Cluster {
         cfg: ClusterConfig,
         jobs: bridge::Jobs,
         seen_ms: Arc<[AtomicU64]>,
+        epochs: Arc<[AtomicU64]>,
+        epoch: u32,
     ) -> Cluster {
         let peers = (0..cfg.nodes).map(|_| Peer::default()).collect();
         Cluster {
@@ -216,8 +227,16 @@ impl Cluster {
             jobs,
             peers,
             seen_ms,
+            epochs,
+            epoch,
             started_ms: crate::ids::now_millis(),
         }
+    }
+
+    /// The epoch `node` last announced, if it was heard.
+    pub fn epoch_of(&self, node: usize) -> Option<u32> {
+        let e = self.epochs.get(node)?.load(Relaxed);
+        (e & EPOCH_KNOWN != 0).then_some(e as u32)
     }
 
     /// Nodes silent for [`GONE_AFTER_MS`], never heard from included once this node has

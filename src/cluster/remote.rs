@@ -16,7 +16,11 @@
 //! owner; the holder buffers at most `max_outbound_bytes` it has not written yet and drops
 //! the client past that; an owner drops the sessions of a holder that is gone (its
 //! heartbeats stopped) or cannot be reached, and a holder closes sockets whose owner
-//! answers that the session is gone; every session ends in both tables.
+//! answers that the session is gone; every session ends in both tables, and removes
+//! only its own entry there. A relay key carries its holder's epoch (random per process
+//! start) and a holder takes deliveries for a key only from the owner it attached to, so
+//! a session left over from a holder's earlier process can never reach another user's
+//! socket; an owner ends such sessions once the holder announces its new epoch.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -91,6 +95,19 @@ pub struct Attach {
     pub rest: Vec<u8>,
 }
 
+/// A relay key: `holder shard (8 bits) | holder epoch (24 bits) | counter (32 bits)`. The
+/// epoch (random per process start) keeps a restarted holder from making the key of a
+/// socket its earlier process held: an owner's stale session for that socket can never
+/// deliver to a new one, whoever it belongs to.
+fn relay_key(shard: usize, epoch: u32, counter: u64) -> u64 {
+    ((shard as u64 & 0xff) << 56) | ((u64::from(epoch) & 0xff_ffff) << 32) | (counter & 0xffff_ffff)
+}
+
+/// The epoch bits of a relay key (see [`relay_key`]).
+fn key_epoch(key: u64) -> u32 {
+    ((key >> 32) & 0xff_ffff) as u32
+}
+
 /// `[kind][target shard u16][holder node u16][key u64]`, then the message's own bytes.
 fn head(kind: u8, target_shard: usize, holder: usize, key: u64, extra: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(13 + extra);
@@ -154,7 +171,8 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             Vec::new()
         }
         Some(DELIVER) => {
-            deliver(shard, rest);
+            // The head's node field is the sending owner's.
+            deliver(shard, holder, rest);
             Vec::new()
         }
         _ => b"!2000".to_vec(),
@@ -311,7 +329,11 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         });
         futures_lite::future::or(wake, glommio::timer::sleep(LIVENESS_CHECK)).await;
         let closing = s.conn.out.borrow().closing().is_some() && s.conn.out.borrow().is_empty();
-        if s.detached.get() || cluster.gone_nodes().contains(&s.holder) {
+        // A holder that announces another epoch restarted: its sockets are gone.
+        let restarted = cluster
+            .epoch_of(s.holder)
+            .is_some_and(|e| e & 0xff_ffff != key_epoch(s.key));
+        if s.detached.get() || restarted || cluster.gone_nodes().contains(&s.holder) {
             break;
         }
         if bytes.is_empty() && !closing {
@@ -335,11 +357,15 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         }
     }
     shard.sessions.borrow_mut().remove(&s.conn);
-    shard
-        .remote
-        .sessions
-        .borrow_mut()
-        .remove(&(s.holder as u16, s.key));
+    let mut sessions = shard.remote.sessions.borrow_mut();
+    // Only its own entry: never one that a later attach with the same key put there.
+    if sessions
+        .get(&(s.holder as u16, s.key))
+        .is_some_and(|mine| Rc::ptr_eq(mine, &s))
+    {
+        sessions.remove(&(s.holder as u16, s.key));
+    }
+    drop(sessions);
     log::debug!("remote session {} of node {} ended", s.key, s.holder);
 }
 
@@ -449,6 +475,8 @@ fn decode_batch(mut rest: &[u8]) -> Option<Vec<(&[u8], Vec<Recipient>)>> {
 /// A relayed socket's bytes from the owner, not yet written.
 #[derive(Default)]
 struct Relay {
+    /// The node the socket attached to: the only one whose deliveries it takes.
+    owner: usize,
     pending: RefCell<Vec<u8>>,
     /// The owner closed the connection: write what is pending, then end.
     closing: Cell<bool>,
@@ -463,7 +491,7 @@ impl Relay {
     }
 }
 
-fn deliver(shard: &Rc<Shard>, rest: &[u8]) {
+fn deliver(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
     let Some(runs) = decode_batch(rest) else {
         log::warn!("a remote delivery that does not decode was dropped");
         return;
@@ -471,7 +499,8 @@ fn deliver(shard: &Rc<Shard>, rest: &[u8]) {
     let relays = shard.remote.relays.borrow();
     for (bytes, keys) in runs {
         for (key, closing) in keys {
-            let Some(relay) = relays.get(&key) else {
+            // Only the owner that the socket attached to delivers to it.
+            let Some(relay) = relays.get(&key).filter(|r| r.owner == from) else {
                 continue;
             };
             relay.pending.borrow_mut().extend_from_slice(bytes);
@@ -495,6 +524,7 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
+        // Keys are unique within a process (see `hold`), so this entry is this socket's.
         self.shard.remote.relays.borrow_mut().remove(&self.key);
         if self.attached.get() {
             let msg = head(DETACH, self.owner.shard, self.shard.node(), self.key, 0);
@@ -522,8 +552,15 @@ pub async fn hold(
     attach: Attach,
     permit: crate::shard::ConnPermit,
 ) {
-    let key = ((shard.id as u64) << 56) | shard.next_conn_id();
-    let relay = Rc::new(Relay::default());
+    let key = relay_key(shard.id, cluster.epoch, shard.next_conn_id());
+    let relay = Rc::new(Relay {
+        owner: attach.owner.node,
+        ..Relay::default()
+    });
+    if shard.remote.relays.borrow().contains_key(&key) {
+        // Only after 2^32 relays on this shard, with the first still open.
+        return crate::net::accept::write_error(&mut stream, &Error::Overloaded, "").await;
+    }
     shard.remote.relays.borrow_mut().insert(key, relay.clone());
     let leave = Leave {
         shard: shard.clone(),
