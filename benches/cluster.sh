@@ -35,7 +35,7 @@ ping_interval_secs = 3600.0
 idle_timeout_secs = 7200.0
 max_messages_per_sec = 1000000
 max_inbound_bytes_per_sec = 4000000000
-cluster = { node = $i, nodes = 2, nats = ["nats://127.0.0.1:$port"], name = "bench", call_timeout_ms = 5000 }
+cluster = { node = $i, nodes = 2, nats = ["nats://127.0.0.1:$port"], name = "bench", call_timeout_ms = 5000, secret = "bench-cluster-secret" }
 EOF
   target/release/shardcast --config "$dir/node-$i.toml" > "$dir/out-$i" &
   pids+=("$!")

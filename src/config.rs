@@ -84,6 +84,7 @@ struct ClusterFile {
     nats: Vec<String>,
     name: String,
     call_timeout_ms: u64,
+    secret: String,
 }
 
 /// The nodes that share the slots, and how this node reaches them.
@@ -98,7 +99,23 @@ pub struct ClusterConfig {
     pub name: String,
     /// A cross-node call that takes longer fails with 1009 (HTTP 503).
     pub call_timeout: Duration,
+    /// What every node-to-node message is sealed under (with `name`): see
+    /// `cluster::seal`. Never printed.
+    pub secret: ClusterSecret,
 }
+
+/// The cluster secret; its `Debug` says nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub String);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+/// Shortest `[cluster] secret` the production profile accepts, bytes.
+pub const MIN_CLUSTER_SECRET: usize = 32;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,12 +292,13 @@ impl Runtime {
         );
         if let Some(c) = &self.cluster {
             text.push_str(&format!(
-                "\n[cluster]\nnode = {}\nnodes = {}\nnats = {:?}\nname = {:?}\ncall_timeout_ms = {}\n",
+                "\n[cluster]\nnode = {}\nnodes = {}\nnats = {:?}\nname = {:?}\ncall_timeout_ms = {}\nsecret = {:?}\n",
                 c.node,
                 c.nodes,
                 c.nats,
                 c.name,
-                c.call_timeout.as_millis()
+                c.call_timeout.as_millis(),
+                redact(&c.secret.0)
             ));
         }
         text.push_str("\n[domains]\n");
@@ -645,7 +663,11 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         (false, true) => return Err(bad("tls_key", "tls_cert is set: set both or neither")),
     };
     let domains = validate_domains(&f, production)?;
-    let cluster = f.cluster.as_ref().map(validate_cluster).transpose()?;
+    let cluster = f
+        .cluster
+        .as_ref()
+        .map(|c| validate_cluster(c, production))
+        .transpose()?;
     let log_level = f
         .log_level
         .parse::<log::LevelFilter>()
@@ -702,7 +724,21 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
 
 /// `[cluster]`: `node < nodes ≤ SLOTS`, at least one `nats://host:port`, a name NATS can
 /// carry as one subject token, and a call timeout a client can wait for.
-fn validate_cluster(c: &ClusterFile) -> Result<ClusterConfig, ConfigError> {
+fn validate_cluster(c: &ClusterFile, production: bool) -> Result<ClusterConfig, ConfigError> {
+    if c.secret.is_empty() {
+        return Err(bad(
+            "cluster.secret",
+            "required: every node-to-node message is sealed under it (the same on every node)",
+        ));
+    }
+    if production && (c.secret.len() < MIN_CLUSTER_SECRET || c.secret.starts_with("replace me")) {
+        return Err(bad(
+            "cluster.secret",
+            format!(
+                "production needs your own random value of at least {MIN_CLUSTER_SECRET} bytes"
+            ),
+        ));
+    }
     if c.nodes == 0 || c.nodes > crate::route::SLOTS {
         return Err(bad(
             "cluster.nodes",
@@ -746,6 +782,7 @@ fn validate_cluster(c: &ClusterFile) -> Result<ClusterConfig, ConfigError> {
         nats: c.nats.clone(),
         name: c.name.clone(),
         call_timeout: Duration::from_millis(c.call_timeout_ms),
+        secret: ClusterSecret(c.secret.clone()),
     })
 }
 
@@ -933,7 +970,7 @@ mod tests {
     fn a_cluster_is_declared_in_full_and_checked() {
         assert_eq!(from_str("").expect("defaults").cluster, None);
         let ok = "[cluster]\nnode = 2\nnodes = 3\nnats = [\"nats://127.0.0.1:4222\"]\n\
-                  name = \"sc\"\ncall_timeout_ms = 2000";
+                  name = \"sc\"\ncall_timeout_ms = 2000\nsecret = \"hunter5\"";
         let rt = from_str(ok).expect("a valid cluster");
         let c = rt.cluster.clone().expect("cluster");
         assert_eq!((c.node, c.nodes, c.name.as_str()), (2, 3, "sc"));
@@ -944,6 +981,8 @@ mod tests {
             "{}",
             rt.effective_toml()
         );
+        assert!(!rt.effective_toml().contains("hunter5"));
+        assert!(!format!("{c:?}").contains("hunter5"));
         let line = |k: &str, v: &str| {
             ok.lines()
                 .map(|l| {
@@ -958,6 +997,12 @@ mod tests {
         };
         let cases = [
             (line("node", "3"), "cluster.node"),
+            (line("secret", "\"\""), "cluster.secret"),
+            (ok.replace("\nsecret = \"hunter5\"", ""), "secret"),
+            (
+                format!("profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\n{ok}"),
+                "cluster.secret",
+            ),
             (line("nodes", "0"), "cluster.nodes"),
             (line("nats", "[]"), "cluster.nats"),
             (line("nats", "[\"127.0.0.1:4222\"]"), "cluster.nats"),

@@ -328,8 +328,9 @@ fn a_data_directory_keeps_its_node_count() {
     node.reconfigure(
         "cluster",
         &format!(
-            "{{ node = 1, nodes = 2, nats = [{:?}], name = \"t\", call_timeout_ms = 2000 }}",
-            nats.url()
+            "{{ node = 1, nodes = 2, nats = [{:?}], name = \"t\", call_timeout_ms = 2000, secret = {:?} }}",
+            nats.url(),
+            common::CLUSTER_SECRET
         ),
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
@@ -637,4 +638,72 @@ fn a_holder_restarted_at_once_never_delivers_one_users_message_to_another() {
     for ws in &mut others {
         ws.expect_silence(400);
     }
+}
+
+#[test]
+fn a_nats_client_without_the_cluster_secret_reads_forges_and_replays_nothing() {
+    let nats = Nats::start();
+    let nodes = three(&nats);
+    let mut spy = common::NatsPeer::spy(&nats);
+    let victim = uid_of_node(D, "victim", 1, 3);
+    // A token (made on the owner, so it crosses NATS only inside the relayed login), a
+    // socket relayed by node 0, a push and an admin call through node 0.
+    let token = nodes[1].token(&victim);
+    let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    assert_eq!(ws.recv()["event"], 2);
+    let (status, v) = nodes[0].admin_post(
+        "/push",
+        &json!({"uids": [victim], "title": "t", "content": "TOPSECRET-CONTENT"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(ws.recv()["data"]["msg"]["content"], "TOPSECRET-CONTENT");
+    let (status, v) = nodes[0].http("GET", &format!("/presence?uid={victim}"), Some(ADMIN), None);
+    assert_eq!(status, 200, "{v}");
+    let node1 = format!("t{}.node.1", nats.port);
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        spy.messages().iter().filter(|(s, _)| *s == node1).count() >= 3
+    }));
+    let captured = spy.messages();
+    let all: Vec<u8> = captured.iter().flat_map(|(_, p)| p.clone()).collect();
+    for secret in [ADMIN, token.as_str(), "TOPSECRET-CONTENT", victim.as_str()] {
+        assert!(
+            !all.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} crossed NATS in the clear"
+        );
+    }
+    // A forged push part for the victim, as the unsealed wire form of one.
+    let forged = format!(
+        "\u{2}{{\"id\":\"6b1649050000000000000001\",\"title\":\"forged\",\"content\":\"x\",\"domain\":\"{D}\",\"uids\":[\"{victim}\"]}}"
+    );
+    spy.publish(&node1, forged.as_bytes());
+    // Every sealed message node 1 was sent, sent again.
+    let replays: Vec<&Vec<u8>> = captured
+        .iter()
+        .filter(|(s, _)| *s == node1)
+        .map(|(_, p)| p)
+        .collect();
+    for p in &replays {
+        spy.publish(&node1, p);
+    }
+    let refused = || {
+        (
+            nodes[1].metric("cluster_refused_total", "reason=\"seal\""),
+            nodes[1].metric("cluster_refused_total", "reason=\"replay\""),
+        )
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            let (seal, replay) = refused();
+            seal >= 1 && replay >= replays.len() as u64
+        }),
+        "{:?}",
+        refused()
+    );
+    // Nothing reached the victim or the store.
+    ws.expect_silence(300);
+    let token = nodes[1].token(&victim);
+    let mut again = Ws::connect(&nodes[1].url(&format!("/?token={token}")));
+    let list = again.recv()["data"]["msg_list"].clone();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["content"], "TOPSECRET-CONTENT");
 }

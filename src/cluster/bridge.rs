@@ -3,7 +3,8 @@
 //!
 //! Subjects: `<name>.node.<i>` carries the calls node `i` serves (request/reply; the
 //! reply goes to the caller's inbox subject); `<name>.heartbeat` carries every node's
-//! index once a second.
+//! index and epoch once a second. Every message on them is sealed ([`super::seal`]):
+//! what does not open is dropped here, before any shard sees it.
 //!
 //! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over an
 //! unbounded channel and await a oneshot; every outgoing call ends within
@@ -63,9 +64,14 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     let seen: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
     let epochs: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
     let (thread_seen, thread_epochs) = (seen.clone(), epochs.clone());
-    let mut random = [0u8; 4];
-    getrandom::getrandom(&mut random).map_err(|e| format!("cannot draw an epoch: {e}"))?;
-    let epoch = u32::from_be_bytes(random);
+    let sealer = Arc::new(super::seal::Sealer::new(
+        &cfg.secret.0,
+        &cfg.name,
+        cfg.node,
+        cfg.nodes,
+    )?);
+    let thread_sealer = sealer.clone();
+    let epoch = sealer.epoch() as u32;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,6 +84,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
                 seen: thread_seen,
                 epochs: thread_epochs,
                 epoch,
+                sealer: thread_sealer,
             };
             runtime.block_on(run(thread_cfg, peers, rx, ready_tx, heard))
         })
@@ -88,7 +95,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             READY_WAIT.as_secs()
         );
     }
-    Ok(super::Cluster::new(cfg, Jobs(tx), seen, epochs, epoch))
+    Ok(super::Cluster::new(cfg, Jobs(tx), seen, epochs, sealer))
 }
 
 /// What the heartbeats say, and what this node says in its own.
@@ -96,6 +103,7 @@ struct Heard {
     seen: Arc<[AtomicU64]>,
     epochs: Arc<[AtomicU64]>,
     epoch: u32,
+    sealer: Arc<super::seal::Sealer>,
 }
 
 async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
@@ -174,11 +182,18 @@ async fn run(
     }
     let _ = ready.send(());
     let next_shard = AtomicUsize::new(0);
+    let sealer = heard.sealer.clone();
+    let mine = subject(&cfg, cfg.node);
     let serve = async {
         while let Some(msg) = calls.next().await {
+            // Anything not sealed for this node by a node of this cluster, or seen before,
+            // is dropped unanswered (and counted).
+            let Ok(payload) = sealer.open(mine.as_bytes(), &msg.payload) else {
+                continue;
+            };
+            let reply_context = super::seal::Sealer::reply_context(&msg.payload);
             let reply_to = msg.reply.clone();
             let (tx, rx) = oneshot::channel::<Vec<u8>>();
-            let payload = msg.payload.to_vec();
             let busy = super::error_reply(&payload, &Error::Overloaded);
             let target = super::home_shard(&payload, cfg.nodes, peers.len())
                 .unwrap_or_else(|| next_shard.fetch_add(1, Ordering::Relaxed) % peers.len());
@@ -197,12 +212,13 @@ async fn run(
             let Some(reply_to) = reply_to else {
                 continue;
             };
-            let client = client.clone();
+            let (client, sealer) = (client.clone(), sealer.clone());
             tokio::spawn(async move {
                 let out = match (sent, rx.await) {
                     (true, Ok(out)) => out,
                     _ => busy,
                 };
+                let out = sealer.seal(&reply_context, &out);
                 if let Err(e) = client.publish(reply_to, out.into()).await {
                     log::debug!("NATS: a reply was not sent: {e}");
                 }
@@ -214,20 +230,23 @@ async fn run(
             let client = client.clone();
             let subject = subject(&cfg, job.node);
             let limit = cfg.call_timeout;
+            let sealed = sealer.seal(subject.as_bytes(), &job.payload);
             if job.one_way {
                 // In the loop, not a task of its own: one-way messages keep their order.
-                let sent = client.publish(subject, job.payload.into()).await;
+                let sent = client.publish(subject, sealed.into()).await;
                 let _ = job
                     .reply
                     .send(sent.map(|_| Vec::new()).map_err(|_| Error::Overloaded));
                 continue;
             }
+            let (sealer, context) = (sealer.clone(), super::seal::Sealer::reply_context(&sealed));
             tokio::spawn(async move {
                 let result =
-                    match tokio::time::timeout(limit, client.request(subject, job.payload.into()))
-                        .await
+                    match tokio::time::timeout(limit, client.request(subject, sealed.into())).await
                     {
-                        Ok(Ok(msg)) => Ok(msg.payload.to_vec()),
+                        Ok(Ok(msg)) => sealer
+                            .open(&context, &msg.payload)
+                            .map_err(|_| Error::Overloaded),
                         Ok(Err(e)) => {
                             log::debug!("NATS: a call to node {} failed: {e}", job.node);
                             Err(Error::Overloaded)
@@ -247,12 +266,19 @@ async fn run(
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tick.tick().await;
-            let _ = client.publish(subject.clone(), me.clone().into()).await;
+            let beat = heard.sealer.seal(subject.as_bytes(), me.as_bytes());
+            let _ = client.publish(subject.clone(), beat.into()).await;
         }
     };
     let hear = async {
+        let subject = format!("{}.heartbeat", cfg.name);
         while let Some(msg) = beats.next().await {
-            let text = std::str::from_utf8(&msg.payload).unwrap_or("");
+            // A heartbeat that does not open is no sign of life (and a forged one cannot
+            // keep a dead node "alive").
+            let Ok(beat) = heard.sealer.open(subject.as_bytes(), &msg.payload) else {
+                continue;
+            };
+            let text = std::str::from_utf8(&beat).unwrap_or("");
             let mut words = text.split(' ');
             let node = words.next().and_then(|t| t.parse::<usize>().ok());
             let epoch = words.next().and_then(|t| t.parse::<u32>().ok());

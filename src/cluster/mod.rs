@@ -13,6 +13,7 @@
 
 pub mod bridge;
 pub mod remote;
+pub mod seal;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -187,9 +188,12 @@ pub struct Cluster {
     /// Each node's process epoch as its last heartbeat announced it ([`EPOCH_KNOWN`] set
     /// once heard).
     epochs: Arc<[AtomicU64]>,
-    /// This process's epoch: random per start, in every relay key this node makes, so a
-    /// key never names a socket of an earlier process of this node.
+    /// This process's epoch (the low bits of its sealing epoch, new at every start), in
+    /// every relay key this node makes, so a key never names a socket of an earlier
+    /// process of this node.
     pub epoch: u32,
+    /// Seals and opens every message to and from other nodes (the bridge's).
+    sealer: Arc<seal::Sealer>,
     started_ms: u64,
 }
 
@@ -219,7 +223,7 @@ impl Cluster {
         jobs: bridge::Jobs,
         seen_ms: Arc<[AtomicU64]>,
         epochs: Arc<[AtomicU64]>,
-        epoch: u32,
+        sealer: Arc<seal::Sealer>,
     ) -> Cluster {
         let peers = (0..cfg.nodes).map(|_| Peer::default()).collect();
         Cluster {
@@ -228,7 +232,8 @@ impl Cluster {
             peers,
             seen_ms,
             epochs,
-            epoch,
+            epoch: sealer.epoch() as u32,
+            sealer,
             started_ms: crate::ids::now_millis(),
         }
     }
@@ -346,6 +351,16 @@ impl Cluster {
     /// The per-peer lines of `/metrics` (Prometheus text).
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP shardcast_cluster_refused_total NATS messages refused: not sealed under this cluster's secret (seal), seen before or from an earlier process (replay), too old (stale).\n# TYPE shardcast_cluster_refused_total counter"
+        );
+        for ((_, reason), n) in seal::REASONS.iter().zip(self.sealer.refused()) {
+            let _ = writeln!(
+                out,
+                "shardcast_cluster_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         let peers = || {
             self.peers
                 .iter()

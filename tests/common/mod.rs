@@ -718,10 +718,13 @@ impl Drop for Nats {
     }
 }
 
+/// The `[cluster] secret` of the harness's clusters.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-bytes!";
+
 /// Node `node` of a cluster of `nodes` on `nats` (2 shards each, the harness's keys).
 pub fn cluster_node(nats: &Nats, node: usize, nodes: usize) -> Server {
     let table = format!(
-        "{{ node = {node}, nodes = {nodes}, nats = [{:?}], name = \"t{}\", call_timeout_ms = 2000 }}",
+        "{{ node = {node}, nodes = {nodes}, nats = [{:?}], name = \"t{}\", call_timeout_ms = 2000, secret = {CLUSTER_SECRET:?} }}",
         nats.url(),
         nats.port
     );
@@ -867,4 +870,68 @@ pub fn wss(
     let (ws, resp) = tungstenite::client(url, sock).expect("WebSocket handshake over TLS");
     assert_eq!(resp.status(), 101);
     Ws { ws }
+}
+
+/// A plain client of the cluster's NATS, as anyone with access to a shared NATS could run:
+/// it subscribes to everything and publishes whatever it likes (the NATS text protocol,
+/// spoken directly).
+pub struct NatsPeer {
+    out: TcpStream,
+    /// Every message seen: `(subject, payload)`.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl NatsPeer {
+    /// Connected and subscribed to every subject.
+    pub fn spy(nats: &Nats) -> NatsPeer {
+        let s = TcpStream::connect(("127.0.0.1", nats.port)).expect("connect to NATS");
+        let mut out = s.try_clone().expect("clone");
+        out.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB > 1\r\nPING\r\n")
+            .expect("subscribe");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (thread_seen, mut pong) = (seen.clone(), s.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            // Ends when the server goes (the test's end).
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.first().copied() {
+                    Some("MSG") if words.len() >= 4 => {
+                        let len: usize = words[words.len() - 1].parse().unwrap_or(0);
+                        let mut payload = vec![0u8; len + 2];
+                        if r.read_exact(&mut payload).is_err() {
+                            break;
+                        }
+                        payload.truncate(len);
+                        let subject = words[1].to_string();
+                        thread_seen.lock().expect("lock").push((subject, payload));
+                    }
+                    Some("PING") => {
+                        let _ = pong.write_all(b"PONG\r\n");
+                    }
+                    Some("PONG") => {
+                        let _ = tx.send(());
+                    }
+                    _ => {}
+                }
+                line.clear();
+            }
+        });
+        rx.recv_timeout(WAIT).expect("NATS answered");
+        NatsPeer { out, seen }
+    }
+
+    pub fn publish(&mut self, subject: &str, payload: &[u8]) {
+        let mut m = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        m.extend_from_slice(payload);
+        m.extend_from_slice(b"\r\n");
+        self.out.write_all(&m).expect("publish");
+    }
+
+    /// The messages seen so far.
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().expect("lock").clone()
+    }
 }
