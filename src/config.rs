@@ -85,6 +85,20 @@ struct ClusterFile {
     name: String,
     call_timeout_ms: u64,
     secret: String,
+    #[serde(default)]
+    nats_user: Option<String>,
+    #[serde(default)]
+    nats_password: Option<String>,
+    #[serde(default)]
+    nats_token: Option<String>,
+    #[serde(default)]
+    nats_creds: Option<PathBuf>,
+    #[serde(default)]
+    nats_tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    nats_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    nats_tls_key: Option<PathBuf>,
 }
 
 /// The nodes that share the slots, and how this node reaches them.
@@ -102,6 +116,35 @@ pub struct ClusterConfig {
     /// What every node-to-node message is sealed under (with `name`): see
     /// `cluster::seal`. Never printed.
     pub secret: ClusterSecret,
+    /// How this node proves itself to NATS, and whether it speaks TLS to it.
+    pub nats_auth: NatsAuth,
+}
+
+/// NATS's own access control (the server's `authorization`, `--user/--pass`, tokens,
+/// creds files) and TLS (`tls {}`): who may connect at all. The cluster secret protects
+/// the messages themselves from anyone who can.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    pub user: Option<(String, ClusterSecret)>,
+    pub token: Option<ClusterSecret>,
+    /// A `.creds` file (JWT and NKey seed), read at each connect.
+    pub creds: Option<PathBuf>,
+    /// Roots to trust for the server's certificate; set, TLS is required.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and key, for a server that verifies clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.is_some())
+            .field("creds", &self.creds)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .finish()
+    }
 }
 
 /// The cluster secret; its `Debug` says nothing of it.
@@ -783,6 +826,46 @@ fn validate_cluster(c: &ClusterFile, production: bool) -> Result<ClusterConfig, 
         name: c.name.clone(),
         call_timeout: Duration::from_millis(c.call_timeout_ms),
         secret: ClusterSecret(c.secret.clone()),
+        nats_auth: validate_nats_auth(c)?,
+    })
+}
+
+fn validate_nats_auth(c: &ClusterFile) -> Result<NatsAuth, ConfigError> {
+    let user = match (&c.nats_user, &c.nats_password) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), ClusterSecret(p.clone()))),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "cluster.nats_user",
+                "set both `nats_user` and `nats_password`, or neither",
+            ))
+        }
+    };
+    let ways = usize::from(user.is_some())
+        + usize::from(c.nats_token.is_some())
+        + usize::from(c.nats_creds.is_some());
+    if ways > 1 {
+        return Err(bad(
+            "cluster.nats_token",
+            "choose one of `nats_user`/`nats_password`, `nats_token` and `nats_creds`",
+        ));
+    }
+    let tls_client = match (&c.nats_tls_cert, &c.nats_tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "cluster.nats_tls_cert",
+                "set both `nats_tls_cert` and `nats_tls_key`, or neither",
+            ))
+        }
+    };
+    Ok(NatsAuth {
+        user,
+        token: c.nats_token.clone().map(ClusterSecret),
+        creds: c.nats_creds.clone(),
+        tls_ca: c.nats_tls_ca.clone(),
+        tls_client,
     })
 }
 

@@ -87,6 +87,27 @@ pub fn check(rt: &Runtime) -> Result<(), String> {
     if let Some(files) = &rt.tls {
         net::tls::load(files)?;
     }
+    if let Some(c) = &rt.cluster {
+        let a = &c.nats_auth;
+        let files = [
+            ("cluster.nats_creds", a.creds.as_ref()),
+            ("cluster.nats_tls_ca", a.tls_ca.as_ref()),
+            (
+                "cluster.nats_tls_cert",
+                a.tls_client.as_ref().map(|(c, _)| c),
+            ),
+            (
+                "cluster.nats_tls_key",
+                a.tls_client.as_ref().map(|(_, k)| k),
+            ),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path {
+                std::fs::File::open(path)
+                    .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+            }
+        }
+    }
     match std::fs::metadata(&rt.data_dir) {
         Ok(m) if !m.is_dir() => Err(format!(
             "data_dir {} is not a directory",

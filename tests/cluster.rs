@@ -707,3 +707,49 @@ fn a_nats_client_without_the_cluster_secret_reads_forges_and_replays_nothing() {
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["content"], "TOPSECRET-CONTENT");
 }
+
+#[test]
+fn nodes_reach_a_nats_that_requires_a_password_and_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = common::Cert::make(dir.path(), "nats");
+    let (c, k) = (cert.cert.to_string_lossy(), cert.key.to_string_lossy());
+    let nats = Nats::start_with(&[
+        "--user",
+        "shard",
+        "--pass",
+        "cast-pw",
+        "--tls",
+        "--tlscert",
+        &c,
+        "--tlskey",
+        &k,
+    ]);
+    let with = format!(
+        ", nats_user = \"shard\", nats_password = \"cast-pw\", nats_tls_ca = {:?}",
+        cert.cert
+    );
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| common::cluster_node_with(&nats, i, 2, &with))
+        .collect();
+    let uid = uid_of_node(D, "secure", 1, 2);
+    let (status, v) = nodes[0].admin_post(
+        "/push",
+        &json!({"uids": [uid], "title": "t", "content": "over TLS"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let token = nodes[0].token(&uid);
+    let mut ws = Ws::connect(&nodes[1].url(&format!("/?token={token}")));
+    let list = ws.recv()["data"]["msg_list"].clone();
+    assert_eq!(list[0]["content"], "over TLS", "{list}");
+    // A node with the wrong password reaches no other node.
+    let wrong = format!(
+        ", nats_user = \"shard\", nats_password = \"guess\", nats_tls_ca = {:?}",
+        cert.cert
+    );
+    let outsider = common::cluster_node_with(&nats, 0, 2, &wrong);
+    let (status, v) = outsider.admin_post(
+        "/push",
+        &json!({"uids": [uid], "title": "t", "content": "refused"}),
+    );
+    assert_eq!((status, v["code"].as_i64()), (503, Some(1009)), "{v}");
+}

@@ -106,6 +106,34 @@ struct Heard {
     sealer: Arc<super::seal::Sealer>,
 }
 
+/// NATS's own access control and TLS, as configured (`[cluster] nats_*`).
+async fn with_auth(
+    mut options: async_nats::ConnectOptions,
+    auth: &crate::config::NatsAuth,
+) -> Result<async_nats::ConnectOptions, String> {
+    if let Some((user, password)) = &auth.user {
+        options = options.user_and_password(user.clone(), password.0.clone());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.0.clone());
+    }
+    if let Some(creds) = &auth.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("cluster.nats_creds: {}: {e}", creds.display()))?;
+    }
+    if let Some(ca) = &auth.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &auth.tls_client {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
 async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
     let mut logged = false;
     loop {
@@ -124,7 +152,14 @@ async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
                     other => log::warn!("NATS: {other}"),
                 }
             });
-        match options.connect(cfg.nats.clone()).await {
+        let connected = match with_auth(options, &cfg.nats_auth).await {
+            Ok(options) => options
+                .connect(cfg.nats.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(client) => {
                 if logged {
                     log::warn!("NATS: reached {:?}; serving as node {}", cfg.nats, cfg.node);

@@ -661,15 +661,26 @@ pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Nats {
     pub port: u16,
     child: Option<Child>,
+    /// Extra `nats-server` arguments (credentials, TLS).
+    args: Vec<String>,
 }
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::start_with(&[])
+    }
+
+    /// A server started with `args` too (`--user`, `--tls`, …).
+    pub fn start_with(args: &[&str]) -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut nats = Nats { port, child: None };
+        let mut nats = Nats {
+            port,
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
         nats.spawn();
         nats
     }
@@ -683,6 +694,7 @@ impl Nats {
         };
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -723,9 +735,19 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-bytes!";
 
 /// Node `node` of a cluster of `nodes` on `nats` (2 shards each, the harness's keys).
 pub fn cluster_node(nats: &Nats, node: usize, nodes: usize) -> Server {
+    cluster_node_with(nats, node, nodes, "")
+}
+
+/// [`cluster_node`] with more `[cluster]` keys (`extra`: `, key = value` pairs) and the
+/// NATS URL's host `localhost` (what a test certificate names).
+pub fn cluster_node_with(nats: &Nats, node: usize, nodes: usize, extra: &str) -> Server {
+    let url = if extra.is_empty() {
+        nats.url()
+    } else {
+        format!("nats://localhost:{}", nats.port)
+    };
     let table = format!(
-        "{{ node = {node}, nodes = {nodes}, nats = [{:?}], name = \"t{}\", call_timeout_ms = 2000, secret = {CLUSTER_SECRET:?} }}",
-        nats.url(),
+        "{{ node = {node}, nodes = {nodes}, nats = [{url:?}], name = \"t{}\", call_timeout_ms = 2000, secret = {CLUSTER_SECRET:?}{extra} }}",
         nats.port
     );
     Server::start(&[("cluster", &table)])
