@@ -753,3 +753,94 @@ fn nodes_reach_a_nats_that_requires_a_password_and_tls() {
     );
     assert_eq!((status, v["code"].as_i64()), (503, Some(1009)), "{v}");
 }
+
+#[test]
+fn a_greeting_larger_than_a_nats_message_reaches_a_relayed_socket() {
+    // A NATS that takes at most 256 KiB in one message (its default is 1 MiB).
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 262144\n").expect("write");
+    let nats = Nats::start_with(&["-c", conf.to_str().expect("path")]);
+    let nodes = three(&nats);
+    let uid = uid_of_node(D, "big", 1, 3);
+    // Unread notifications that make an event 2 of about 1 MiB.
+    let content = "x".repeat(60_000);
+    for i in 0..17 {
+        let (status, v) = nodes[1].admin_post(
+            "/push",
+            &json!({"uids": [uid], "title": format!("n{i}"), "content": content}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    let token = nodes[1].token(&uid);
+    let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    let greeting = ws.recv();
+    assert_eq!(greeting["event"], 2);
+    let list = greeting["data"]["msg_list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(list.len() >= 16, "{}", list.len());
+    // The relay carries on after it.
+    let (status, _) = nodes[2].admin_post(
+        "/push",
+        &json!({"uids": [uid], "title": "after", "content": "small"}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(ws.recv()["data"]["msg"]["content"], "small");
+}
+
+#[test]
+fn a_delivery_that_would_expand_past_the_bound_ends_the_socket_without_the_memory() {
+    use shardcast::cluster::seal::Sealer;
+    let nats = Nats::start();
+    let nodes = three(&nats);
+    let spy = common::NatsPeer::spy(&nats);
+    let uid = uid_of_node(D, "flood", 1, 3);
+    let token = nodes[1].token(&uid);
+    let mut ws = Ws::connect(&nodes[0].url(&format!("/?token={token}")));
+    assert_eq!(ws.recv()["event"], 2);
+    // Someone with the cluster secret (a compromised node): it reads the relay's key
+    // from the attach, then sends node 0 one delivery that names that socket 4,000 times
+    // with a 64 KiB run (256 MB if copied per name).
+    let name = format!("t{}", nats.port);
+    let node1 = format!("{name}.node.1");
+    let insider = Sealer::new(common::CLUSTER_SECRET, &name, 2, 3).expect("sealer");
+    let attach = spy
+        .messages()
+        .into_iter()
+        .filter(|(s, _)| *s == node1)
+        .filter_map(|(_, p)| insider.open(node1.as_bytes(), &p).ok())
+        .find(|m| m.first() == Some(&6))
+        .expect("the attach crossed NATS");
+    let key: [u8; 8] = attach[5..13].try_into().expect("key");
+    // The key's first byte is the holder shard.
+    let holder_shard = u16::from(attach[5]);
+    let mut deliver = vec![9u8];
+    deliver.extend_from_slice(&holder_shard.to_be_bytes());
+    deliver.extend_from_slice(&1u16.to_be_bytes());
+    deliver.extend_from_slice(&0u64.to_be_bytes());
+    let run = vec![b'A'; 64 << 10];
+    deliver.extend_from_slice(&(run.len() as u32).to_be_bytes());
+    deliver.extend_from_slice(&run);
+    deliver.extend_from_slice(&4000u32.to_be_bytes());
+    for _ in 0..4000 {
+        deliver.extend_from_slice(&key);
+        deliver.push(0);
+    }
+    let as_node1 = Sealer::new(common::CLUSTER_SECRET, &name, 1, 3).expect("sealer");
+    let node0 = format!("{name}.node.0");
+    let sealed = as_node1.seal(node0.as_bytes(), &deliver);
+    let before = nodes[0].rss_kib();
+    let mut spy = spy;
+    spy.publish(&node0, &sealed);
+    // The socket is dropped (it would have been past its bound)...
+    let ended = common::wait_until(Duration::from_secs(10), || match ws.ws.read() {
+        Ok(tungstenite::Message::Close(_)) | Err(_) => true,
+        Ok(_) => false,
+    });
+    assert!(ended, "the flooded socket stays open");
+    // ...and the delivery was never expanded in memory.
+    let grew = nodes[0].rss_kib().saturating_sub(before);
+    assert!(grew < 64 << 10, "node 0 grew by {grew} KiB");
+}

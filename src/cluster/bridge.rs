@@ -71,6 +71,8 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
         cfg.nodes,
     )?);
     let thread_sealer = sealer.clone();
+    let max_payload = Arc::new(AtomicUsize::new(1 << 20));
+    let thread_max_payload = max_payload.clone();
     let epoch = sealer.epoch() as u32;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,6 +87,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
                 epochs: thread_epochs,
                 epoch,
                 sealer: thread_sealer,
+                max_payload: thread_max_payload,
             };
             runtime.block_on(run(thread_cfg, peers, rx, ready_tx, heard))
         })
@@ -95,7 +98,14 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             READY_WAIT.as_secs()
         );
     }
-    Ok(super::Cluster::new(cfg, Jobs(tx), seen, epochs, sealer))
+    Ok(super::Cluster::new(
+        cfg,
+        Jobs(tx),
+        seen,
+        epochs,
+        sealer,
+        max_payload,
+    ))
 }
 
 /// What the heartbeats say, and what this node says in its own.
@@ -104,6 +114,8 @@ struct Heard {
     epochs: Arc<[AtomicU64]>,
     epoch: u32,
     sealer: Arc<super::seal::Sealer>,
+    /// What the server says it takes in one message (its INFO).
+    max_payload: Arc<AtomicUsize>,
 }
 
 /// NATS's own access control and TLS, as configured (`[cluster] nats_*`).
@@ -197,6 +209,9 @@ async fn run(
             },
         }
     };
+    heard
+        .max_payload
+        .store(client.server_info().max_payload, Ordering::Relaxed);
     let mut calls = match client.subscribe(subject(&cfg, cfg.node)).await {
         Ok(s) => s,
         Err(e) => {

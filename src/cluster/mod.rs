@@ -194,8 +194,14 @@ pub struct Cluster {
     pub epoch: u32,
     /// Seals and opens every message to and from other nodes (the bridge's).
     sealer: Arc<seal::Sealer>,
+    /// The NATS server's `max_payload` (from its INFO once connected; 1 MiB, its
+    /// default, until then).
+    pub(super) max_payload: Arc<std::sync::atomic::AtomicUsize>,
     started_ms: u64,
 }
+
+/// Largest delivery batch, whatever NATS allows (a bigger one waits longer to fill).
+pub const MAX_DELIVERY_BYTES: usize = 4 << 20;
 
 /// The bit of [`Cluster::epochs`] that says an epoch was heard.
 pub const EPOCH_KNOWN: u64 = 1 << 32;
@@ -224,6 +230,7 @@ impl Cluster {
         seen_ms: Arc<[AtomicU64]>,
         epochs: Arc<[AtomicU64]>,
         sealer: Arc<seal::Sealer>,
+        max_payload: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Cluster {
         let peers = (0..cfg.nodes).map(|_| Peer::default()).collect();
         Cluster {
@@ -234,7 +241,24 @@ impl Cluster {
             epochs,
             epoch: sealer.epoch() as u32,
             sealer,
+            max_payload,
             started_ms: crate::ids::now_millis(),
+        }
+    }
+
+    /// The largest message this node may give [`Cluster::publish`] or
+    /// [`Cluster::call`]: NATS's `max_payload` less the seal's overhead.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_payload
+            .load(Relaxed)
+            .saturating_sub(seal::HEADER + 64)
+            .clamp(4096, MAX_DELIVERY_BYTES)
+    }
+
+    /// Counts a delivery batch to `node` that NATS did not take.
+    pub fn count_failed_delivery(&self, node: usize) {
+        if let Some(p) = self.peers.get(node) {
+            p.failures.fetch_add(1, Relaxed);
         }
     }
 

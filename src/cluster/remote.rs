@@ -75,11 +75,6 @@ struct Batch {
 /// A session a run of bytes goes to: its key, and whether they end it.
 type Recipient = (u64, bool);
 
-/// Bytes waiting for one holder shard past which sessions leave their frames in their
-/// own outbound queues (where the slow-consumer rule applies) until the flusher catches
-/// up: the batch is bounded, not the queue of a slow NATS.
-const MAX_BATCH_BYTES: usize = 4 << 20;
-
 impl Tables {
     pub fn remote_sessions(&self) -> usize {
         self.sessions.borrow().len()
@@ -350,7 +345,7 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         if closing {
             break;
         }
-        while shard.remote.waiting(s.holder, holder_shard) > MAX_BATCH_BYTES
+        while shard.remote.waiting(s.holder, holder_shard) > super::MAX_DELIVERY_BYTES
             && !cluster.is_gone_now(s.holder)
         {
             glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -413,9 +408,16 @@ fn enqueue(
                 for ((node, holder_shard), batch) in batches {
                     let sessions = batch.groups.iter().map(|(_, keys)| keys.len()).sum();
                     cluster.count_deliveries(node, sessions);
-                    let _ = cluster
-                        .publish(node, encode_batch(holder_shard, shard.node(), &batch))
-                        .await;
+                    let limit = cluster.max_message_bytes();
+                    for part in split_batch(batch, limit) {
+                        let msg = encode_batch(holder_shard, shard.node(), &part);
+                        if cluster.publish(node, msg).await.is_err() {
+                            // Frames that did not leave: their sessions end (what they
+                            // held is unread or queued, and the client reconnects).
+                            cluster.count_failed_delivery(node);
+                            end_sessions(&shard, node, &part);
+                        }
+                    }
                 }
             }
             shard.remote.flushing.set(false);
@@ -426,6 +428,63 @@ fn enqueue(
         glommio::spawn_local(contained).detach();
     }
 }
+
+/// `batch` as batches whose encoded form fits in `limit` bytes: runs are kept whole where
+/// they fit, and a run larger than that (a big greeting) is cut into pieces sent in
+/// order, its `closing` mark on the last piece only.
+fn split_batch(batch: Batch, limit: usize) -> Vec<Batch> {
+    let room = |keys: usize| limit.saturating_sub(HEAD + 8 + keys * 9).max(1);
+    let mut out = vec![Batch::default()];
+    for (bytes, keys) in batch.groups {
+        let size = bytes.len() + 8 + keys.len() * 9;
+        let mut current = out.last_mut().map_or(0, |b| b.bytes);
+        if current > 0 && HEAD + current + size > limit {
+            out.push(Batch::default());
+            current = 0;
+        }
+        if HEAD + current + size <= limit {
+            if let Some(b) = out.last_mut() {
+                b.bytes += size;
+                b.groups.push((bytes, keys));
+            }
+            continue;
+        }
+        // Too big for any one message: pieces, one message each.
+        let piece = room(keys.len());
+        let pieces = bytes.len().div_ceil(piece);
+        for (i, chunk) in bytes.chunks(piece).enumerate() {
+            let last = i + 1 == pieces;
+            let ks: Vec<Recipient> = keys.iter().map(|(k, c)| (*k, *c && last)).collect();
+            let b = Batch {
+                bytes: chunk.len() + 8 + ks.len() * 9,
+                groups: vec![(chunk.to_vec(), ks)],
+            };
+            if out.last().is_some_and(|b| b.groups.is_empty()) {
+                out.pop();
+            }
+            out.push(b);
+        }
+        out.push(Batch::default());
+    }
+    out.retain(|b| !b.groups.is_empty());
+    out
+}
+
+/// Ends the owner-side sessions a batch for `holder` was for (its publish failed).
+fn end_sessions(shard: &Shard, holder: usize, batch: &Batch) {
+    let sessions = shard.remote.sessions.borrow();
+    for (_, keys) in &batch.groups {
+        for (key, _) in keys {
+            if let Some(s) = sessions.get(&(holder as u16, *key)) {
+                s.detached.set(true);
+                s.conn.out.borrow_mut().wake();
+            }
+        }
+    }
+}
+
+/// Bytes of [`head`].
+const HEAD: usize = 13;
 
 /// `head(DELIVER)`, then per run: `[len u32][bytes][count u32]` and `count` times
 /// `[key u64][closing u8]`.
@@ -477,6 +536,8 @@ fn decode_batch(mut rest: &[u8]) -> Option<Vec<(&[u8], Vec<Recipient>)>> {
 struct Relay {
     /// The node the socket attached to: the only one whose deliveries it takes.
     owner: usize,
+    /// A delivery would have taken it past [`holder_bound`]: the client is dropped.
+    overflowed: Cell<bool>,
     pending: RefCell<Vec<u8>>,
     /// The owner closed the connection: write what is pending, then end.
     closing: Cell<bool>,
@@ -496,6 +557,7 @@ fn deliver(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
         log::warn!("a remote delivery that does not decode was dropped");
         return;
     };
+    let bound = holder_bound(shard);
     let relays = shard.remote.relays.borrow();
     for (bytes, keys) in runs {
         for (key, closing) in keys {
@@ -503,6 +565,13 @@ fn deliver(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
             let Some(relay) = relays.get(&key).filter(|r| r.owner == from) else {
                 continue;
             };
+            // Checked before the copy: a batch that names one socket many times, or more
+            // than it may hold, ends that socket instead of growing its buffer.
+            if relay.pending.borrow().len() + bytes.len() > bound {
+                relay.overflowed.set(true);
+                relay.wake();
+                continue;
+            }
             relay.pending.borrow_mut().extend_from_slice(bytes);
             if closing {
                 relay.closing.set(true);
@@ -510,6 +579,14 @@ fn deliver(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
             relay.wake();
         }
     }
+}
+
+/// Bytes a holder keeps for one socket before it drops the client: the owner already
+/// bounds what it queues for the session by `max_outbound_bytes`, so this is that bound
+/// plus what may be between the two (the last batch) — a guard against a delivery that
+/// would expand past it, not the slow-consumer rule itself.
+fn holder_bound(shard: &Shard) -> usize {
+    shard.rt.max_outbound_bytes.saturating_mul(2)
 }
 
 /// Takes the relay out of the table however the socket ends, and tells the owner.
@@ -595,7 +672,7 @@ pub async fn hold(
         Err(e) => return crate::net::accept::write_error(&mut stream, e, "").await,
     }
     let owner = attach.owner;
-    let max = shard.rt.max_outbound_bytes;
+    let max = holder_bound(&shard);
     let mut in_flight: Option<InFlight> = None;
     let relayed = std::future::poll_fn(|cx| loop {
         {
@@ -622,7 +699,7 @@ pub async fn hold(
                 return Poll::Ready(Io::Closing);
             }
             // A client this far behind is dropped, as the owner drops one with 1013.
-            if pending.len() > max {
+            if pending.len() > max || relay.overflowed.get() {
                 return Poll::Ready(Io::Gone);
             }
         }
@@ -691,6 +768,35 @@ mod tests {
         assert!(parse_head(&m[..12]).is_none());
         let mut cut: &[u8] = &[0, 0, 0, 9, 1];
         assert_eq!(take_field(&mut cut), None);
+    }
+
+    #[test]
+    fn a_batch_is_cut_to_fit_and_a_big_run_goes_in_pieces_in_order() {
+        let mut batch = Batch::default();
+        for (bytes, key) in [
+            (vec![1u8; 100], 1),
+            (vec![2u8; 5000], 2),
+            (vec![3u8; 100], 3),
+        ] {
+            batch.bytes += bytes.len() + 8 + 9;
+            batch.groups.push((bytes, vec![(key, true)]));
+        }
+        let parts = split_batch(batch, 1024);
+        assert!(parts.len() >= 6, "{}", parts.len());
+        let mut two = Vec::new();
+        for p in &parts {
+            let encoded = encode_batch(0, 1, p);
+            assert!(encoded.len() <= 1024, "{}", encoded.len());
+            let (_, _, _, rest) = parse_head(&encoded).expect("head");
+            for (bytes, keys) in decode_batch(rest).expect("decodes") {
+                if keys[0].0 == 2 {
+                    two.extend_from_slice(bytes);
+                    // Only the last piece carries the close.
+                    assert_eq!(keys[0].1, two.len() == 5000);
+                }
+            }
+        }
+        assert_eq!(two, vec![2u8; 5000]);
     }
 
     #[test]

@@ -897,10 +897,13 @@ pub fn wss(
 /// A plain client of the cluster's NATS, as anyone with access to a shared NATS could run:
 /// it subscribes to everything and publishes whatever it likes (the NATS text protocol,
 /// spoken directly).
+/// NATS messages as `(subject, payload)`.
+pub type NatsMessages = Vec<(String, Vec<u8>)>;
+
 pub struct NatsPeer {
     out: TcpStream,
-    /// Every message seen: `(subject, payload)`.
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    /// Every message seen.
+    seen: std::sync::Arc<std::sync::Mutex<NatsMessages>>,
 }
 
 impl NatsPeer {
@@ -953,7 +956,7 @@ impl NatsPeer {
     }
 
     /// The messages seen so far.
-    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn messages(&self) -> NatsMessages {
         self.seen.lock().expect("lock").clone()
     }
 }
