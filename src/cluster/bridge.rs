@@ -6,9 +6,11 @@
 //! index and epoch once a second. Every message on them is sealed ([`super::seal`]):
 //! what does not open is dropped here, before any shard sees it.
 //!
-//! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over an
-//! unbounded channel and await a oneshot; every outgoing call ends within
-//! `call_timeout_ms` (1009 after it, at once when no node listens); every incoming call
+//! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over a
+//! bounded queue ([`MAX_JOBS`]; full is 1009 at once) and await a oneshot; every
+//! outgoing call ends within `call_timeout_ms` of the shard's call (1009 after it, at
+//! once when no node listens); one-way messages have their own ordered queue and never
+//! delay a call; every incoming call
 //! runs on a shard (round robin) through the shard's bounded inbox, and a full inbox is
 //! answered 1009, never queued here; NATS down at start is retried every second with a
 //! log line, and the client reconnects and resubscribes by itself after that.
@@ -34,13 +36,26 @@ pub struct Job {
     pub one_way: bool,
 }
 
-/// The shards' side of the bridge's job queue.
-pub struct Jobs(mpsc::UnboundedSender<Job>);
+/// Jobs waiting for the bridge, calls and one-way messages each: past it a job fails at
+/// once with 1009 (a NATS that is down or slow fills it).
+pub const MAX_JOBS: usize = 16_384;
+
+/// The shards' side of the bridge's job queues: calls, and one-way messages (which keep
+/// their order among themselves and never wait behind a call, nor a call behind them).
+pub struct Jobs {
+    calls: mpsc::Sender<Job>,
+    one_way: mpsc::Sender<Job>,
+}
 
 impl Jobs {
-    /// False once the bridge has stopped.
+    /// False once the bridge has stopped, or while its queue is full.
     pub fn send(&self, job: Job) -> bool {
-        self.0.send(job).is_ok()
+        let queue = if job.one_way {
+            &self.one_way
+        } else {
+            &self.calls
+        };
+        queue.try_send(job).is_ok()
     }
 }
 
@@ -60,7 +75,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// [`READY_WAIT`], so that a node that says it is listening also answers other nodes.
 pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster, String> {
     let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(MAX_JOBS);
+    let (one_way_tx, one_way_rx) = mpsc::channel(MAX_JOBS);
     let seen: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
     let epochs: Arc<[AtomicU64]> = (0..cfg.nodes).map(|_| AtomicU64::new(0)).collect();
     let (thread_seen, thread_epochs) = (seen.clone(), epochs.clone());
@@ -89,7 +105,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
                 sealer: thread_sealer,
                 max_payload: thread_max_payload,
             };
-            runtime.block_on(run(thread_cfg, peers, rx, ready_tx, heard))
+            runtime.block_on(run(thread_cfg, peers, (rx, one_way_rx), ready_tx, heard))
         })
         .map_err(|e| format!("cannot start the cluster bridge thread: {e}"))?;
     if ready.recv_timeout(READY_WAIT).is_err() {
@@ -100,7 +116,10 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     }
     Ok(super::Cluster::new(
         cfg,
-        Jobs(tx),
+        Jobs {
+            calls: tx,
+            one_way: one_way_tx,
+        },
         seen,
         epochs,
         sealer,
@@ -195,7 +214,7 @@ async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
 async fn run(
     cfg: ClusterConfig,
     peers: Arc<[InboxTx]>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    (mut jobs, mut one_way): (mpsc::Receiver<Job>, mpsc::Receiver<Job>),
     ready: std::sync::mpsc::Sender<()>,
     heard: Heard,
 ) {
@@ -204,6 +223,10 @@ async fn run(
         tokio::select! {
             client = connect(&cfg) => break client,
             job = jobs.recv() => match job {
+                Some(job) => { let _ = job.reply.send(Err(Error::Overloaded)); }
+                None => return,
+            },
+            job = one_way.recv() => match job {
                 Some(job) => { let _ = job.reply.send(Err(Error::Overloaded)); }
                 None => return,
             },
@@ -281,14 +304,6 @@ async fn run(
             let subject = subject(&cfg, job.node);
             let limit = cfg.call_timeout;
             let sealed = sealer.seal(subject.as_bytes(), &job.payload);
-            if job.one_way {
-                // In the loop, not a task of its own: one-way messages keep their order.
-                let sent = client.publish(subject, sealed.into()).await;
-                let _ = job
-                    .reply
-                    .send(sent.map(|_| Vec::new()).map_err(|_| Error::Overloaded));
-                continue;
-            }
             let (sealer, context) = (sealer.clone(), super::seal::Sealer::reply_context(&sealed));
             tokio::spawn(async move {
                 let result =
@@ -305,6 +320,17 @@ async fn run(
                     };
                 let _ = job.reply.send(result);
             });
+        }
+    };
+    // In this loop, not tasks of their own: one-way messages keep their order.
+    let publish = async {
+        while let Some(job) = one_way.recv().await {
+            let subject = subject(&cfg, job.node);
+            let sealed = sealer.seal(subject.as_bytes(), &job.payload);
+            let sent = client.publish(subject, sealed.into()).await;
+            let _ = job
+                .reply
+                .send(sent.map(|_| Vec::new()).map_err(|_| Error::Overloaded));
         }
     };
     // Every node says it is alive once a second; a node silent for GONE_AFTER_MS is gone.
@@ -340,5 +366,5 @@ async fn run(
             }
         }
     };
-    tokio::join!(serve, call, beat, hear);
+    tokio::join!(serve, call, publish, beat, hear);
 }

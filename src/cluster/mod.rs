@@ -313,13 +313,18 @@ impl Cluster {
         }
         peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
+        // The deadline runs from here, not from when the bridge takes the job: a queue
+        // behind a reconnecting NATS counts against it too.
         let mut reply = if self.jobs.send(bridge::Job {
             node,
             payload,
             reply: tx,
             one_way: false,
         }) {
-            rx.await.unwrap_or(Err(Error::Overloaded))
+            crate::shard::within(self.cfg.call_timeout, rx)
+                .await
+                .and_then(Result::ok)
+                .unwrap_or(Err(Error::Overloaded))
         } else {
             Err(Error::Overloaded)
         };
@@ -361,7 +366,11 @@ impl Cluster {
         }) {
             return Err(Error::Overloaded);
         }
-        rx.await.unwrap_or(Err(Error::Overloaded)).map(|_| ())
+        crate::shard::within(self.cfg.call_timeout, rx)
+            .await
+            .and_then(Result::ok)
+            .unwrap_or(Err(Error::Overloaded))
+            .map(|_| ())
     }
 
     /// Counts one batch of `sessions` remote-session deliveries sent to `node`.

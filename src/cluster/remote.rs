@@ -255,7 +255,13 @@ async fn input(shard: &Rc<Shard>, holder: usize, key: u64, bytes: &[u8]) -> Vec<
     let mut paused = take_input(shard, &s, bytes);
     // Backpressure (chat sends in flight): the holder reads nothing more until the
     // frames already here have been taken, as a local connection would not.
-    let deadline = shard.clock_ms() + shard.rt.shard_call_timeout.as_millis() as u64;
+    // Within the holder's own deadline for this call (its `call_timeout_ms`), so that the
+    // two sides agree: the owner answers before the holder would give up.
+    let mut wait = shard.rt.shard_call_timeout;
+    if let Some(c) = &shard.cluster {
+        wait = wait.min(c.cfg.call_timeout * 3 / 4);
+    }
+    let deadline = shard.clock_ms() + wait.as_millis() as u64;
     while paused && shard.clock_ms() < deadline {
         glommio::timer::sleep(Duration::from_millis(1)).await;
         if !crate::dialect::chat::must_wait(&s.conn) {
