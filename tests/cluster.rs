@@ -671,6 +671,26 @@ fn a_nats_client_without_the_cluster_secret_reads_forges_and_replays_nothing() {
             "{secret} crossed NATS in the clear"
         );
     }
+    // Even sealed, the admin key never crosses: the node it was sent to checked it and
+    // forwarded only what it grants.
+    let insider = shardcast::cluster::seal::Sealer::new(
+        common::CLUSTER_SECRET,
+        &format!("t{}", nats.port),
+        2,
+        3,
+    )
+    .expect("sealer");
+    let opened: Vec<u8> = captured
+        .iter()
+        .filter(|(s, _)| *s == node1)
+        .filter_map(|(s, p)| insider.open(s.as_bytes(), p).ok())
+        .flatten()
+        .collect();
+    assert!(
+        opened.windows(9).any(|w| w == b"/presence"),
+        "the call was seen"
+    );
+    assert!(!opened.windows(ADMIN.len()).any(|w| w == ADMIN.as_bytes()));
     // A forged push part for the victim, as the unsealed wire form of one.
     let forged = format!(
         "\u{2}{{\"id\":\"6b1649050000000000000001\",\"title\":\"forged\",\"content\":\"x\",\"domain\":\"{D}\",\"uids\":[\"{victim}\"]}}"
@@ -805,14 +825,21 @@ fn a_delivery_that_would_expand_past_the_bound_ends_the_socket_without_the_memor
     // with a 64 KiB run (256 MB if copied per name).
     let name = format!("t{}", nats.port);
     let node1 = format!("{name}.node.1");
-    let insider = Sealer::new(common::CLUSTER_SECRET, &name, 2, 3).expect("sealer");
-    let attach = spy
-        .messages()
-        .into_iter()
-        .filter(|(s, _)| *s == node1)
-        .filter_map(|(_, p)| insider.open(node1.as_bytes(), &p).ok())
-        .find(|m| m.first() == Some(&6))
-        .expect("the attach crossed NATS");
+    let find_attach = || {
+        // A sealer of its own each time: one opens a message only once.
+        let insider = Sealer::new(common::CLUSTER_SECRET, &name, 2, 3).expect("sealer");
+        spy.messages()
+            .into_iter()
+            .filter(|(s, _)| *s == node1)
+            .filter_map(|(_, p)| insider.open(node1.as_bytes(), &p).ok())
+            .find(|m| m.first() == Some(&6))
+    };
+    let mut attach = None;
+    common::wait_until(Duration::from_secs(10), || {
+        attach = find_attach();
+        attach.is_some()
+    });
+    let attach = attach.expect("the attach crossed NATS");
     let key: [u8; 8] = attach[5..13].try_into().expect("key");
     // The key's first byte is the holder shard.
     let holder_shard = u16::from(attach[5]);

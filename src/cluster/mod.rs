@@ -34,6 +34,9 @@ pub enum Call {
         path: String,
         query: String,
         authorization: Option<String>,
+        /// What the caller's admin key grants, checked by the caller (the key itself
+        /// never crosses nodes).
+        scope: Option<crate::auth::AdminScope>,
         idempotency_key: Option<String>,
         body: Vec<u8>,
     },
@@ -68,24 +71,32 @@ impl Call {
                 path,
                 query,
                 authorization,
+                scope,
                 idempotency_key,
                 body,
             } => {
-                // Head fields cannot hold a newline (httparse refuses them), so they
-                // separate the fields; the body follows the fifth.
+                // Head fields cannot hold a newline (httparse refuses them), nor can a
+                // domain, so they separate the fields; the body follows the sixth. A
+                // scope is `*` (every domain) or `=<domain>`.
                 let auth = authorization.as_deref().unwrap_or("");
+                let scope = match scope {
+                    None => String::new(),
+                    Some(crate::auth::AdminScope::All) => "*".to_string(),
+                    Some(crate::auth::AdminScope::Domain(d)) => format!("={d}"),
+                };
                 let idem = idempotency_key.as_deref().unwrap_or("");
                 let mut out = Vec::with_capacity(
                     method.len()
                         + path.len()
                         + query.len()
                         + auth.len()
+                        + scope.len()
                         + idem.len()
                         + body.len()
-                        + 6,
+                        + 7,
                 );
                 out.push(HTTP);
-                for f in [method.as_str(), path, query, auth, idem] {
+                for f in [method.as_str(), path, query, auth, &scope, idem] {
                     out.extend_from_slice(f.as_bytes());
                     out.push(b'\n');
                 }
@@ -114,7 +125,7 @@ impl Call {
         let (&kind, rest) = bytes.split_first()?;
         match kind {
             HTTP => {
-                let mut fields = rest.splitn(6, |&b| b == b'\n');
+                let mut fields = rest.splitn(7, |&b| b == b'\n');
                 let mut text = || {
                     fields
                         .next()
@@ -122,6 +133,13 @@ impl Call {
                         .map(str::to_string)
                 };
                 let (method, path, query, auth) = (text()?, text()?, text()?, text()?);
+                let scope = match text()?.as_str() {
+                    "" => None,
+                    "*" => Some(crate::auth::AdminScope::All),
+                    d => Some(crate::auth::AdminScope::Domain(
+                        d.strip_prefix('=')?.to_string(),
+                    )),
+                };
                 let idem = text()?;
                 let body = fields.next()?.to_vec();
                 Some(Call::Http {
@@ -129,6 +147,7 @@ impl Call {
                     path,
                     query,
                     authorization: (!auth.is_empty()).then_some(auth),
+                    scope,
                     idempotency_key: (!idem.is_empty()).then_some(idem),
                     body,
                 })
@@ -477,6 +496,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             path,
             query,
             authorization,
+            scope,
             idempotency_key,
             mut body,
         }) => {
@@ -486,6 +506,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
                 query,
                 content_length: body.len(),
                 authorization,
+                forwarded_scope: scope,
                 idempotency_key,
                 ..Default::default()
             };
@@ -592,6 +613,7 @@ mod tests {
             path: "/presence".into(),
             query: "domain=d&uid=u".into(),
             authorization: Some("Bearer k".into()),
+            scope: Some(crate::auth::AdminScope::Domain("shop".into())),
             idempotency_key: Some("retry-7".into()),
             body: b"{\"a\":\n1}".to_vec(),
         };
@@ -601,10 +623,12 @@ mod tests {
                 path,
                 query,
                 authorization,
+                scope,
                 idempotency_key,
                 body,
             }) => {
                 assert_eq!((method.as_str(), path.as_str()), ("GET", "/presence"));
+                assert_eq!(scope, Some(crate::auth::AdminScope::Domain("shop".into())));
                 assert_eq!(idempotency_key.as_deref(), Some("retry-7"));
                 assert_eq!(query, "domain=d&uid=u");
                 assert_eq!(authorization.as_deref(), Some("Bearer k"));
@@ -617,6 +641,7 @@ mod tests {
             path: "/x".into(),
             query: String::new(),
             authorization: None,
+            scope: None,
             idempotency_key: None,
             body: Vec::new(),
         };

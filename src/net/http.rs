@@ -25,6 +25,9 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `Idempotency-Key` of `POST /push` and `POST /message` (PROTOCOL.md §6), as sent.
     pub idempotency_key: Option<String>,
+    /// Set only on a call forwarded by another node of the cluster, which checked the
+    /// admin key itself: what that key may act on (the key never crosses nodes).
+    pub forwarded_scope: Option<crate::auth::AdminScope>,
     pub origin: Option<String>,
     /// Set when the request asks for a WebSocket upgrade.
     pub upgrade: Option<WsHeaders>,

@@ -41,7 +41,11 @@ pub async fn message_log(
     let bearer = auth::bearer(req.authorization.as_deref());
     // An admin key (of every domain, or of this one) reads any history of its domains; a
     // domain's key on another domain is refused outright (1005), not tried as a token.
-    if let Some(scope) = bearer.and_then(|k| auth::admin_scope(&shard.rt, k)) {
+    let scope = req
+        .forwarded_scope
+        .clone()
+        .or_else(|| bearer.and_then(|k| auth::admin_scope(&shard.rt, k)));
+    if let Some(scope) = scope {
         super::in_scope(shard, &scope, &domain)?;
     } else {
         let token = http::param(q, "token")

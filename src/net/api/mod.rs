@@ -48,11 +48,19 @@ pub async fn serve(
 ) -> (u16, &'static str, Vec<u8>) {
     if let Some(cluster) = &shard.cluster {
         if let Some(node) = remote_owner(shard, req, body) {
+            // An admin key is checked here and only what it grants crosses nodes; a
+            // token (or a key that grants nothing) goes on for its owner to judge.
+            let scope = crate::auth::bearer(req.authorization.as_deref())
+                .and_then(|k| crate::auth::admin_scope(&shard.rt, k));
             let call = crate::cluster::Call::Http {
                 method: req.method.clone(),
                 path: req.path.clone(),
                 query: req.query.clone(),
-                authorization: req.authorization.clone(),
+                authorization: match scope {
+                    Some(_) => None,
+                    None => req.authorization.clone(),
+                },
+                scope,
                 idempotency_key: req.idempotency_key.clone(),
                 body: body.to_vec(),
             };
@@ -185,6 +193,9 @@ pub fn check_admin_before_body(shard: &Shard, req: &Request) -> Result<(), Error
 /// The admin key of `Authorization: Bearer <key>` and what it may act on; every handler
 /// given a scope checks its domain with [`in_scope`] before it does anything.
 fn admin(shard: &Shard, req: &Request) -> Result<AdminScope, Error> {
+    if let Some(scope) = &req.forwarded_scope {
+        return Ok(scope.clone());
+    }
     crate::auth::bearer(req.authorization.as_deref())
         .and_then(|key| crate::auth::admin_scope(&shard.rt, key))
         .ok_or_else(|| {
