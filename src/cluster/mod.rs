@@ -37,6 +37,9 @@ pub enum Call {
         /// What the caller's admin key grants, checked by the caller (the key itself
         /// never crosses nodes).
         scope: Option<crate::auth::AdminScope>,
+        /// Likewise the `(domain, uid)` of the caller's token, where the caller looked it
+        /// up (`/message-log`).
+        user: Option<(String, String)>,
         idempotency_key: Option<String>,
         body: Vec<u8>,
     },
@@ -72,17 +75,20 @@ impl Call {
                 query,
                 authorization,
                 scope,
+                user,
                 idempotency_key,
                 body,
             } => {
                 // Head fields cannot hold a newline (httparse refuses them), nor can a
-                // domain, so they separate the fields; the body follows the sixth. A
-                // scope is `*` (every domain) or `=<domain>`.
+                // name (no control characters), so they separate the fields; the body
+                // follows the sixth. The identity is `*` (every domain), `=<domain>` (an
+                // admin key of one) or `@<domain>\t<uid>` (a token's user).
                 let auth = authorization.as_deref().unwrap_or("");
-                let scope = match scope {
-                    None => String::new(),
-                    Some(crate::auth::AdminScope::All) => "*".to_string(),
-                    Some(crate::auth::AdminScope::Domain(d)) => format!("={d}"),
+                let scope = match (scope, user) {
+                    (Some(crate::auth::AdminScope::All), _) => "*".to_string(),
+                    (Some(crate::auth::AdminScope::Domain(d)), _) => format!("={d}"),
+                    (None, Some((d, u))) => format!("@{d}\t{u}"),
+                    (None, None) => String::new(),
                 };
                 let idem = idempotency_key.as_deref().unwrap_or("");
                 let mut out = Vec::with_capacity(
@@ -133,12 +139,18 @@ impl Call {
                         .map(str::to_string)
                 };
                 let (method, path, query, auth) = (text()?, text()?, text()?, text()?);
-                let scope = match text()?.as_str() {
-                    "" => None,
-                    "*" => Some(crate::auth::AdminScope::All),
-                    d => Some(crate::auth::AdminScope::Domain(
-                        d.strip_prefix('=')?.to_string(),
-                    )),
+                let identity = text()?;
+                let (scope, user) = match identity.as_str() {
+                    "" => (None, None),
+                    "*" => (Some(crate::auth::AdminScope::All), None),
+                    id => match id.split_at_checked(1)? {
+                        ("=", d) => (Some(crate::auth::AdminScope::Domain(d.to_string())), None),
+                        ("@", du) => {
+                            let (d, u) = du.split_once('\t')?;
+                            (None, Some((d.to_string(), u.to_string())))
+                        }
+                        _ => return None,
+                    },
                 };
                 let idem = text()?;
                 let body = fields.next()?.to_vec();
@@ -148,6 +160,7 @@ impl Call {
                     query,
                     authorization: (!auth.is_empty()).then_some(auth),
                     scope,
+                    user,
                     idempotency_key: (!idem.is_empty()).then_some(idem),
                     body,
                 })
@@ -497,6 +510,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             query,
             authorization,
             scope,
+            user,
             idempotency_key,
             mut body,
         }) => {
@@ -507,6 +521,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
                 content_length: body.len(),
                 authorization,
                 forwarded_scope: scope,
+                forwarded_user: user,
                 idempotency_key,
                 ..Default::default()
             };
@@ -614,6 +629,7 @@ mod tests {
             query: "domain=d&uid=u".into(),
             authorization: Some("Bearer k".into()),
             scope: Some(crate::auth::AdminScope::Domain("shop".into())),
+            user: None,
             idempotency_key: Some("retry-7".into()),
             body: b"{\"a\":\n1}".to_vec(),
         };
@@ -626,6 +642,7 @@ mod tests {
                 scope,
                 idempotency_key,
                 body,
+                ..
             }) => {
                 assert_eq!((method.as_str(), path.as_str()), ("GET", "/presence"));
                 assert_eq!(scope, Some(crate::auth::AdminScope::Domain("shop".into())));
@@ -642,12 +659,14 @@ mod tests {
             query: String::new(),
             authorization: None,
             scope: None,
+            user: Some(("d".into(), "u 1".into())),
             idempotency_key: None,
             body: Vec::new(),
         };
         assert!(matches!(
             Call::decode(&none.encode()),
-            Some(Call::Http { authorization: None, ref body, .. }) if body.is_empty()
+            Some(Call::Http { authorization: None, ref user, ref body, .. })
+                if body.is_empty() && user.as_ref().is_some_and(|(d, u)| d == "d" && u == "u 1")
         ));
         assert!(matches!(
             Call::decode(&Call::PushPart(b"{}".to_vec()).encode()),

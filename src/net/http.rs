@@ -28,6 +28,8 @@ pub struct Request {
     /// Set only on a call forwarded by another node of the cluster, which checked the
     /// admin key itself: what that key may act on (the key never crosses nodes).
     pub forwarded_scope: Option<crate::auth::AdminScope>,
+    /// Likewise for a token: the `(domain, uid)` it was issued for.
+    pub forwarded_user: Option<(String, String)>,
     pub origin: Option<String>,
     /// Set when the request asks for a WebSocket upgrade.
     pub upgrade: Option<WsHeaders>,

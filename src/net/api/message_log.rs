@@ -14,6 +14,55 @@ use crate::Error;
 
 const MAX_PAGE_SIZE: u64 = 100;
 
+/// Who asks: an admin key's scope, or the user a token was issued for.
+pub enum Identity {
+    Admin(auth::AdminScope),
+    User(String, String),
+}
+
+/// Who the credential of a `/message-log` request is (a call forwarded by another node
+/// carries what that node found, never the credential itself): 1004 for none that is
+/// valid.
+pub async fn identify(
+    shard: &Rc<Shard>,
+    req: &Request,
+    q: &[(String, String)],
+) -> Result<Identity, Error> {
+    if let Some(scope) = &req.forwarded_scope {
+        return Ok(Identity::Admin(scope.clone()));
+    }
+    if let Some((d, u)) = &req.forwarded_user {
+        return Ok(Identity::User(d.clone(), u.clone()));
+    }
+    let bearer = auth::bearer(req.authorization.as_deref());
+    // An admin key (of every domain, or of this one) reads any history of its domains; a
+    // domain's key on another domain is refused outright (1005), not tried as a token.
+    if let Some(scope) = bearer.and_then(|k| auth::admin_scope(&shard.rt, k)) {
+        return Ok(Identity::Admin(scope));
+    }
+    let token = http::param(q, "token")
+        .or(bearer)
+        .and_then(Token::parse)
+        .ok_or(Error::BadToken)?;
+    let owner = shard.place(token.slot());
+    let user = match &shard.cluster {
+        // The token of `fromId` may live on another node than `toId`'s history.
+        Some(cluster) if owner.node != shard.node() => {
+            let call = crate::cluster::Call::TokenUser(token.to_hex_string().into_bytes());
+            crate::cluster::decode_token_user(&cluster.call(owner.node, &call).await?)?
+        }
+        _ => {
+            shard
+                .call(owner.shard, move |s| async move {
+                    s.store.token_user(&token, crate::ids::now_secs())
+                })
+                .await?
+        }
+    };
+    let (d, u) = user.ok_or(Error::BadToken)?;
+    Ok(Identity::User(d, u))
+}
+
 pub async fn message_log(
     shard: &Rc<Shard>,
     req: &Request,
@@ -38,41 +87,11 @@ pub async fn message_log(
     let page = number("page", 1, u64::from(u32::MAX))?;
     let size = number("size", 10, MAX_PAGE_SIZE)?;
 
-    let bearer = auth::bearer(req.authorization.as_deref());
-    // An admin key (of every domain, or of this one) reads any history of its domains; a
-    // domain's key on another domain is refused outright (1005), not tried as a token.
-    let scope = req
-        .forwarded_scope
-        .clone()
-        .or_else(|| bearer.and_then(|k| auth::admin_scope(&shard.rt, k)));
-    if let Some(scope) = scope {
-        super::in_scope(shard, &scope, &domain)?;
-    } else {
-        let token = http::param(q, "token")
-            .or(bearer)
-            .and_then(Token::parse)
-            .ok_or(Error::BadToken)?;
-        let owner = shard.place(token.slot());
-        let user = match &shard.cluster {
-            // The token of `fromId` may live on another node than `toId`'s history.
-            Some(cluster) if owner.node != shard.node() => {
-                let call = crate::cluster::Call::TokenUser(token.to_hex_string().into_bytes());
-                crate::cluster::decode_token_user(&cluster.call(owner.node, &call).await?)?
-            }
-            _ => {
-                shard
-                    .call(owner.shard, move |s| async move {
-                        s.store.token_user(&token, crate::ids::now_secs())
-                    })
-                    .await?
-            }
-        };
-        match user {
-            Some((d, u)) if d == domain && (u == to || Some(&u) == from.as_ref()) => {}
-            // A valid token of someone else: it is not invalid, it does not grant this.
-            Some(_) => return Err(Error::NotGranted),
-            None => return Err(Error::BadToken),
-        }
+    match identify(shard, req, q).await? {
+        Identity::Admin(scope) => super::in_scope(shard, &scope, &domain)?,
+        Identity::User(d, u) if d == domain && (u == to || Some(&u) == from.as_ref()) => {}
+        // A valid token of someone else: it is not invalid, it does not grant this.
+        Identity::User(..) => return Err(Error::NotGranted),
     }
 
     let slot = route::slot_of(&domain, &to);

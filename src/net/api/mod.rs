@@ -48,19 +48,42 @@ pub async fn serve(
 ) -> (u16, &'static str, Vec<u8>) {
     if let Some(cluster) = &shard.cluster {
         if let Some(node) = remote_owner(shard, req, body) {
-            // An admin key is checked here and only what it grants crosses nodes; a
-            // token (or a key that grants nothing) goes on for its owner to judge.
-            let scope = crate::auth::bearer(req.authorization.as_deref())
+            // Credentials are checked here and only what they grant crosses nodes: an
+            // admin key's scope, a history token's user. A key that grants nothing goes
+            // on for the owner to refuse.
+            let mut scope = crate::auth::bearer(req.authorization.as_deref())
                 .and_then(|k| crate::auth::admin_scope(&shard.rt, k));
+            let (mut user, mut query) = (None, req.query.clone());
+            if req.path == "/message-log" {
+                let identified = match http::parse_query(&req.query) {
+                    Ok(q) => message_log::identify(shard, req, &q).await,
+                    Err(e) => Err(e),
+                };
+                match identified {
+                    Ok(message_log::Identity::Admin(s)) => scope = Some(s),
+                    Ok(message_log::Identity::User(d, u)) => user = Some((d, u)),
+                    Err(e) => {
+                        shard.metrics.error(e.code());
+                        return (e.http_status(), http::JSON, crate::json::error_envelope(&e));
+                    }
+                }
+                query = req
+                    .query
+                    .split('&')
+                    .filter(|p| p.split('=').next() != Some("token"))
+                    .collect::<Vec<_>>()
+                    .join("&");
+            }
             let call = crate::cluster::Call::Http {
                 method: req.method.clone(),
                 path: req.path.clone(),
-                query: req.query.clone(),
-                authorization: match scope {
-                    Some(_) => None,
-                    None => req.authorization.clone(),
+                query,
+                authorization: match (&scope, &user) {
+                    (None, None) => req.authorization.clone(),
+                    _ => None,
                 },
                 scope,
+                user,
                 idempotency_key: req.idempotency_key.clone(),
                 body: body.to_vec(),
             };
