@@ -4,7 +4,10 @@
 # store cache smaller than its store; per round 10,000 idle notify connections, workload
 # W (10,000 subscribers, 16 keep-alive publishers, PUSHES pushes), W open loop at
 # 10,000/s, a connection storm, then SIGTERM and a restart. Fails (exit 1) the moment the
-# broker dies other than by our SIGTERM, or exits non-zero, and prints how it ended.
+# broker dies other than by our SIGTERM, or exits non-zero, and prints how it ended. The
+# generator's lines are printed for the record only: the data directory keeps each round's
+# unread lists, which the next round's subscribers receive (counted as duplicates), and the
+# store grows round by round, so figures are not comparable between rounds.
 # Usage: benches/stress.sh [MINUTES] [PUSHES]   (defaults 30 and 200000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
