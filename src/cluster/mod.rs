@@ -195,6 +195,24 @@ pub fn home_shard(request: &[u8], nodes: usize, shards: usize) -> Option<usize> 
     Some(crate::route::place(crate::route::slot_of(domain, to), nodes, shards).shard)
 }
 
+/// Every decoder of bytes from another node, on `bytes` (what `fuzz/fuzz_targets/
+/// cluster_message.rs` runs): a call, its dispatch, the replies of each kind and a remote
+/// session's message each decode or say no — never a panic. `opener` is a sealer of a
+/// node of a 3-node cluster, to open `bytes` as a sealed message too.
+pub fn decode_peer_bytes(bytes: &[u8], opener: &seal::Sealer) -> usize {
+    let mut n = 0;
+    if let Some(call) = Call::decode(bytes) {
+        n += call.encode().len();
+    }
+    n += home_shard(bytes, 3, 2).unwrap_or(0);
+    n += remote::decode_message(bytes).unwrap_or(0);
+    n += decode_http_reply(bytes).map_or(0, |(s, b)| usize::from(s) + b.len());
+    n += decode_count_reply(bytes).unwrap_or(0);
+    n += decode_token_user(bytes).map_or(0, |u| u.map_or(0, |(d, u)| d.len() + u.len()));
+    n += opener.open(b"c.node.0", bytes).map_or(0, |p| p.len());
+    n
+}
+
 /// An HTTP reply crossing nodes: the status, then the JSON envelope as the owner wrote it.
 pub fn encode_http_reply(status: u16, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 2);

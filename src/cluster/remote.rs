@@ -178,14 +178,29 @@ fn reply_error(e: Error) -> Vec<u8> {
     format!("!{}", e.code()).into_bytes()
 }
 
-fn attach(shard: &Rc<Shard>, holder: usize, key: u64, mut rest: &[u8]) -> Result<Vec<u8>, Error> {
-    let accept = take_field(&mut rest).and_then(|f| std::str::from_utf8(f).ok());
-    let query = take_field(&mut rest).and_then(|f| std::str::from_utf8(f).ok());
-    let (Some(accept), Some(query), Some((&chat, early))) = (accept, query, rest.split_first())
-    else {
+/// An attach's own bytes: `(accept key, query, chat, bytes read past the head)`.
+fn parse_attach(mut rest: &[u8]) -> Option<(&str, &str, bool, &[u8])> {
+    let accept = std::str::from_utf8(take_field(&mut rest)?).ok()?;
+    let query = std::str::from_utf8(take_field(&mut rest)?).ok()?;
+    let (&chat, early) = rest.split_first()?;
+    Some((accept, query, chat == 1, early))
+}
+
+/// Every decoder of this module on `bytes` from another node (the fuzz target's entry):
+/// what decodes, or `None` — never a panic.
+pub fn decode_message(bytes: &[u8]) -> Option<usize> {
+    let (_, _, _, rest) = parse_head(bytes)?;
+    match bytes.first().copied()? {
+        ATTACH => parse_attach(rest).map(|(a, q, _, e)| a.len() + q.len() + e.len()),
+        DELIVER => decode_batch(rest).map(|runs| runs.len()),
+        _ => Some(rest.len()),
+    }
+}
+
+fn attach(shard: &Rc<Shard>, holder: usize, key: u64, rest: &[u8]) -> Result<Vec<u8>, Error> {
+    let Some((accept, query, chat, early)) = parse_attach(rest) else {
         return Err(Error::Internal);
     };
-    let chat = chat == 1;
     let Some(permit) = shard.admit() else {
         crate::metrics::bump(&shard.metrics.overloaded, 1);
         return Err(Error::Overloaded);
