@@ -6,15 +6,18 @@
 //!    request head with [`net::http`] (httparse) into its scratch buffer; with
 //!    `tls_cert`/`tls_key` set, [`net::tls`] (rustls) runs the handshake underneath.
 //! 2. [`net::api`] serves HTTP calls in place; per-user work goes to the user's owner,
-//!    found by [`route`] (`slot = hash(domain, uid)`, `owner = slot % shards`), through
-//!    [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`].
+//!    found by [`route`] (`slot = hash(domain, uid)`, `place(slot) → (node, shard)`),
+//!    through [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`] — or, for
+//!    a user of another node of a cluster, through [`cluster`] (NATS, every message
+//!    sealed), whose owner node does the same there.
 //! 3. A WebSocket upgrade is moved by [`shard::handoff`] (the socket and its TLS state) to
 //!    the owner, where
 //!    [`ws::upgrade`] checks the login and [`ws::conn`] runs the connection.
 //! 4. [`dialect`] (`notify`, `chat`) applies each client message; [`store`] persists it in
 //!    the owner's sled partition and acknowledges after group commit.
 //! 5. Delivery: frames encoded once ([`ws::frame`]) are queued on each recipient's
-//!    [`ws::outbound`] queue, bounded per connection.
+//!    [`ws::outbound`] queue, bounded per connection; a connection held by another node
+//!    is a remote session ([`cluster::remote`]) whose frames cross NATS in batches.
 //!
 //! Invariants worth naming: all state of a user lives on its owner shard and is touched by
 //! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`

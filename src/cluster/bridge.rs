@@ -11,7 +11,9 @@
 //! outgoing call ends within `call_timeout_ms` of the shard's call (1009 after it, at
 //! once when no node listens); one-way messages have their own ordered queue and never
 //! delay a call; every incoming call
-//! runs on a shard (round robin) through the shard's bounded inbox, and a full inbox is
+//! runs on a shard (the one that holds its state: a chat send's recipient's owner, a
+//! remote session's shard; round robin for the rest) through the shard's bounded inbox,
+//! and a full inbox is
 //! answered 1009, never queued here; NATS down at start is retried every second with a
 //! log line, and the client reconnects and resubscribes by itself after that.
 

@@ -230,8 +230,9 @@ pub fn decode_http_reply(bytes: &[u8]) -> Option<(u16, &[u8])> {
 pub struct Cluster {
     pub cfg: ClusterConfig,
     jobs: bridge::Jobs,
-    /// Calls this node made, per peer node (shared by the shards: one atomic add per call,
-    /// and a call carries a whole batch).
+    /// Calls this node made, per peer node (shared by the shards: one atomic add per
+    /// call; a `/push` part carries all of a node's users, while a chat send and a remote
+    /// session's input are one call each).
     peers: Vec<Peer>,
     /// When each node's last heartbeat arrived (ms since the epoch; 0: never).
     seen_ms: Arc<[AtomicU64]>,
@@ -253,7 +254,7 @@ pub struct Cluster {
 /// Largest delivery batch, whatever NATS allows (a bigger one waits longer to fill).
 pub const MAX_DELIVERY_BYTES: usize = 4 << 20;
 
-/// The bit of [`Cluster::epochs`] that says an epoch was heard.
+/// The bit of `Cluster::epochs` that says an epoch was heard.
 pub const EPOCH_KNOWN: u64 = 1 << 32;
 
 /// A node whose heartbeats stop for this long is gone: calls to it fail at once.

@@ -13,7 +13,7 @@
 //!
 //! Invariants: a `(key, nonce)` pair is never used twice (the epoch is the start time in
 //! ms with 16 random bits, new at every start; the counter only grows); a message opens
-//! only once (per sender: the newest epoch, and a window of the last [`WINDOW`] counters;
+//! only once (per sender: the newest epoch, and a window of the last `WINDOW` counters;
 //! an older epoch, a counter below the window or seen in it, or a send time more than
 //! [`MAX_AGE_MS`] away from this node's clock is refused); nothing is decided from a
 //! message before its tag is checked.
