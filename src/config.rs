@@ -115,7 +115,7 @@ pub struct ClusterConfig {
     pub call_timeout: Duration,
     /// What every node-to-node message is sealed under (with `name`): see
     /// `cluster::seal`. Never printed.
-    pub secret: ClusterSecret,
+    pub secret: Secret,
     /// How this node proves itself to NATS, and whether it speaks TLS to it.
     pub nats_auth: NatsAuth,
 }
@@ -125,8 +125,8 @@ pub struct ClusterConfig {
 /// the messages themselves from anyone who can.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {
-    pub user: Option<(String, ClusterSecret)>,
-    pub token: Option<ClusterSecret>,
+    pub user: Option<(String, Secret)>,
+    pub token: Option<Secret>,
     /// A `.creds` file (JWT and NKey seed), read at each connect.
     pub creds: Option<PathBuf>,
     /// Roots to trust for the server's certificate; set, TLS is required.
@@ -147,13 +147,14 @@ impl std::fmt::Debug for NatsAuth {
     }
 }
 
-/// The cluster secret; its `Debug` says nothing of it.
+/// A secret from the configuration (the cluster secret, NATS passwords and tokens); its
+/// `Debug` says nothing of it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClusterSecret(pub String);
+pub struct Secret(pub String);
 
-impl std::fmt::Debug for ClusterSecret {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterSecret(..)")
+        f.write_str("Secret(..)")
     }
 }
 
@@ -825,14 +826,14 @@ fn validate_cluster(c: &ClusterFile, production: bool) -> Result<ClusterConfig, 
         nats: c.nats.clone(),
         name: c.name.clone(),
         call_timeout: Duration::from_millis(c.call_timeout_ms),
-        secret: ClusterSecret(c.secret.clone()),
+        secret: Secret(c.secret.clone()),
         nats_auth: validate_nats_auth(c)?,
     })
 }
 
 fn validate_nats_auth(c: &ClusterFile) -> Result<NatsAuth, ConfigError> {
     let user = match (&c.nats_user, &c.nats_password) {
-        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), ClusterSecret(p.clone()))),
+        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), Secret(p.clone()))),
         (None, None) => None,
         _ => {
             return Err(bad(
@@ -862,7 +863,7 @@ fn validate_nats_auth(c: &ClusterFile) -> Result<NatsAuth, ConfigError> {
     };
     Ok(NatsAuth {
         user,
-        token: c.nats_token.clone().map(ClusterSecret),
+        token: c.nats_token.clone().map(Secret),
         creds: c.nats_creds.clone(),
         tls_ca: c.nats_tls_ca.clone(),
         tls_client,

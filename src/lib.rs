@@ -85,7 +85,8 @@ impl Drop for ExitNotice {
 
 /// What start-up checks beyond the configuration's own validation, without serving or
 /// changing anything (`shardcast check-config`): the TLS files load and form a usable
-/// certificate, and the data directory is a directory (or can be made one).
+/// certificate, the `[cluster]` NATS credential and certificate files are readable, and
+/// `data_dir` is not something other than a directory.
 pub fn check(rt: &Runtime) -> Result<(), String> {
     if let Some(files) = &rt.tls {
         net::tls::load(files)?;

@@ -95,7 +95,7 @@ pub struct Metrics {
     pub errors: [Cell<u64>; 16],
     pub store_write: Histogram,
     pub delivery: Histogram,
-    /// Removed by retention: tokens, unread, offline, history.
+    /// Removed by retention: tokens, unread, offline, history, idempotency records.
     pub retention_removed: [Cell<u64>; 5],
     /// Refused credentials and caps, indexed like [`REFUSALS`].
     pub refusals: [Cell<u64>; 6],

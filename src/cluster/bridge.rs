@@ -91,7 +91,6 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     let thread_sealer = sealer.clone();
     let max_payload = Arc::new(AtomicUsize::new(1 << 20));
     let thread_max_payload = max_payload.clone();
-    let epoch = sealer.epoch() as u32;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -103,7 +102,6 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
             let heard = Heard {
                 seen: thread_seen,
                 epochs: thread_epochs,
-                epoch,
                 sealer: thread_sealer,
                 max_payload: thread_max_payload,
             };
@@ -129,11 +127,11 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
     ))
 }
 
-/// What the heartbeats say, and what this node says in its own.
+/// What the heartbeats say (each node's last sign of life and its epoch), and how
+/// messages are sealed and sized.
 struct Heard {
     seen: Arc<[AtomicU64]>,
     epochs: Arc<[AtomicU64]>,
-    epoch: u32,
     sealer: Arc<super::seal::Sealer>,
     /// What the server says it takes in one message (its INFO).
     max_payload: Arc<AtomicUsize>,
@@ -336,15 +334,15 @@ async fn run(
         }
     };
     // Every node says it is alive once a second; a node silent for GONE_AFTER_MS is gone.
+    // A heartbeat is an empty sealed message: its seal's header names the node and its
+    // epoch (a new epoch tells owners that the node's earlier process, and every socket
+    // it held, is gone).
     let beat = async {
         let subject = format!("{}.heartbeat", cfg.name);
-        // `node epoch`: a new epoch tells owners that this node's earlier process, and
-        // every socket it held, is gone.
-        let me = format!("{} {}", cfg.node, heard.epoch);
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tick.tick().await;
-            let beat = heard.sealer.seal(subject.as_bytes(), me.as_bytes());
+            let beat = heard.sealer.seal(subject.as_bytes(), b"");
             let _ = client.publish(subject.clone(), beat.into()).await;
         }
     };
@@ -353,18 +351,19 @@ async fn run(
         while let Some(msg) = beats.next().await {
             // A heartbeat that does not open is no sign of life (and a forged one cannot
             // keep a dead node "alive").
-            let Ok(beat) = heard.sealer.open(subject.as_bytes(), &msg.payload) else {
+            if heard.sealer.open(subject.as_bytes(), &msg.payload).is_err() {
+                continue;
+            }
+            let Some((node, epoch)) = super::seal::Sealer::sender(&msg.payload) else {
                 continue;
             };
-            let text = std::str::from_utf8(&beat).unwrap_or("");
-            let mut words = text.split(' ');
-            let node = words.next().and_then(|t| t.parse::<usize>().ok());
-            let epoch = words.next().and_then(|t| t.parse::<u32>().ok());
-            if let (Some(node), Some(epoch)) = (node, epoch) {
-                if let (Some(seen), Some(known)) = (heard.seen.get(node), heard.epochs.get(node)) {
-                    known.store(super::EPOCH_KNOWN | u64::from(epoch), Ordering::Relaxed);
-                    seen.store(crate::ids::now_millis(), Ordering::Relaxed);
-                }
+            let node = usize::from(node);
+            if let (Some(seen), Some(known)) = (heard.seen.get(node), heard.epochs.get(node)) {
+                known.store(
+                    super::EPOCH_KNOWN | (epoch & 0xffff_ffff),
+                    Ordering::Relaxed,
+                );
+                seen.store(crate::ids::now_millis(), Ordering::Relaxed);
             }
         }
     };

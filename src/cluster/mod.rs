@@ -236,8 +236,8 @@ pub struct Cluster {
     peers: Vec<Peer>,
     /// When each node's last heartbeat arrived (ms since the epoch; 0: never).
     seen_ms: Arc<[AtomicU64]>,
-    /// Each node's process epoch as its last heartbeat announced it ([`EPOCH_KNOWN`] set
-    /// once heard).
+    /// The low 32 bits of each node's process epoch, as its last heartbeat's seal named
+    /// it ([`EPOCH_KNOWN`] set once heard).
     epochs: Arc<[AtomicU64]>,
     /// This process's epoch (the low bits of its sealing epoch, new at every start), in
     /// every relay key this node makes, so a key never names a socket of an earlier

@@ -13,8 +13,9 @@
 //!
 //! Invariants: the owner's outbound bound, rate limits, frame limits, heartbeats and idle
 //! timeout apply exactly as to a local connection, because it *is* a connection of the
-//! owner; the holder buffers at most `max_outbound_bytes` it has not written yet and drops
-//! the client past that; an owner drops the sessions of a holder that is gone (its
+//! owner; the holder buffers at most twice `max_outbound_bytes` it has not written yet
+//! (the owner's queue plus what is in flight between them), checked before a delivery is
+//! copied, and drops the client past that; an owner drops the sessions of a holder that is gone (its
 //! heartbeats stopped) or cannot be reached, and a holder closes sockets whose owner
 //! answers that the session is gone; every session ends in both tables, and removes
 //! only its own entry there. A relay key carries its holder's epoch (random per process
@@ -454,40 +455,34 @@ fn enqueue(
 /// they fit, and a run larger than that (a big greeting) is cut into pieces sent in
 /// order, its `closing` mark on the last piece only.
 fn split_batch(batch: Batch, limit: usize) -> Vec<Batch> {
-    let room = |keys: usize| limit.saturating_sub(HEAD + 8 + keys * 9).max(1);
-    let mut out = vec![Batch::default()];
-    for (bytes, keys) in batch.groups {
+    let mut out: Vec<Batch> = Vec::new();
+    let add = |out: &mut Vec<Batch>, bytes: Vec<u8>, keys: Vec<Recipient>| {
         let size = bytes.len() + 8 + keys.len() * 9;
-        let mut current = out.last_mut().map_or(0, |b| b.bytes);
-        if current > 0 && HEAD + current + size > limit {
-            out.push(Batch::default());
-            current = 0;
-        }
-        if HEAD + current + size <= limit {
-            if let Some(b) = out.last_mut() {
+        match out.last_mut() {
+            Some(b) if HEAD + b.bytes + size <= limit => {
                 b.bytes += size;
                 b.groups.push((bytes, keys));
             }
+            _ => out.push(Batch {
+                bytes: size,
+                groups: vec![(bytes, keys)],
+            }),
+        }
+    };
+    for (bytes, keys) in batch.groups {
+        if HEAD + bytes.len() + 8 + keys.len() * 9 <= limit {
+            add(&mut out, bytes, keys);
             continue;
         }
-        // Too big for any one message: pieces, one message each.
-        let piece = room(keys.len());
+        // Too big for any one message: pieces that each fill one.
+        let piece = limit.saturating_sub(HEAD + 8 + keys.len() * 9).max(1);
         let pieces = bytes.len().div_ceil(piece);
         for (i, chunk) in bytes.chunks(piece).enumerate() {
             let last = i + 1 == pieces;
-            let ks: Vec<Recipient> = keys.iter().map(|(k, c)| (*k, *c && last)).collect();
-            let b = Batch {
-                bytes: chunk.len() + 8 + ks.len() * 9,
-                groups: vec![(chunk.to_vec(), ks)],
-            };
-            if out.last().is_some_and(|b| b.groups.is_empty()) {
-                out.pop();
-            }
-            out.push(b);
+            let ks = keys.iter().map(|(k, c)| (*k, *c && last)).collect();
+            add(&mut out, chunk.to_vec(), ks);
         }
-        out.push(Batch::default());
     }
-    out.retain(|b| !b.groups.is_empty());
     out
 }
 

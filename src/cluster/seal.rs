@@ -164,6 +164,18 @@ impl Sealer {
         out
     }
 
+    /// The sender's `(node, epoch)` of a sealed message: authentic once
+    /// [`Sealer::open`] has opened it.
+    pub fn sender(sealed: &[u8]) -> Option<(u16, u64)> {
+        if sealed.len() < HEADER {
+            return None;
+        }
+        Some((
+            u16::from_be_bytes([sealed[1], sealed[2]]),
+            u64_at(sealed, 3),
+        ))
+    }
+
     /// The context a reply to `request` (a sealed message) is sealed for.
     pub fn reply_context(request: &[u8]) -> Vec<u8> {
         let mut c = b"reply ".to_vec();

@@ -27,22 +27,16 @@ pub struct Idempotency {
 impl Idempotency {
     /// The record of the whole call's answer (kept by one shard).
     pub fn answer_key(&self) -> Vec<u8> {
-        crate::store::keys::idempotent(
-            self.slot,
-            crate::store::keys::IDEMPOTENT,
-            &self.scope,
-            &self.key,
-        )
+        self.record(crate::store::keys::IDEMPOTENT)
     }
 
     /// The record of one owner shard's part of a push.
     pub fn part_key(&self) -> Vec<u8> {
-        crate::store::keys::idempotent(
-            self.slot,
-            crate::store::keys::IDEMPOTENT_PART,
-            &self.scope,
-            &self.key,
-        )
+        self.record(crate::store::keys::IDEMPOTENT_PART)
+    }
+
+    fn record(&self, kind: u8) -> Vec<u8> {
+        crate::store::keys::idempotent(self.slot, kind, &self.scope, &self.key)
     }
 }
 
