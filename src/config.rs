@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The most header lines any configuration may allow (`max_headers`): it bounds the
+/// stack array the HTTP parser reads a head into.
+pub const MAX_HEADERS: usize = 128;
+
 /// The embedded default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../tuning/default.toml");
 
@@ -543,7 +547,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.admin_key.is_empty() {
         return Err(bad("admin_key", "must not be empty"));
     }
-    if !crate::auth::valid_name(&f.default_domain) {
+    if !crate::text::valid_name(&f.default_domain) {
         return Err(bad(
             "default_domain",
             "1..=128 bytes of UTF-8 without control characters",
@@ -616,11 +620,8 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     if f.max_offline_per_user == 0 {
         return Err(bad("max_offline_per_user", "must be at least 1"));
     }
-    if f.max_headers > crate::net::http::MAX_HEADERS {
-        return Err(bad(
-            "max_headers",
-            format!("at most {}", crate::net::http::MAX_HEADERS),
-        ));
+    if f.max_headers > MAX_HEADERS {
+        return Err(bad("max_headers", format!("at most {}", MAX_HEADERS)));
     }
     if f.max_head_bytes < 256 {
         return Err(bad("max_head_bytes", "at least 256"));
@@ -882,7 +883,7 @@ fn validate_domains(
     let mut out = BTreeMap::new();
     for (name, d) in &f.domains {
         let key = |k: &str| format!("domains.{name}.{k}");
-        if !crate::auth::valid_name(name) {
+        if !crate::text::valid_name(name) {
             return Err(bad(
                 &format!("domains.{name}"),
                 "a domain name is 1..=128 bytes of UTF-8 without control characters",

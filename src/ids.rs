@@ -18,7 +18,7 @@ pub struct MsgId(pub [u8; 12]);
 impl MsgId {
     pub fn hex(&self) -> [u8; 24] {
         let mut out = [0u8; 24];
-        crate::auth::hex_into(&self.0, &mut out);
+        crate::text::hex_into(&self.0, &mut out);
         out
     }
 
@@ -35,7 +35,7 @@ impl MsgId {
         }
         let mut out = [0u8; 12];
         for (i, pair) in b.chunks_exact(2).enumerate() {
-            out[i] = (crate::auth::hex_val(pair[0])? << 4) | crate::auth::hex_val(pair[1])?;
+            out[i] = (crate::text::hex_val(pair[0])? << 4) | crate::text::hex_val(pair[1])?;
         }
         Some(MsgId(out))
     }

@@ -145,7 +145,7 @@ pub fn name_or<'v>(
 ) -> Result<&'v str, crate::Error> {
     match v.get(key) {
         None => Ok(default),
-        Some(x) => x.as_str().filter(|s| crate::auth::valid_name(s)).ok_or(err),
+        Some(x) => x.as_str().filter(|s| crate::text::valid_name(s)).ok_or(err),
     }
 }
 

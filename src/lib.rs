@@ -33,11 +33,14 @@ pub mod error;
 pub mod fault;
 pub mod ids;
 pub mod json;
+pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod route;
 pub mod shard;
 pub mod store;
+pub mod task;
+pub mod text;
 pub mod ws;
 
 pub use error::Error;

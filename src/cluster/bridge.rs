@@ -274,7 +274,7 @@ async fn run(
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let out =
-                        crate::shard::contain("a cluster call", super::serve(&shard, &payload))
+                        crate::task::contain("a cluster call", super::serve(&shard, &payload))
                             .await
                             .unwrap_or_else(|| super::error_reply(&payload, &Error::Internal));
                     let _ = tx.send(out);

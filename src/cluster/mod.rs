@@ -49,7 +49,7 @@ pub enum Call {
     /// A `/broadcast` for this node's notify connections (JSON as a push part, no
     /// `uids`), so every node sends the same `_id`.
     BroadcastPart(Vec<u8>),
-    /// A chat message to a user this node owns ([`crate::dialect::chat::ChatMessage`]'s
+    /// A chat message to a user this node owns ([`crate::message::ChatMessage`]'s
     /// wire form), stored and delivered as a local send is.
     Chat(Vec<u8>),
     /// Whose token this is (hex), asked of the token's owner node: `domain\nuid`, or
@@ -372,7 +372,7 @@ impl Cluster {
             reply: tx,
             one_way: false,
         }) {
-            crate::shard::within(self.cfg.call_timeout, rx)
+            crate::task::within(self.cfg.call_timeout, rx)
                 .await
                 .and_then(Result::ok)
                 .unwrap_or(Err(Error::Overloaded))
@@ -417,7 +417,7 @@ impl Cluster {
         }) {
             return Err(Error::Overloaded);
         }
-        crate::shard::within(self.cfg.call_timeout, rx)
+        crate::task::within(self.cfg.call_timeout, rx)
             .await
             .and_then(Result::ok)
             .unwrap_or(Err(Error::Overloaded))
@@ -555,7 +555,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
             crate::net::api::broadcast_part(shard, &mut json).await,
         ),
         Some(Call::Chat(wire)) => {
-            let outcome = match crate::dialect::chat::ChatMessage::from_wire(&wire) {
+            let outcome = match crate::message::ChatMessage::from_wire(&wire) {
                 Some(msg) => crate::dialect::chat::send(shard, std::sync::Arc::new(msg)).await,
                 None => Err(Error::Internal),
             };

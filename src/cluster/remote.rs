@@ -243,7 +243,7 @@ fn attach(shard: &Rc<Shard>, holder: usize, key: u64, rest: &[u8]) -> Result<Vec
     if !early.is_empty() {
         take_input(shard, &session, early);
     }
-    let pumped = crate::shard::contain(
+    let pumped = crate::task::contain(
         "a remote session",
         pump(shard.clone(), session.clone(), leave),
     );
@@ -445,7 +445,7 @@ fn enqueue(
             shard.remote.flushing.set(false);
         };
         let contained = async move {
-            let _ = crate::shard::contain("the remote delivery flusher", flush).await;
+            let _ = crate::task::contain("the remote delivery flusher", flush).await;
         };
         glommio::spawn_local(contained).detach();
     }

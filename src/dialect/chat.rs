@@ -13,8 +13,8 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::error::close;
-use crate::ids::MsgId;
 use crate::json;
+use crate::message::ChatMessage;
 use crate::route;
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
@@ -35,115 +35,6 @@ pub fn must_wait(conn: &Conn) -> bool {
 /// Message types a client may send; 100 (system) is for `POST /message` only.
 pub const CLIENT_TYPES: [i64; 4] = [10, 20, 30, 40];
 pub const SYSTEM_TYPE: i64 = 100;
-
-/// One chat message, encoded once.
-pub struct ChatMessage {
-    pub id: MsgId,
-    pub domain: String,
-    pub to: String,
-    pub from: String,
-    /// `{"id",…,"sendAt":N` — the message object without `offline` and without its
-    /// closing brace.
-    pub core: Vec<u8>,
-    /// When it was created (delivery latency).
-    pub created: std::time::Instant,
-}
-
-impl ChatMessage {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: MsgId,
-        domain: &str,
-        to: &str,
-        from: &str,
-        from_name: &str,
-        from_resource: &str,
-        kind: i64,
-        content: &str,
-    ) -> ChatMessage {
-        let mut c = Vec::with_capacity(content.len() + 160);
-        c.extend_from_slice(b"{\"id\":\"");
-        c.extend_from_slice(&id.hex());
-        c.extend_from_slice(b"\"");
-        for (k, v) in [
-            ("fromId", from),
-            ("fromName", from_name),
-            ("fromResource", from_resource),
-            ("toId", to),
-            ("domain", domain),
-        ] {
-            c.push(b',');
-            json::push_key(&mut c, k);
-            json::push_str(&mut c, v);
-        }
-        c.extend_from_slice(b",\"type\":");
-        c.extend_from_slice(kind.to_string().as_bytes());
-        c.push(b',');
-        json::push_key(&mut c, "content");
-        json::push_str(&mut c, content);
-        c.extend_from_slice(b",\"sendAt\":");
-        json::push_u64(&mut c, id.unix_millis());
-        ChatMessage {
-            id,
-            domain: domain.into(),
-            to: to.into(),
-            from: from.into(),
-            core: c,
-            created: std::time::Instant::now(),
-        }
-    }
-
-    /// The form that crosses nodes: id, domain, to and from on a line each, then the
-    /// core (names hold no control characters, so no newline: `auth::valid_name`).
-    pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.core.len() + 64);
-        out.extend_from_slice(&self.id.hex());
-        for f in [&self.domain, &self.to, &self.from] {
-            out.push(b'\n');
-            out.extend_from_slice(f.as_bytes());
-        }
-        out.push(b'\n');
-        out.extend_from_slice(&self.core);
-        out
-    }
-
-    pub fn from_wire(wire: &[u8]) -> Option<ChatMessage> {
-        let mut parts = wire.splitn(5, |&b| b == b'\n');
-        let mut text = || std::str::from_utf8(parts.next()?).ok().map(str::to_string);
-        let id = MsgId::parse(&text()?)?;
-        let (domain, to, from) = (text()?, text()?, text()?);
-        Some(ChatMessage {
-            id,
-            domain,
-            to,
-            from,
-            core: parts.next()?.to_vec(),
-            created: std::time::Instant::now(),
-        })
-    }
-
-    /// The message object with its `offline` flag.
-    pub fn with_offline(&self, offline: bool) -> Vec<u8> {
-        with_tail(&self.core, offline)
-    }
-}
-
-fn with_tail(core: &[u8], offline: bool) -> Vec<u8> {
-    let mut v = Vec::with_capacity(core.len() + 18);
-    v.extend_from_slice(core);
-    v.extend_from_slice(if offline {
-        b",\"offline\":true}"
-    } else {
-        b",\"offline\":false}"
-    });
-    v
-}
-
-/// A stored core as a history item (no `offline`).
-pub fn history_item(core: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(core);
-    out.push(b'}');
-}
 
 /// Login: replace a connection of the same resource (close 4000), join the session table,
 /// and queue the offline messages oldest first with `"offline": true`.
@@ -177,7 +68,13 @@ fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Resul
             .offline_page(conn.slot, &conn.domain, &conn.uid, after, budget)?;
     let mut keys = Vec::with_capacity(page.len());
     for (key, core) in page {
-        outbound::send_greeting(conn, frame::encode(frame::OP_TEXT, &with_tail(&core, true)));
+        outbound::send_greeting(
+            conn,
+            frame::encode(
+                frame::OP_TEXT,
+                &crate::message::core_with_offline(&core, true),
+            ),
+        );
         keys.push(key);
     }
     *conn.offline_after.borrow_mut() = if more { keys.last().cloned() } else { None };
@@ -312,7 +209,7 @@ pub fn parse_send<'v>(
         return Err(Error::BadFrame);
     }
     let to = json::str_of(v, "toId")
-        .filter(|s| crate::auth::valid_name(s))
+        .filter(|s| crate::text::valid_name(s))
         .ok_or(Error::field("toId"))?;
     let kind = v
         .get("type")
@@ -357,7 +254,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
     // so messages reach the owner's inbox in the order they were sent.
     glommio::spawn_local(async move {
         let (id, send_at) = (msg.id, msg.id.unix_millis());
-        let outcome = crate::shard::contain("a chat send", send(&shard, msg))
+        let outcome = crate::task::contain("a chat send", send(&shard, msg))
             .await
             .unwrap_or(Err(Error::Internal));
         let before = conn.sends_in_flight.get();
@@ -394,21 +291,6 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_message_crosses_nodes_unchanged() {
-        let ids = crate::ids::IdGen::new(3);
-        let m = ChatMessage::new(ids.next(), "d", "to", "from", "F", "web", 10, "a\nb");
-        let back = ChatMessage::from_wire(&m.to_wire()).expect("decodes");
-        assert_eq!(back.id, m.id);
-        assert_eq!(
-            (back.domain.as_str(), back.to.as_str(), back.from.as_str()),
-            ("d", "to", "from")
-        );
-        assert_eq!(back.core, m.core);
-        assert!(ChatMessage::from_wire(b"not an id\nd\nt\nf\n{").is_none());
-        assert!(ChatMessage::from_wire(&m.to_wire()[..30]).is_none());
-    }
 
     #[test]
     fn client_frames() {

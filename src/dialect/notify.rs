@@ -13,53 +13,12 @@ use simd_json::prelude::*;
 
 use crate::ids::MsgId;
 use crate::json;
+use crate::message::Notification;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
-use crate::ws::frame::{self, Frame};
+use crate::ws::frame;
 use crate::ws::outbound;
 use crate::Error;
-
-/// One notification, encoded once for all its recipients.
-pub struct Notification {
-    pub id: MsgId,
-    pub create_time: String,
-    /// `{"_id","title","content","create_time"}`.
-    pub msg: Arc<[u8]>,
-    /// The event-1 frame.
-    pub frame: Frame,
-    /// When it was created (delivery latency).
-    pub created: std::time::Instant,
-}
-
-impl Notification {
-    pub fn new(id: MsgId, title: &str, content: &str, utc_offset_secs: i64) -> Notification {
-        let create_time = crate::ids::format_time(i64::from(id.unix_secs()), utc_offset_secs);
-        let mut msg = Vec::with_capacity(title.len() + content.len() + 96);
-        msg.extend_from_slice(b"{\"_id\":\"");
-        msg.extend_from_slice(&id.hex());
-        msg.extend_from_slice(b"\",");
-        json::push_key(&mut msg, "title");
-        json::push_str(&mut msg, title);
-        msg.push(b',');
-        json::push_key(&mut msg, "content");
-        json::push_str(&mut msg, content);
-        msg.push(b',');
-        json::push_key(&mut msg, "create_time");
-        json::push_str(&mut msg, &create_time);
-        msg.push(b'}');
-        let mut event = Vec::with_capacity(msg.len() + 32);
-        event.extend_from_slice(b"{\"event\":1,\"data\":{\"msg\":");
-        event.extend_from_slice(&msg);
-        event.extend_from_slice(b"}}");
-        Notification {
-            id,
-            create_time,
-            msg: msg.into(),
-            frame: frame::text(&event),
-            created: std::time::Instant::now(),
-        }
-    }
-}
 
 /// `{"event":0,"data":{"code","error"}}`.
 pub fn event0(e: &Error) -> Vec<u8> {
@@ -233,23 +192,6 @@ pub fn parse_read_report(payload: &mut [u8], max_ids: usize) -> Result<Vec<MsgId
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notification_encodes_once_as_protocol_json() {
-        let id = MsgId::parse("612b723970fb1b158c7f8c72").expect("hex");
-        let n = Notification::new(id, "测试消息", "a \"quoted\"\nline", 8 * 3600);
-        let msg: serde_json::Value = serde_json::from_slice(&n.msg).expect("json");
-        assert_eq!(msg["_id"], "612b723970fb1b158c7f8c72");
-        assert_eq!(msg["title"], "测试消息");
-        assert_eq!(msg["content"], "a \"quoted\"\nline");
-        assert_eq!(msg["create_time"], "2021-08-29 19:40:41");
-        // The frame is a final text frame whose payload is event 1 around the same msg.
-        assert_eq!(n.frame[0], 0x81);
-        let start = n.frame.iter().position(|&b| b == b'{').expect("payload");
-        let event: serde_json::Value = serde_json::from_slice(&n.frame[start..]).expect("json");
-        assert_eq!(event["event"], 1);
-        assert_eq!(event["data"]["msg"], msg);
-    }
 
     #[test]
     fn read_reports() {

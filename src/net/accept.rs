@@ -19,7 +19,8 @@ use super::tls::Stream;
 
 use super::http::{self, Request};
 use crate::route;
-use crate::shard::{handoff, within, ConnPermit, Shard};
+use crate::shard::{handoff, ConnPermit, Shard};
+use crate::task::within;
 use crate::ws::upgrade::{self, Login, Upgrade};
 use crate::Error;
 
@@ -120,15 +121,7 @@ async fn refuse(mut stream: TcpStream) {
 
 /// Runs [`serve`] so that a panic ends this connection only.
 async fn contained(shard: Rc<Shard>, stream: Stream, permit: ConnPermit) {
-    use futures_lite::FutureExt;
-    let id = shard.id;
-    if std::panic::AssertUnwindSafe(serve(shard, stream, permit))
-        .catch_unwind()
-        .await
-        .is_err()
-    {
-        log::error!("shard {id}: an HTTP connection task panicked; connection dropped");
-    }
+    crate::task::contain("an HTTP connection task", serve(shard, stream, permit)).await;
 }
 
 /// Reads more bytes into `buf`, giving up at `deadline` (`request_timeout_secs`).
@@ -347,7 +340,7 @@ fn login(q: &[(String, String)], chat: bool) -> Result<Login, Error> {
     }
     let name = |key: &'static str| {
         http::param(q, key)
-            .filter(|v| crate::auth::valid_name(v))
+            .filter(|v| crate::text::valid_name(v))
             .map(str::to_string)
             .ok_or(Error::param(key))
     };

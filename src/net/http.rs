@@ -4,11 +4,8 @@
 //! header count) are enforced before anything is allocated for the request; only the few
 //! headers the broker uses are copied out of the read buffer.
 
-use crate::config::Runtime;
+use crate::config::{Runtime, MAX_HEADERS};
 use crate::Error;
-
-/// The most header lines any configuration may allow (bounds a stack array).
-pub const MAX_HEADERS: usize = 128;
 
 #[derive(Debug, Default)]
 pub struct Request {
@@ -167,8 +164,8 @@ fn decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hi = crate::auth::hex_val(*b.get(i + 1)?)?;
-                let lo = crate::auth::hex_val(*b.get(i + 2)?)?;
+                let hi = crate::text::hex_val(*b.get(i + 1)?)?;
+                let lo = crate::text::hex_val(*b.get(i + 2)?)?;
                 out.push((hi << 4) | lo);
                 i += 3;
             }

@@ -145,12 +145,7 @@ pub async fn drain(shard: Rc<Shard>, inbox: InboxRx) {
         for env in batch.drain(..) {
             // Envelopes spawn their work as contained tasks; this guards the part that
             // runs inline, so that one bad envelope cannot end the drain (and the shard).
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| env(&shard))).is_err() {
-                log::error!(
-                    "shard {}: an inbox envelope panicked; it was dropped",
-                    shard.id
-                );
-            }
+            crate::task::contain_now("an inbox envelope", || env(&shard));
         }
     }
 }

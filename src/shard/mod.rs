@@ -64,65 +64,15 @@ pub struct Shard {
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
-/// Runs `work`, catching a panic inside it: glommio does not contain panics in tasks (one
-/// would end the shard's thread), so every task of the shard runs through this or
-/// [`supervise`]. `None` when it panicked (logged with `what`).
-pub async fn contain<T>(what: &str, work: impl Future<Output = T>) -> Option<T> {
-    use futures_lite::FutureExt;
-    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(v) => Some(v),
-        Err(cause) => {
-            let why = panic_message(&*cause);
-            log::error!("{what} panicked ({why}); it failed, the shard goes on");
-            None
-        }
-    }
-}
-
-/// The text a panic was raised with, when it has one.
-pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
-    cause
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| cause.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
-/// Runs a shard's background loop for the shard's life: after a panic it is logged and
-/// started again a second later (a bug in the heartbeat must not stop the heartbeats).
-async fn supervise<F, Fut>(shard: Rc<Shard>, what: &'static str, task: F)
-where
-    F: Fn(Rc<Shard>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    while !shard.is_stopping() {
-        if contain(what, task(shard.clone())).await.is_some() {
-            return;
-        }
-        futures_lite::future::or(
-            glommio::timer::sleep(Duration::from_secs(1)),
-            shard.stopped(),
-        )
-        .await;
-    }
-}
-
-/// `work`, or `None` once `limit` has passed (the work is dropped).
-pub async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(work.await) }, async {
-        glommio::timer::sleep(limit).await;
-        None
-    })
-    .await
-}
-
 /// `work`, or 1009 once `limit` has passed (a call waiting for a hung store or a stuck
 /// shard gives up instead of holding its caller forever).
 async fn with_deadline<T>(
     limit: Duration,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    within(limit, work).await.unwrap_or(Err(Error::Overloaded))
+    crate::task::within(limit, work)
+        .await
+        .unwrap_or(Err(Error::Overloaded))
 }
 
 /// A write waiting to be durable, counted against `max_inflight_writes` until dropped.
@@ -198,7 +148,7 @@ impl Shard {
     {
         if target == self.id {
             let work = async {
-                contain("a shard call", f(self.clone()))
+                crate::task::contain("a shard call", f(self.clone()))
                     .await
                     .unwrap_or(Err(Error::Internal))
             };
@@ -210,7 +160,7 @@ impl Shard {
             let owner = owner.clone();
             glommio::spawn_local(async move {
                 // A panic in the work ends this call (the caller sees 1000), not the shard.
-                let result = contain("a cross-shard call", f(owner)).await;
+                let result = crate::task::contain("a cross-shard call", f(owner)).await;
                 let _ = tx.send(result.unwrap_or(Err(Error::Internal)));
             })
             .detach();
@@ -317,6 +267,16 @@ impl Shard {
                 w.wake();
             }
         }
+    }
+}
+
+impl crate::task::Lifetime for Shard {
+    fn is_stopping(&self) -> bool {
+        Shard::is_stopping(self)
+    }
+
+    async fn stopped(&self) {
+        Shard::stopped(self).await
     }
 }
 
@@ -490,9 +450,24 @@ pub async fn run(seed: Seed) {
         tls: RefCell::new(seed.tls),
     });
     glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
-    glommio::spawn_local(supervise(shard.clone(), "the heartbeat", heartbeat)).detach();
-    glommio::spawn_local(supervise(shard.clone(), "retention", retention)).detach();
-    glommio::spawn_local(supervise(shard.clone(), "the idle journal sync", idle_sync)).detach();
+    glommio::spawn_local(crate::task::supervise(
+        shard.clone(),
+        "the heartbeat",
+        heartbeat,
+    ))
+    .detach();
+    glommio::spawn_local(crate::task::supervise(
+        shard.clone(),
+        "retention",
+        retention,
+    ))
+    .detach();
+    glommio::spawn_local(crate::task::supervise(
+        shard.clone(),
+        "the idle journal sync",
+        idle_sync,
+    ))
+    .detach();
     // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
     let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
     crate::net::accept::accept_loop(shard.clone(), listener).await;

@@ -60,7 +60,7 @@ impl Commit {
             let this = self.clone();
             let (db, file) = (db.clone(), file.clone());
             glommio::spawn_local(async move {
-                if crate::shard::contain("the commit loop", this.clone().flush_loop(db, file))
+                if crate::task::contain("the commit loop", this.clone().flush_loop(db, file))
                     .await
                     .is_none()
                 {

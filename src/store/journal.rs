@@ -22,7 +22,7 @@
 //! first torn one (nothing after it was acknowledged: acknowledgements wait for the
 //! fdatasync that covers the record); a journal is deleted only after a sled flush and an
 //! fdatasync of sled's log and blob files that started after its last record
-//! ([`super::sync_partition`]).
+//! ([`super::files::sync_partition`]).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -213,7 +213,7 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
         if gens.is_empty() {
             continue;
         }
-        let db = super::open_db_briefly(rt, shard)?;
+        let db = super::files::open_db_briefly(rt, shard)?;
         let mut records = 0;
         for g in &gens {
             let path = dir.join(file_name(*g));
@@ -228,7 +228,7 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
                 );
             }
         }
-        super::sync_partition(&db, &super::open_sync_file(rt, shard)?, &dir)
+        super::files::sync_partition(&db, &super::files::open_sync_file(rt, shard)?, &dir)
             .map_err(|e| format!("cannot flush and sync {}: {e}", dir.display()))?;
         drop(db);
         let last = gens.last().copied().unwrap_or(0);
@@ -425,7 +425,7 @@ impl Journal {
         glommio::spawn_local(async move {
             let done = glommio::executor()
                 .spawn_blocking(move || -> std::io::Result<()> {
-                    super::sync_partition(&db, &db_file, &dir)?;
+                    super::files::sync_partition(&db, &db_file, &dir)?;
                     remove_before(&dir, next)
                 })
                 .await;

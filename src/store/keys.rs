@@ -16,7 +16,7 @@
 //! slot i slen scope klen key               → expire(8) online(8) (this shard's part of a push)
 //! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
 //! ```
-//! Invariant: domain and uid are 1..=128 bytes (auth::valid_name), so each length fits in
+//! Invariant: domain and uid are 1..=128 bytes (text::valid_name), so each length fits in
 //! one byte.
 
 pub const TOKEN: u8 = b'T';

@@ -91,7 +91,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     if meta.nodes != 1 {
         text.push_str(&format!("nodes = {}\nnode = {}\n", meta.nodes, meta.node));
     }
-    super::write_atomic(dir, "shardcast.meta", text.as_bytes())
+    super::files::write_atomic(dir, "shardcast.meta", text.as_bytes())
 }
 
 /// Makes the data directory match `rt.shards` before the shards start: records the layout
@@ -181,14 +181,14 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
     let mut dbs = Vec::with_capacity(span);
     let mut files = Vec::with_capacity(span);
     for i in 0..span {
-        dbs.push(super::open_db_briefly(rt, i)?);
-        files.push(super::open_sync_file(rt, i)?);
+        dbs.push(super::files::open_db_briefly(rt, i)?);
+        files.push(super::files::open_sync_file(rt, i)?);
     }
     let err = |e: sled::Error| format!("resharding: store error: {e}");
     // The same durability point as an acknowledgement: a copy is on disk (fdatasync after
     // sled's flush) before its original is removed.
     let durable = |j: usize| -> Result<(), String> {
-        super::sync_partition(&dbs[j], &files[j], &rt.data_dir.join(format!("shard-{j}")))
+        super::files::sync_partition(&dbs[j], &files[j], &rt.data_dir.join(format!("shard-{j}")))
             .map_err(|e| format!("resharding: cannot flush and sync shard {j}: {e}"))
     };
     let mut moved = 0u64;

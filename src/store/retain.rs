@@ -430,7 +430,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialect::chat::ChatMessage;
+    use crate::message::ChatMessage;
 
     /// Runs one whole pass, in at most `limit` steps; what each step removed.
     fn pass(store: &Store, policy: &Policy, now: u64, limit: usize) -> Vec<Removed> {

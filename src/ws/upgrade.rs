@@ -74,21 +74,16 @@ fn response_101(accept: &str) -> Vec<u8> {
 /// only: it is caught here, the connection leaves the session table (its `Leave` guard
 /// drops), and the shard goes on.
 pub async fn complete(shard: Rc<Shard>, stream: Stream, up: Upgrade) {
-    use futures_lite::FutureExt;
-    let id = shard.id;
-    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(&shard, up)))
-    {
-        Ok((conn, rest, leave)) => {
-            std::panic::AssertUnwindSafe(super::conn::serve(shard, stream, conn, rest, leave))
-                .catch_unwind()
-                .await
-        }
-        Err(cause) => Err(cause),
+    let Some((conn, rest, leave)) =
+        crate::task::contain_now("a WebSocket login", || open(&shard, up))
+    else {
+        return;
     };
-    if let Err(cause) = outcome {
-        let why = crate::shard::panic_message(&*cause);
-        log::error!("shard {id}: a connection task panicked ({why}); connection dropped");
-    }
+    crate::task::contain(
+        "a connection task",
+        super::conn::serve(shard, stream, conn, rest, leave),
+    )
+    .await;
 }
 
 /// Checks the login, creates the connection and queues its greeting (or its error and

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::auth::AdminScope;
-use crate::dialect::notify::Notification;
 use crate::json;
+use crate::message::Notification;
 use crate::net::http;
 use crate::route;
 use crate::shard::Shard;
@@ -171,14 +171,14 @@ pub async fn kick(
     .to_string();
     super::in_scope(shard, scope, &domain)?;
     let uid = json::str_of(&v, "uid")
-        .filter(|s| crate::auth::valid_name(s))
+        .filter(|s| crate::text::valid_name(s))
         .ok_or(Error::param("uid"))?
         .to_string();
     let resource = match v.get("resource") {
         None => None,
         Some(r) => Some(
             r.as_str()
-                .filter(|s| crate::auth::valid_name(s))
+                .filter(|s| crate::text::valid_name(s))
                 .ok_or(Error::param("resource"))?
                 .to_string(),
         ),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::auth::AdminScope;
-use crate::dialect::chat::{self, ChatMessage, CLIENT_TYPES, SYSTEM_TYPE};
+use crate::dialect::chat::{self, CLIENT_TYPES, SYSTEM_TYPE};
 use crate::json;
+use crate::message::ChatMessage;
 use crate::shard::Shard;
 use crate::Error;
 
@@ -25,7 +26,7 @@ pub async fn message(
     let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
     super::in_scope(shard, scope, domain)?;
     let to = json::str_of(&v, "toId")
-        .filter(|s| crate::auth::valid_name(s))
+        .filter(|s| crate::text::valid_name(s))
         .ok_or(Error::param("toId"))?;
     let from = json::name_or(&v, "fromId", "system", Error::param("fromId"))?;
     let from_name = json::name_or(&v, "fromName", "system", Error::param("fromName"))?;

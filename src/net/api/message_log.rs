@@ -6,7 +6,6 @@ use std::rc::Rc;
 
 use super::name_param;
 use crate::auth::{self, Token};
-use crate::dialect::chat;
 use crate::net::http::{self, Request};
 use crate::route;
 use crate::shard::Shard;
@@ -110,7 +109,7 @@ pub async fn message_log(
         if i > 0 {
             out.push(b',');
         }
-        chat::history_item(core, &mut out);
+        crate::message::history_item(core, &mut out);
     }
     out.extend_from_slice(b"]}");
     Ok(out)

@@ -237,6 +237,6 @@ fn in_scope(shard: &Shard, scope: &AdminScope, domain: &str) -> Result<(), Error
 /// A required, valid name parameter (uid, domain, …).
 fn name_param<'a>(q: &'a [(String, String)], key: &'static str) -> Result<&'a str, Error> {
     http::param(q, key)
-        .filter(|v| crate::auth::valid_name(v))
+        .filter(|v| crate::text::valid_name(v))
         .ok_or(Error::param(key))
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::auth::AdminScope;
-use crate::dialect::notify::{self, Notification};
+use crate::dialect::notify;
 use crate::json;
+use crate::message::Notification;
 use crate::route;
 use crate::shard::Shard;
 use crate::Error;
@@ -179,7 +180,7 @@ pub async fn push(
     for u in uids {
         let uid = u
             .as_str()
-            .filter(|s| crate::auth::valid_name(s))
+            .filter(|s| crate::text::valid_name(s))
             .ok_or(Error::param("uids"))?;
         if seen.insert(uid) {
             let slot = route::slot_of(domain, uid);
@@ -305,7 +306,7 @@ async fn deliver_here(
             let work = shard.call(target, move |owner| {
                 notify::deliver(owner, domain, users, note, once)
             });
-            let done = crate::shard::contain("a /push task", work)
+            let done = crate::task::contain("a /push task", work)
                 .await
                 .unwrap_or(Err(Error::Internal));
             Part::of(n, done)

@@ -1,0 +1,84 @@
+//! Tasks that fail alone: glommio does not contain a panic in a task (one would end the
+//! shard's thread), so every task and every envelope of a shard runs through one of these.
+//!
+//! Invariants: a panic inside [`contain`] or [`contain_now`] is logged with what was
+//! running and becomes `None`, never the end of the shard; a [`supervise`]d loop is
+//! started again a second after a panic for as long as its owner runs; [`within`] drops
+//! the work it gives up on.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Runs `work`, catching a panic inside it; `None` when it panicked (logged with `what`).
+pub async fn contain<T>(what: &str, work: impl Future<Output = T>) -> Option<T> {
+    use futures_lite::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(cause) => {
+            failed(what, &*cause);
+            None
+        }
+    }
+}
+
+/// [`contain`] for work that runs to its end without waiting.
+pub fn contain_now<T>(what: &str, work: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(v) => Some(v),
+        Err(cause) => {
+            failed(what, &*cause);
+            None
+        }
+    }
+}
+
+fn failed(what: &str, cause: &(dyn std::any::Any + Send)) {
+    let why = panic_message(cause);
+    log::error!("{what} panicked ({why}); it failed, the shard goes on");
+}
+
+/// The text a panic was raised with, when it has one.
+pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
+    cause
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| cause.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// `work`, or `None` once `limit` has passed (the work is dropped).
+pub async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+/// What a supervised loop runs for: a shard, which can be asked to stop.
+pub trait Lifetime {
+    fn is_stopping(&self) -> bool;
+    /// Resolves once it has been asked to stop.
+    fn stopped(&self) -> impl Future<Output = ()> + '_;
+}
+
+/// Runs a background loop for its owner's life: after a panic it is logged and started
+/// again a second later (a bug in the heartbeat must not stop the heartbeats).
+pub async fn supervise<L, F, Fut>(owner: Rc<L>, what: &'static str, task: F)
+where
+    L: Lifetime,
+    F: Fn(Rc<L>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !owner.is_stopping() {
+        if contain(what, task(owner.clone())).await.is_some() {
+            return;
+        }
+        futures_lite::future::or(
+            glommio::timer::sleep(Duration::from_secs(1)),
+            owner.stopped(),
+        )
+        .await;
+    }
+}
