@@ -4,7 +4,7 @@
 //!
 //! 1. [`net::accept`] — every shard accepts on the same port (SO_REUSEPORT) and reads a
 //!    request head with [`net::http`] (httparse) into its scratch buffer; with
-//!    `tls_cert`/`tls_key` set, [`net::tls`] (rustls) runs the handshake underneath.
+//!    `tls_cert`/`tls_key` set, [`transport`] (rustls) runs the handshake underneath.
 //! 2. [`net::api`] serves HTTP calls in place; per-user work goes to the user's owner,
 //!    found by [`route`] (`slot = hash(domain, uid)`, `place(slot) → (node, shard)`),
 //!    through [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`] — or, for
@@ -41,6 +41,7 @@ pub mod shard;
 pub mod store;
 pub mod task;
 pub mod text;
+pub mod transport;
 pub mod ws;
 
 pub use error::Error;
@@ -92,7 +93,7 @@ impl Drop for ExitNotice {
 /// `data_dir` is not something other than a directory.
 pub fn check(rt: &Runtime) -> Result<(), String> {
     if let Some(files) = &rt.tls {
-        net::tls::load(files)?;
+        transport::load(files)?;
     }
     if let Some(c) = &rt.cluster {
         let a = &c.nats_auth;
@@ -140,7 +141,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
         dbs.push(store::open(&rt, i)?);
     }
     // Loaded again (checked above): the shards need the configuration itself.
-    let tls = rt.tls.as_ref().map(net::tls::load).transpose()?;
+    let tls = rt.tls.as_ref().map(transport::load).transpose()?;
     let (listeners, addr) = bind(rt.listen, rt.shards)?;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
     let peers: Arc<[InboxTx]> = txs.into();
@@ -270,7 +271,7 @@ impl Server {
         let Some(files) = &self.rt.tls else {
             return Ok(false);
         };
-        let config = net::tls::load(files)?;
+        let config = transport::load(files)?;
         for p in self.peers.iter() {
             shard::replace_tls(p, config.clone());
         }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crate::net::tls::Stream;
+use crate::transport::Stream;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Call, Cluster};

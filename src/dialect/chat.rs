@@ -19,7 +19,6 @@ use crate::route;
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
 use crate::ws::frame;
-use crate::ws::outbound;
 use crate::Error;
 
 /// Chat messages one connection may have waiting for their owner at once.
@@ -49,7 +48,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
             .collect();
         for old in replaced {
             sessions.remove(&old);
-            outbound::close(&old, close::REPLACED);
+            old.close(close::REPLACED);
         }
         sessions.add(conn.clone());
     }
@@ -68,9 +67,7 @@ fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Resul
             .offline_page(conn.slot, &conn.domain, &conn.uid, after, budget)?;
     let mut keys = Vec::with_capacity(page.len());
     for (key, core) in page {
-        outbound::send_greeting(
-            conn,
-            frame::encode(
+        conn.send_greeting(frame::encode(
                 frame::OP_TEXT,
                 &crate::message::core_with_offline(&core, true),
             ),
@@ -163,7 +160,7 @@ fn store_and_send(shard: &Rc<Shard>, msg: &Arc<ChatMessage>) -> Result<bool, Err
     if !online.is_empty() {
         let f = frame::text(&msg.with_offline(false));
         for conn in &online {
-            delivered += u64::from(outbound::send(conn, &f));
+            delivered += u64::from(conn.send(&f));
         }
     }
     // Queued exactly when it reached no resource (a send can also fail: slow consumer).
@@ -274,7 +271,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
                 } else {
                     b",\"offline\":false}}"
                 });
-                outbound::send_owned(&conn, frame::encode(frame::OP_TEXT, &a));
+                conn.send_owned(frame::encode(frame::OP_TEXT, &a));
             }
             Ok(_) => {}
             // Overloaded (1009) says "retry later"; anything else is the server's fault

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
-use crate::ws::{frame, outbound};
+use crate::ws::frame;
 use crate::Error;
 
 /// An `Idempotency-Key` of a backend call (PROTOCOL.md §6) as the owner shards see it:
@@ -54,7 +54,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
         Dialect::Notify => notify::on_text(shard, conn, payload),
         Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
         Dialect::Echo => {
-            outbound::send_owned(conn, frame::encode(frame::OP_TEXT, payload));
+            conn.send_owned(frame::encode(frame::OP_TEXT, payload));
             Ok(())
         }
     };
@@ -72,7 +72,7 @@ pub fn on_binary(shard: &Shard, conn: &Conn, payload: &[u8]) {
     let e = if !shard.allow_message(conn, payload.len()) {
         Error::RateLimited
     } else if matches!(conn.dialect, Dialect::Echo) {
-        outbound::send_owned(conn, frame::encode(frame::OP_BINARY, payload));
+        conn.send_owned(frame::encode(frame::OP_BINARY, payload));
         return;
     } else {
         Error::BadFrame
@@ -87,5 +87,5 @@ pub fn send_error(shard: &Shard, conn: &Conn, e: &Error) {
         Dialect::Notify => notify::event0(e),
         Dialect::Chat { .. } | Dialect::Echo => crate::json::error_object(e),
     };
-    outbound::send_owned(conn, frame::encode(frame::OP_TEXT, &body));
+    conn.send_owned(frame::encode(frame::OP_TEXT, &body));
 }

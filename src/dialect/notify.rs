@@ -17,7 +17,6 @@ use crate::message::Notification;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 use crate::ws::frame;
-use crate::ws::outbound;
 use crate::Error;
 
 /// `{"event":0,"data":{"code","error"}}`.
@@ -54,7 +53,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
         event.extend_from_slice(m);
     }
     event.extend_from_slice(TAIL);
-    outbound::send_greeting(conn, event);
+    conn.send_greeting(event);
     Ok(())
 }
 
@@ -101,7 +100,7 @@ pub async fn deliver(
         let sessions = shard.sessions.borrow();
         for (_, uid) in &uids {
             for conn in sessions.of(&domain, uid) {
-                if conn.is_notify() && outbound::send(conn, &note.frame) {
+                if conn.is_notify() && conn.send(&note.frame) {
                     online += 1;
                 }
             }

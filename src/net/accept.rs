@@ -15,7 +15,7 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::tls::Stream;
+use crate::transport::Stream;
 
 use super::http::{self, Request};
 use crate::route;

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 
 use super::Shard;
-use crate::net::tls::Stream;
+use crate::transport::Stream;
 use crate::ws::upgrade::Upgrade;
 
 /// Hands `stream` to shard `target`, which completes the upgrade.

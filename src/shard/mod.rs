@@ -309,7 +309,7 @@ async fn heartbeat(shard: Rc<Shard>) {
                 .map_or(0, |t| now.saturating_sub(t));
             if partial_for >= request_ms {
                 log::debug!("connection {}: frame unfinished for too long", conn.id);
-                crate::ws::outbound::close(conn, crate::error::close::AUTH);
+                conn.close(crate::error::close::AUTH);
             } else if now.saturating_sub(conn.last_rx_ms.get()) >= idle_ms {
                 log::debug!(
                     "connection {} of {}/{} idle: closing",
@@ -317,9 +317,9 @@ async fn heartbeat(shard: Rc<Shard>) {
                     conn.domain,
                     conn.uid
                 );
-                crate::ws::outbound::close(conn, crate::error::close::GOING_AWAY);
+                conn.close(crate::error::close::GOING_AWAY);
             } else if send_ping {
-                crate::ws::outbound::send(conn, &ping);
+                conn.send(&ping);
             }
         });
     }
@@ -478,7 +478,7 @@ pub async fn run(seed: Seed) {
     // Shutdown (PROTOCOL.md §5): close every connection with 1001, give them a moment to
     // flush, then make everything durable.
     for conn in shard.sessions.borrow().all() {
-        crate::ws::outbound::close(&conn, crate::error::close::GOING_AWAY);
+        conn.close(crate::error::close::GOING_AWAY);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while shard.live_conns.get() > 0 && std::time::Instant::now() < deadline {

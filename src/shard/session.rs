@@ -6,7 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::ws::outbound::Outbound;
+use crate::ws::frame::Frame;
+use crate::ws::outbound::{Outbound, Sent};
 
 /// Which dialect a connection speaks, with its chat login.
 #[derive(Debug)]
@@ -61,6 +62,39 @@ impl Conn {
 
     pub fn is_notify(&self) -> bool {
         matches!(self.dialect, Dialect::Notify)
+    }
+
+    /// Queues `f`; false when the connection is closing (or was just closed as a slow
+    /// consumer).
+    pub fn send(&self, f: &Frame) -> bool {
+        match self.out.borrow_mut().send(f) {
+            Sent::Queued => true,
+            Sent::Closing => false,
+            Sent::CutOff => {
+                log::warn!(
+                    "slow consumer: closing connection {} of {}/{} with 1013",
+                    self.id,
+                    self.domain,
+                    self.uid
+                );
+                false
+            }
+        }
+    }
+
+    /// Queues raw bytes that are not a shared frame (a pong, an error, an ack).
+    pub fn send_owned(&self, bytes: Vec<u8>) -> bool {
+        self.send(&Frame::from(bytes))
+    }
+
+    /// Queues the greeting of a new connection ([`Outbound::send_greeting`]).
+    pub fn send_greeting(&self, bytes: Vec<u8>) {
+        self.out.borrow_mut().send_greeting(bytes)
+    }
+
+    /// Queues a close frame with `code`; the connection ends once it is written.
+    pub fn close(&self, code: u16) {
+        self.out.borrow_mut().close(code)
     }
 }
 

@@ -16,9 +16,8 @@ use std::task::Poll;
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
 use super::frame::{self, FrameError};
-use super::outbound;
 use crate::error::close;
-use crate::net::tls::Stream;
+use crate::transport::Stream;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
@@ -228,12 +227,12 @@ pub fn process(
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(FrameError::TooBig) => {
-                outbound::close(conn, close::TOO_BIG);
+                conn.close(close::TOO_BIG);
                 break;
             }
             Err(FrameError::Protocol(why)) => {
                 log::debug!("connection {}: protocol error: {why}", conn.id);
-                outbound::close(conn, close::PROTOCOL);
+                conn.close(close::PROTOCOL);
                 break;
             }
         };
@@ -246,7 +245,7 @@ pub fn process(
         pos = end;
         match h.opcode {
             frame::OP_TEXT | frame::OP_BINARY if frag.is_some() => {
-                outbound::close(conn, close::PROTOCOL);
+                conn.close(close::PROTOCOL);
             }
             frame::OP_TEXT | frame::OP_BINARY if !h.fin => {
                 let mut f = Fragments {
@@ -258,24 +257,24 @@ pub fn process(
                 if f.append(payload) {
                     *frag = Some(f);
                 } else {
-                    outbound::close(conn, close::INVALID_UTF8);
+                    conn.close(close::INVALID_UTF8);
                 }
             }
             frame::OP_TEXT if std::str::from_utf8(payload).is_err() => {
-                outbound::close(conn, close::INVALID_UTF8);
+                conn.close(close::INVALID_UTF8);
             }
             frame::OP_TEXT => crate::dialect::on_text(shard, conn, payload),
             frame::OP_BINARY => crate::dialect::on_binary(shard, conn, payload),
             frame::OP_CONT => match frag {
-                None => outbound::close(conn, close::PROTOCOL),
+                None => conn.close(close::PROTOCOL),
                 Some(f) if f.data.len() + payload.len() > max => {
                     *frag = None;
-                    outbound::close(conn, close::TOO_BIG);
+                    conn.close(close::TOO_BIG);
                 }
                 Some(f) => {
                     if !f.append(payload) || (h.fin && !f.complete()) {
                         *frag = None;
-                        outbound::close(conn, close::INVALID_UTF8);
+                        conn.close(close::INVALID_UTF8);
                     } else if h.fin {
                         if let Some(mut f) = frag.take() {
                             if f.opcode == frame::OP_TEXT {
@@ -288,10 +287,10 @@ pub fn process(
                 }
             },
             frame::OP_PING => {
-                outbound::send_owned(conn, frame::encode(frame::OP_PONG, payload));
+                conn.send_owned(frame::encode(frame::OP_PONG, payload));
             }
             frame::OP_PONG => {}
-            _ => outbound::close(conn, close_reply(payload)),
+            _ => conn.close(close_reply(payload)),
         }
     }
     rbuf.drain(..pos);

@@ -16,7 +16,6 @@ use futures_lite::AsyncWrite;
 
 use super::frame::{self, Frame};
 use crate::error::close::SLOW_CONSUMER;
-use crate::shard::session::Conn;
 
 pub struct Outbound {
     /// Frames to write, each marked whether it counts against `max`.
@@ -162,47 +161,45 @@ impl Outbound {
     }
 }
 
-/// Queues `f` for `conn`; false when the connection is closing (or was just closed as a
-/// slow consumer).
-pub fn send(conn: &Conn, f: &Frame) -> bool {
-    let mut out = conn.out.borrow_mut();
-    if out.close.is_some() {
-        return false;
-    }
-    if out.bytes + f.len() > out.max {
-        log::warn!(
-            "slow consumer: closing connection {} of {}/{} with 1013",
-            conn.id,
-            conn.domain,
-            conn.uid
-        );
-        out.cut_off();
-        return false;
-    }
-    out.push(f.clone(), true);
-    true
+/// What became of a frame given to [`Outbound::send`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The connection is closing; nothing more is queued.
+    Closing,
+    /// It would have passed `max_outbound_bytes`: the live frames were dropped and a
+    /// 1013 close queued (the caller logs who).
+    CutOff,
 }
 
-/// Queues raw bytes that are not a shared frame (a pong, an error, an ack).
-pub fn send_owned(conn: &Conn, bytes: Vec<u8>) -> bool {
-    send(conn, &Frame::from(bytes))
-}
-
-/// Queues the greeting of a new connection (the 101 response, event 2, the offline
-/// queue): not counted against `max_outbound_bytes` and never dropped (see the module
-/// invariants).
-pub fn send_greeting(conn: &Conn, bytes: Vec<u8>) {
-    let mut out = conn.out.borrow_mut();
-    if out.close.is_none() {
-        out.push(Frame::from(bytes), false);
+impl Outbound {
+    /// Queues `f`, counted against `max_outbound_bytes`.
+    pub fn send(&mut self, f: &Frame) -> Sent {
+        if self.close.is_some() {
+            return Sent::Closing;
+        }
+        if self.bytes + f.len() > self.max {
+            self.cut_off();
+            return Sent::CutOff;
+        }
+        self.push(f.clone(), true);
+        Sent::Queued
     }
-}
 
-/// Queues a close frame with `code`; the connection ends once it is written.
-pub fn close(conn: &Conn, code: u16) {
-    let mut out = conn.out.borrow_mut();
-    if out.close.is_none() {
-        out.push_close(code);
+    /// Queues the greeting of a new connection (the 101 response, event 2, the offline
+    /// queue): not counted against `max_outbound_bytes` and never dropped (see the module
+    /// invariants).
+    pub fn send_greeting(&mut self, bytes: Vec<u8>) {
+        if self.close.is_none() {
+            self.push(Frame::from(bytes), false);
+        }
+    }
+
+    /// Queues a close frame with `code`; the connection ends once it is written.
+    pub fn close(&mut self, code: u16) {
+        if self.close.is_none() {
+            self.push_close(code);
+        }
     }
 }
 

@@ -8,10 +8,10 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::outbound::{self, Outbound};
+use super::outbound::Outbound;
 use crate::auth::Token;
 use crate::error::close;
-use crate::net::tls::Stream;
+use crate::transport::Stream;
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
 use crate::Error;
@@ -136,14 +136,14 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
             );
             let conn = new_conn(shard, 0, String::new(), String::new(), Dialect::Notify);
             let leave = super::conn::Leave::new(shard, &conn, permit);
-            outbound::send_greeting(&conn, response_101(&accept));
+            conn.send_greeting(response_101(&accept));
             let body = if chat {
                 crate::json::error_object(&e)
             } else {
                 crate::dialect::notify::event0(&e)
             };
-            outbound::send_owned(&conn, super::frame::encode(super::frame::OP_TEXT, &body));
-            outbound::close(&conn, e.close_code().unwrap_or(close::AUTH));
+            conn.send_owned(super::frame::encode(super::frame::OP_TEXT, &body));
+            conn.close(e.close_code().unwrap_or(close::AUTH));
             return (conn, Vec::new(), leave);
         }
     };
@@ -165,7 +165,7 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
     let conn = new_conn(shard, slot, domain, uid, dialect);
     // Before the greeting joins the session table: however this task ends, it leaves.
     let leave = super::conn::Leave::new(shard, &conn, permit);
-    outbound::send_greeting(&conn, response_101(&accept));
+    conn.send_greeting(response_101(&accept));
     let greeted = match conn.dialect {
         Dialect::Notify => crate::dialect::notify::greet(shard, &conn),
         Dialect::Chat { .. } => crate::dialect::chat::greet(shard, &conn),
@@ -177,7 +177,7 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
     if let Err(e) = greeted {
         log::error!("greeting connection {} failed: {e}", conn.id);
         crate::dialect::send_error(shard, &conn, &Error::WsInternal);
-        outbound::close(&conn, close::INTERNAL);
+        conn.close(close::INTERNAL);
     }
     log::debug!(
         "connection {} of {}/{} open on shard {} ({:?})",

@@ -14,7 +14,6 @@ use crate::message::Notification;
 use crate::net::http;
 use crate::route;
 use crate::shard::Shard;
-use crate::ws::outbound;
 use crate::Error;
 
 pub async fn broadcast(
@@ -79,7 +78,7 @@ async fn broadcast_here(
             .call(target, move |s| async move {
                 let mut n = 0;
                 s.sessions.borrow().for_each_in(&domain, |conn| {
-                    if conn.is_notify() && outbound::send(conn, &note.frame) {
+                    if conn.is_notify() && conn.send(&note.frame) {
                         n += 1;
                     }
                 });
@@ -204,7 +203,7 @@ pub async fn kick(
                 .cloned()
                 .collect();
             for c in &targets {
-                outbound::close(c, code);
+                c.close(code);
             }
             log::info!(
                 "kick: closed {} connection(s) of {domain}/{uid} with {code}",
