@@ -37,6 +37,7 @@ pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod route;
+pub mod serve;
 pub mod shard;
 pub mod store;
 pub mod task;
@@ -166,7 +167,6 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             peers: peers.clone(),
             inbox,
             files,
-            listener,
             open_conns: open_conns.clone(),
             token_key,
             cluster: cluster.clone(),
@@ -179,7 +179,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
             .ring_depth(rt.ring_depth)
             .spawn(move || async move {
                 let _notice = notice;
-                shard::run(seed).await;
+                serve::run(seed, listener).await;
             })
             .map_err(|e| format!("cannot start shard {id}: {e}"))?;
         handles.push(handle);

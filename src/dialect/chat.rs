@@ -68,10 +68,9 @@ fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Resul
     let mut keys = Vec::with_capacity(page.len());
     for (key, core) in page {
         conn.send_greeting(frame::encode(
-                frame::OP_TEXT,
-                &crate::message::core_with_offline(&core, true),
-            ),
-        );
+            frame::OP_TEXT,
+            &crate::message::core_with_offline(&core, true),
+        ));
         keys.push(key);
     }
     *conn.offline_after.borrow_mut() = if more { keys.last().cloned() } else { None };

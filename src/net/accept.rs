@@ -17,9 +17,10 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::transport::Stream;
 
+use super::handoff;
 use super::http::{self, Request};
 use crate::route;
-use crate::shard::{handoff, ConnPermit, Shard};
+use crate::shard::{ConnPermit, Shard};
 use crate::task::within;
 use crate::ws::upgrade::{self, Login, Upgrade};
 use crate::Error;

@@ -4,4 +4,5 @@
 
 pub mod accept;
 pub mod api;
+pub mod handoff;
 pub mod http;

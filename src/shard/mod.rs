@@ -5,13 +5,11 @@
 //! reach it through its inbox ([`inbox`]); [`Shard::call`] short-circuits work for the
 //! local shard; a connection's failure ends that connection's task, never the shard.
 
-pub mod handoff;
 pub mod inbox;
 pub mod session;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +17,6 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use glommio::net::TcpListener;
 
 use crate::config::Runtime;
 use crate::ids::IdGen;
@@ -280,119 +277,6 @@ impl crate::task::Lifetime for Shard {
     }
 }
 
-/// Pings every connection each `ping_interval` (one shared frame per shard) and closes,
-/// with 1001, those from which nothing arrived for `idle_timeout`, and with 1008 those
-/// whose frame or fragmented message is unfinished after `request_timeout` (PROTOCOL.md §5).
-/// The scan is per tick, not per message.
-async fn heartbeat(shard: Rc<Shard>) {
-    let (ping_every, idle) = (shard.rt.ping_interval, shard.rt.idle_timeout);
-    let tick =
-        (ping_every.min(idle).min(shard.rt.request_timeout) / 4).max(Duration::from_millis(5));
-    let ping: crate::ws::frame::Frame =
-        crate::ws::frame::encode(crate::ws::frame::OP_PING, b"").into();
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    let request_ms = u64::try_from(shard.rt.request_timeout.as_millis()).unwrap_or(u64::MAX);
-    let mut last_ping = shard.clock_ms();
-    let ping_ms = u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX);
-    while !shard.is_stopping() {
-        glommio::timer::sleep(tick).await;
-        crate::fault::panic_point("heartbeat");
-        let now = shard.clock_ms();
-        let send_ping = now.saturating_sub(last_ping) >= ping_ms;
-        if send_ping {
-            last_ping = now;
-        }
-        shard.sessions.borrow().for_each(|conn| {
-            let partial_for = conn
-                .partial_since_ms
-                .get()
-                .map_or(0, |t| now.saturating_sub(t));
-            if partial_for >= request_ms {
-                log::debug!("connection {}: frame unfinished for too long", conn.id);
-                conn.close(crate::error::close::AUTH);
-            } else if now.saturating_sub(conn.last_rx_ms.get()) >= idle_ms {
-                log::debug!(
-                    "connection {} of {}/{} idle: closing",
-                    conn.id,
-                    conn.domain,
-                    conn.uid
-                );
-                conn.close(crate::error::close::GOING_AWAY);
-            } else if send_ping {
-                conn.send(&ping);
-            }
-        });
-    }
-}
-
-/// Runs a retention pass every `retention_interval`, one step of the store at a time with
-/// a short sleep between steps, so the message path is never held up by more than one step.
-async fn retention(shard: Rc<Shard>) {
-    let rt = &shard.rt;
-    let policy = crate::store::retain::Policy {
-        max_unread: rt.max_unread,
-        history_max_age_secs: rt.history_max_age_secs,
-        history_max_per_user: rt.history_max_per_user,
-        offline_ttl_secs: rt.offline_ttl_secs,
-    };
-    loop {
-        futures_lite::future::or(
-            glommio::timer::sleep(rt.retention_interval),
-            shard.stopped(),
-        )
-        .await;
-        if shard.is_stopping() {
-            return;
-        }
-        crate::fault::panic_point("retention");
-        let now = crate::ids::now_secs();
-        let mut removed = crate::store::retain::Removed::default();
-        let mut from: Option<Vec<u8>> = None;
-        loop {
-            match shard
-                .store
-                .retain_step(from.as_deref(), &policy, now, &mut removed)
-            {
-                Ok(Some(k)) => from = Some(k),
-                Ok(None) => break,
-                Err(e) => {
-                    log::error!("shard {}: retention step failed: {e}", shard.id);
-                    break;
-                }
-            }
-            // A sleep, not a yield: glommio keeps running a runnable task queue until its
-            // preemption timer (100 ms), without polling the sockets in between, so a pass
-            // of yielding steps held every push on this shard (soak p99 180 ms vs 18 ms
-            // with retention off, 2,000 pushes/s, async).
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let counts = [
-            removed.tokens,
-            removed.unread,
-            removed.offline,
-            removed.history,
-            removed.idempotent,
-        ];
-        for (cell, n) in shard.metrics.retention_removed.iter().zip(counts) {
-            crate::metrics::bump(cell, n);
-        }
-        if counts.iter().sum::<u64>() > 0 {
-            log::info!("shard {}: retention removed {removed:?}", shard.id);
-        }
-    }
-}
-
-/// Writes no client waits for (read reports, tokens, retention) reach the journal's disk
-/// within this long, even when no acknowledged write carries them along.
-const IDLE_SYNC: Duration = Duration::from_millis(100);
-
-async fn idle_sync(shard: Rc<Shard>) {
-    while !shard.is_stopping() {
-        futures_lite::future::or(glommio::timer::sleep(IDLE_SYNC), shard.stopped()).await;
-        shard.store.sync_idle().await;
-    }
-}
-
 /// What a shard thread needs to start; all `Send`.
 pub struct Seed {
     pub id: usize,
@@ -400,7 +284,6 @@ pub struct Seed {
     pub peers: Arc<[InboxTx]>,
     pub inbox: InboxRx,
     pub files: crate::store::Files,
-    pub listener: OwnedFd,
     /// Open connections of the whole process (`max_connections`).
     pub open_conns: Arc<AtomicUsize>,
     pub token_key: crate::auth::TokenKey,
@@ -420,73 +303,42 @@ pub fn request_stop(tx: &InboxTx) -> bool {
     tx.send_control(Box::new(|shard: &Rc<Shard>| shard.begin_stop()))
 }
 
-/// The body of a shard thread; returns when the shard has stopped and flushed.
-pub async fn run(seed: Seed) {
-    let node = seed.rt.cluster.as_ref().map_or(0, |c| c.node);
-    let id_byte = ((node * seed.rt.shards + seed.id) % 256) as u8;
-    let shard = Rc::new(Shard {
-        id: seed.id,
-        store: Store::new(seed.files, &seed.rt, seed.id),
-        rt: seed.rt,
-        peers: seed.peers,
-        sessions: RefCell::new(Sessions::default()),
-        // Validated at start-up: at most 255 shards. In a cluster the byte also tells
-        // nodes apart (mod 256; the id's random bits cover larger clusters).
-        ids: IdGen::new(id_byte),
-        token_key: seed.token_key,
-        scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
-        next_conn: Cell::new(0),
-        stopping: Cell::new(false),
-        stop_waiters: RefCell::new(Vec::new()),
-        started: std::time::Instant::now(),
-        open_conns: seed.open_conns,
-        metrics: crate::metrics::Metrics::default(),
-        live_conns: Cell::new(0),
-        inflight_writes: Cell::new(0),
-        died: Cell::new(false),
-        inbox_probe: seed.inbox.clone(),
-        cluster: seed.cluster,
-        remote: Default::default(),
-        tls: RefCell::new(seed.tls),
-    });
-    glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
-    glommio::spawn_local(crate::task::supervise(
-        shard.clone(),
-        "the heartbeat",
-        heartbeat,
-    ))
-    .detach();
-    glommio::spawn_local(crate::task::supervise(
-        shard.clone(),
-        "retention",
-        retention,
-    ))
-    .detach();
-    glommio::spawn_local(crate::task::supervise(
-        shard.clone(),
-        "the idle journal sync",
-        idle_sync,
-    ))
-    .detach();
-    // SAFETY: the fd is a bound, listening TCP socket created for this shard at start-up.
-    let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
-    crate::net::accept::accept_loop(shard.clone(), listener).await;
-    if shard.died.get() {
-        return;
+impl Shard {
+    /// The shard of this thread, with its inbox drained by a task of its own from now on.
+    pub fn start(seed: Seed) -> Rc<Shard> {
+        let node = seed.rt.cluster.as_ref().map_or(0, |c| c.node);
+        let id_byte = ((node * seed.rt.shards + seed.id) % 256) as u8;
+        let shard = Rc::new(Shard {
+            id: seed.id,
+            store: Store::new(seed.files, &seed.rt, seed.id),
+            rt: seed.rt,
+            peers: seed.peers,
+            sessions: RefCell::new(Sessions::default()),
+            // Validated at start-up: at most 255 shards. In a cluster the byte also tells
+            // nodes apart (mod 256; the id's random bits cover larger clusters).
+            ids: IdGen::new(id_byte),
+            token_key: seed.token_key,
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
+            next_conn: Cell::new(0),
+            stopping: Cell::new(false),
+            stop_waiters: RefCell::new(Vec::new()),
+            started: std::time::Instant::now(),
+            open_conns: seed.open_conns,
+            metrics: crate::metrics::Metrics::default(),
+            live_conns: Cell::new(0),
+            inflight_writes: Cell::new(0),
+            died: Cell::new(false),
+            inbox_probe: seed.inbox.clone(),
+            cluster: seed.cluster,
+            remote: Default::default(),
+            tls: RefCell::new(seed.tls),
+        });
+        glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
+        shard
     }
 
-    // Shutdown (PROTOCOL.md §5): close every connection with 1001, give them a moment to
-    // flush, then make everything durable.
-    for conn in shard.sessions.borrow().all() {
-        conn.close(crate::error::close::GOING_AWAY);
+    /// Whether the shard stopped as a fatal fault would ([`Shard::die`]).
+    pub fn has_died(&self) -> bool {
+        self.died.get()
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while shard.live_conns.get() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    shard.store.settle(Duration::from_secs(2)).await;
-    if let Err(e) = shard.store.flush() {
-        log::error!("shard {}: final flush failed: {e}", shard.id);
-    }
-    log::debug!("shard {} stopped", shard.id);
 }

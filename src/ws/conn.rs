@@ -17,9 +17,9 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 
 use super::frame::{self, FrameError};
 use crate::error::close;
-use crate::transport::Stream;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
+use crate::transport::Stream;
 
 /// Longest a closing connection may take to take its close frame and answer it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

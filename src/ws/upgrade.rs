@@ -11,9 +11,9 @@ use std::rc::Rc;
 use super::outbound::Outbound;
 use crate::auth::Token;
 use crate::error::close;
-use crate::transport::Stream;
 use crate::shard::session::{Conn, Dialect};
 use crate::shard::Shard;
+use crate::transport::Stream;
 use crate::Error;
 
 /// Who is logging in, as read from the upgrade request's query.

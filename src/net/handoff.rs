@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use super::Shard;
+use crate::shard::Shard;
 use crate::transport::Stream;
 use crate::ws::upgrade::Upgrade;
 
