@@ -7,9 +7,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
-use shardcast::dialect::chat::ChatMessage;
-use shardcast::dialect::notify::Notification;
 use shardcast::ids::IdGen;
+use shardcast::message::ChatMessage;
+use shardcast::message::Notification;
 use shardcast::store::Store;
 use shardcast::ws::frame;
 

@@ -36,6 +36,7 @@ pub mod json;
 pub mod message;
 pub mod metrics;
 pub mod net;
+pub mod owner;
 pub mod route;
 pub mod serve;
 pub mod shard;
@@ -147,7 +148,10 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
     let peers: Arc<[InboxTx]> = txs.into();
     let cluster = match &rt.cluster {
-        Some(c) => Some(Arc::new(cluster::bridge::start(c.clone(), peers.clone())?)),
+        Some(c) => {
+            let dispatch = serve::peer::dispatch(peers.clone(), c.nodes);
+            Some(Arc::new(cluster::bridge::start(c.clone(), dispatch)?))
+        }
         None => None,
     };
     let rt = Arc::new(rt);

@@ -200,4 +200,26 @@ mod tests {
         assert!(ChatMessage::from_wire(b"not an id\nd\nt\nf\n{").is_none());
         assert!(ChatMessage::from_wire(&m.to_wire()[..30]).is_none());
     }
+
+    #[test]
+    fn message_object_forms() {
+        let id = crate::ids::IdGen::new(0).at(1_700_000_000_123);
+        let m = ChatMessage::new(id, "d", "u2", "u1", "Ann \"A\"", "web", 10, "hi\n");
+        let v: serde_json::Value = serde_json::from_slice(&m.with_offline(true)).expect("json");
+        assert_eq!(v["id"], id.to_hex_string());
+        assert_eq!(v["fromId"], "u1");
+        assert_eq!(v["fromName"], "Ann \"A\"");
+        assert_eq!(v["fromResource"], "web");
+        assert_eq!(v["toId"], "u2");
+        assert_eq!(v["domain"], "d");
+        assert_eq!(v["type"], 10);
+        assert_eq!(v["content"], "hi\n");
+        assert_eq!(v["sendAt"], 1_700_000_000_123u64);
+        assert_eq!(v["offline"], true);
+        let mut h = Vec::new();
+        history_item(&m.core, &mut h);
+        let v: serde_json::Value = serde_json::from_slice(&h).expect("json");
+        assert!(v.get("offline").is_none());
+        assert_eq!(v["type"], 10);
+    }
 }

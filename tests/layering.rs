@@ -118,7 +118,7 @@ fn code_of(src: &str) -> String {
                 while j < b.len() && b[j] != b'\'' {
                     j += 1;
                 }
-                out.extend(std::iter::repeat_n(b' ', j + 1 - i));
+                out.extend(std::iter::repeat(b' ').take(j + 1 - i));
                 i = j + 1;
             } else if b.get(i + 2) == Some(&b'\'') {
                 out.extend_from_slice(b"   ");
@@ -607,5 +607,41 @@ fn the_scanner_sees_every_kind_of_reference() {
                 "D".into()
             ),
         ]
+    );
+}
+
+/// Handlers (`net/`) and dialects (`dialect/`) reach other nodes only through the owner
+/// path (`owner.rs`): they may name the wire forms of cross-node messages
+/// (`cluster::wire`), never the cluster handle or the shard's field that holds it.
+#[test]
+fn handlers_reach_other_nodes_only_through_the_owner_path() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for f in files(&root) {
+        if !matches!(
+            f.module.first().map(String::as_str),
+            Some("net" | "dialect")
+        ) {
+            continue;
+        }
+        for (i, line) in f.code.lines().enumerate() {
+            let handle = line.match_indices("cluster").any(|(at, _)| {
+                let before = &line[..at];
+                let after = &line[at + "cluster".len()..];
+                let field = before.ends_with('.')
+                    && !after.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+                let path = after.starts_with("::") && !after.starts_with("::wire");
+                let whole = !before.ends_with(|c: char| c.is_alphanumeric() || c == '_');
+                whole && (field || path)
+            });
+            if handle {
+                found.push(format!("{}:{}: {}", f.path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the cluster handle outside the owner path:\n{}",
+        found.join("\n")
     );
 }

@@ -12,5 +12,5 @@ static OPENER: OnceLock<Sealer> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let opener = OPENER.get_or_init(|| Sealer::new("fuzz-secret", "c", 0, 3).expect("sealer"));
-    let _ = shardcast::cluster::decode_peer_bytes(data, opener);
+    let _ = shardcast::cluster::wire::decode_peer_bytes(data, opener);
 });

@@ -10,11 +10,9 @@
 //! bounded queue ([`MAX_JOBS`]; full is 1009 at once) and await a oneshot; every
 //! outgoing call ends within `call_timeout_ms` of the shard's call (1009 after it, at
 //! once when no node listens); one-way messages have their own ordered queue and never
-//! delay a call; every incoming call
-//! runs on a shard (the one that holds its state: a chat send's recipient's owner, a
-//! remote session's shard; round robin for the rest) through the shard's bounded inbox,
-//! and a full inbox is
-//! answered 1009, never queued here; NATS down at start is retried every second with a
+//! delay a call; every incoming call goes to the [`Dispatch`] it was started with (which
+//! queues it on a shard's bounded inbox), and one it cannot queue is answered 1009, never
+//! queued here; NATS down at start is retried every second with a
 //! log line, and the client reconnects and resubscribes by itself after that.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +23,15 @@ use futures_channel::oneshot;
 use futures_lite::StreamExt;
 use tokio::sync::mpsc;
 
+use super::wire;
 use crate::config::ClusterConfig;
-use crate::shard::inbox::InboxTx;
 use crate::Error;
+
+/// How the bridge hands a call from another node to this node's shards: the request (opened)
+/// and where its reply goes; false when it could not be queued (the bridge answers 1009).
+/// Given to [`start`] by the top of the house, so the cluster knows nothing of what runs
+/// a call.
+pub type Dispatch = Arc<dyn Fn(Vec<u8>, oneshot::Sender<Vec<u8>>) -> bool + Send + Sync>;
 
 /// A call a shard makes: `payload` to `node`, the reply bytes back through `reply`.
 pub struct Job {
@@ -72,10 +76,10 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 /// How often a node publishes its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Starts the bridge thread; it serves this node's subject with `peers` (the shards).
+/// Starts the bridge thread; it serves this node's subject through `dispatch`.
 /// Returns once this node's subscription is in place at the NATS server, or after
 /// [`READY_WAIT`], so that a node that says it is listening also answers other nodes.
-pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster, String> {
+pub fn start(cfg: ClusterConfig, dispatch: Dispatch) -> Result<super::Cluster, String> {
     let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
     let (tx, rx) = mpsc::channel(MAX_JOBS);
     let (one_way_tx, one_way_rx) = mpsc::channel(MAX_JOBS);
@@ -105,7 +109,7 @@ pub fn start(cfg: ClusterConfig, peers: Arc<[InboxTx]>) -> Result<super::Cluster
                 sealer: thread_sealer,
                 max_payload: thread_max_payload,
             };
-            runtime.block_on(run(thread_cfg, peers, (rx, one_way_rx), ready_tx, heard))
+            runtime.block_on(run(thread_cfg, dispatch, (rx, one_way_rx), ready_tx, heard))
         })
         .map_err(|e| format!("cannot start the cluster bridge thread: {e}"))?;
     if ready.recv_timeout(READY_WAIT).is_err() {
@@ -213,7 +217,7 @@ async fn connect(cfg: &ClusterConfig) -> async_nats::Client {
 
 async fn run(
     cfg: ClusterConfig,
-    peers: Arc<[InboxTx]>,
+    dispatch: Dispatch,
     (mut jobs, mut one_way): (mpsc::Receiver<Job>, mpsc::Receiver<Job>),
     ready: std::sync::mpsc::Sender<()>,
     heard: Heard,
@@ -254,7 +258,6 @@ async fn run(
         log::warn!("NATS: {e}");
     }
     let _ = ready.send(());
-    let next_shard = AtomicUsize::new(0);
     let sealer = heard.sealer.clone();
     let mine = subject(&cfg, cfg.node);
     let serve = async {
@@ -267,20 +270,8 @@ async fn run(
             let reply_context = super::seal::Sealer::reply_context(&msg.payload);
             let reply_to = msg.reply.clone();
             let (tx, rx) = oneshot::channel::<Vec<u8>>();
-            let busy = super::error_reply(&payload, &Error::Overloaded);
-            let target = super::home_shard(&payload, cfg.nodes, peers.len())
-                .unwrap_or_else(|| next_shard.fetch_add(1, Ordering::Relaxed) % peers.len());
-            let sent = peers[target].send(Box::new(move |shard| {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let out =
-                        crate::task::contain("a cluster call", super::serve(&shard, &payload))
-                            .await
-                            .unwrap_or_else(|| super::error_reply(&payload, &Error::Internal));
-                    let _ = tx.send(out);
-                })
-                .detach();
-            }));
+            let busy = wire::error_reply(&payload, &Error::Overloaded);
+            let sent = dispatch(payload, tx);
             // One-way messages (a remote session's bytes) get no answer.
             let Some(reply_to) = reply_to else {
                 continue;

@@ -82,42 +82,10 @@ async fn read_more(
     .await
 }
 
-/// Longest an error answer and its close may take: a client that does not read (a zero
-/// window) cannot hold the connection, its task and its `max_connections` place with it.
-/// Over TLS even a small answer waits for the socket, and the close for the close alert.
-const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
-    stream: &mut S,
-    e: &Error,
-    extra: &str,
-) {
-    answer_and_close(
-        stream,
-        &http::response(
-            e.http_status(),
-            http::JSON,
-            &crate::json::error_envelope(e),
-            false,
-            extra,
-        ),
-    )
-    .await;
-}
-
-/// Writes a last response and closes, within [`ANSWER_GRACE`].
-async fn answer_and_close<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, resp: &[u8]) {
-    within(ANSWER_GRACE, async {
-        let _ = stream.write_all(resp).await;
-        let _ = stream.close().await;
-    })
-    .await;
-}
-
 /// `max_connections` reached: 503 with code 1009, then close.
 async fn refuse(mut stream: TcpStream) {
     log::warn!("max_connections reached: refusing a connection");
-    write_error(&mut stream, &Error::Overloaded, "").await;
+    http::write_error(&mut stream, &Error::Overloaded, "").await;
 }
 
 /// Runs [`serve`] so that a panic ends this connection only.
@@ -164,7 +132,7 @@ async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
                     _ => return,
                 }
             }
-            Err(e) => return write_error(&mut stream, &e, "").await,
+            Err(e) => return http::write_error(&mut stream, &e, "").await,
         };
         scanned = 0;
         if let Some(ws) = &req.upgrade {
@@ -174,14 +142,14 @@ async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
             }
         }
         if req.chunked {
-            return write_error(&mut stream, &Error::LengthRequired, "").await;
+            return http::write_error(&mut stream, &Error::LengthRequired, "").await;
         }
         if req.content_length > shard.rt.max_body_bytes {
-            return write_error(&mut stream, &Error::too_large("body"), "").await;
+            return http::write_error(&mut stream, &Error::too_large("body"), "").await;
         }
         if let Err(e) = super::api::check_admin_before_body(&shard, &req) {
             shard.metrics.error(e.code());
-            return write_error(&mut stream, &e, "").await;
+            return http::write_error(&mut stream, &e, "").await;
         }
         let end = head_len + req.content_length;
         if req.expect_continue && buf.len() < end {
@@ -215,7 +183,7 @@ async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
         };
         let resp = http::response(status, content_type, &out, req.keep_alive, extra);
         if !req.keep_alive {
-            return answer_and_close(&mut stream, &resp).await;
+            return http::answer_and_close(&mut stream, &resp).await;
         }
         // A client that does not read its answers is dropped after request_timeout, as
         // one that does not send its request. Over TLS the last record may still sit in
@@ -256,23 +224,23 @@ async fn upgrade(
             false,
             "Sec-WebSocket-Version: 13\r\n",
         );
-        return answer_and_close(&mut stream, &resp).await;
+        return http::answer_and_close(&mut stream, &resp).await;
     }
     let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
-        return write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
+        return http::write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
     };
     let origins = &shard.rt.allowed_origins;
     if let Some(origin) = &req.origin {
         if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
             log::info!("refused upgrade from origin {origin}");
-            return write_error(&mut stream, &Error::param("Origin"), "").await;
+            return http::write_error(&mut stream, &Error::param("Origin"), "").await;
         }
     }
     let chat = req.path == "/ws";
     let login = if shard.rt.conformance_echo && req.path == "/echo" {
         Ok(Login::Echo)
     } else {
-        login_of(&req.query, chat)
+        crate::ws::upgrade::login_of(&req.query, chat)
     };
     let up = Upgrade {
         accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
@@ -291,23 +259,20 @@ async fn upgrade(
     if owner.node != shard.node() {
         // A socket cannot move between hosts: this node holds it and relays its bytes,
         // the owner node runs the connection (DESIGN.md "a cluster on NATS").
-        let Some(cluster) = shard.cluster.clone() else {
-            return write_error(&mut stream, &Error::Internal, "").await;
-        };
-        let attach = crate::cluster::remote::Attach {
+        let attach = crate::ws::remote::Attach {
             owner,
             accept: up.accept,
             chat,
             query: req.query.clone(),
             rest: up.rest,
         };
-        return crate::cluster::remote::hold(shard, cluster, stream, attach, up.permit).await;
+        return crate::ws::remote::hold(shard, stream, attach, up.permit).await;
     }
     let owner = owner.shard;
     if owner != shard.id && shard.peer(owner).is_full() {
         // Refused before the 101, while an HTTP answer can still say why.
         crate::metrics::bump(&shard.metrics.overloaded, 1);
-        return write_error(&mut stream, &Error::Overloaded, "").await;
+        return http::write_error(&mut stream, &Error::Overloaded, "").await;
     }
     if owner == shard.id {
         // A task of its own, so that nothing of this request's parsing (this task's
@@ -316,50 +281,4 @@ async fn upgrade(
     } else {
         handoff::hand_off(&shard, owner, stream, up);
     }
-}
-
-/// The login of an upgrade request's query. The notify dialect knows one login error
-/// (PROTOCOL.md §3): a query it cannot read is a token it cannot read, 1004.
-pub fn login_of(query: &str, chat: bool) -> Result<Login, Error> {
-    match http::parse_query(query) {
-        Ok(q) => login(&q, chat),
-        Err(_) if !chat => Err(Error::BadToken),
-        Err(e) => Err(e),
-    }
-}
-
-fn login(q: &[(String, String)], chat: bool) -> Result<Login, Error> {
-    let token_of = |q: &[(String, String)]| {
-        http::param(q, "token")
-            .and_then(crate::auth::Token::parse)
-            .ok_or(Error::BadToken)
-    };
-    if !chat {
-        return Ok(Login::Notify {
-            token: token_of(q)?,
-        });
-    }
-    let name = |key: &'static str| {
-        http::param(q, key)
-            .filter(|v| crate::text::valid_name(v))
-            .map(str::to_string)
-            .ok_or(Error::param(key))
-    };
-    let (id, name_, domain, resource) = (
-        name("id")?,
-        name("name")?,
-        name("domain")?,
-        name("resource")?,
-    );
-    if http::param(q, "token").is_none() {
-        return Err(Error::param("token"));
-    }
-    Ok(Login::Chat {
-        id,
-        name: name_,
-        domain,
-        resource,
-        token: token_of(q)?,
-        ack: http::param(q, "ack") == Some("1"),
-    })
 }

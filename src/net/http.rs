@@ -6,6 +6,7 @@
 
 use crate::config::{Runtime, MAX_HEADERS};
 use crate::Error;
+use futures_lite::AsyncWriteExt;
 
 #[derive(Debug, Default)]
 pub struct Request {
@@ -222,6 +223,39 @@ pub fn response(
 }
 
 pub const JSON: &str = "application/json; charset=utf-8";
+
+/// An error's HTTP response, then the close (a request refused before it was served).
+/// Longest an error answer and its close may take: a client that does not read (a zero
+/// window) cannot hold the connection, its task and its `max_connections` place with it.
+/// Over TLS even a small answer waits for the socket, and the close for the close alert.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
+    stream: &mut S,
+    e: &Error,
+    extra: &str,
+) {
+    answer_and_close(
+        stream,
+        &response(
+            e.http_status(),
+            JSON,
+            &crate::json::error_envelope(e),
+            false,
+            extra,
+        ),
+    )
+    .await;
+}
+
+/// Writes a last response and closes, within [`ANSWER_GRACE`].
+pub async fn answer_and_close<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, resp: &[u8]) {
+    crate::task::within(ANSWER_GRACE, async {
+        let _ = stream.write_all(resp).await;
+        let _ = stream.close().await;
+    })
+    .await;
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! local shard; a connection's failure ends that connection's task, never the shard.
 
 pub mod inbox;
+pub mod remote;
 pub mod session;
 
 use std::cell::{Cell, RefCell};
@@ -55,7 +56,7 @@ pub struct Shard {
     /// The other nodes, when `[cluster]` is set.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Remote sessions this shard runs, and sockets it relays for other nodes.
-    pub remote: crate::cluster::remote::Tables,
+    pub remote: remote::Tables,
     /// What new TLS handshakes present (`tls_cert`/`tls_key`); `None`: plain TCP. A
     /// reload replaces it through the inbox, so no lock is shared between shards.
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,

@@ -15,7 +15,7 @@ use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
-use super::frame::{self, FrameError};
+use super::frame::{self, Fragments, FrameError};
 use crate::error::close;
 use crate::shard::session::Conn;
 use crate::shard::Shard;
@@ -30,29 +30,6 @@ enum Io {
     Resume,
     Gone,
     Closing,
-}
-
-/// Bytes of a fragmented message being assembled.
-pub struct Fragments {
-    opcode: u8,
-    data: Vec<u8>,
-    /// Bytes of a text message already known to be valid UTF-8 (complete characters).
-    checked: usize,
-    /// Shard clock (ms) at its first fragment.
-    since_ms: u64,
-}
-
-impl Fragments {
-    /// Appends a fragment; false when a text message can no longer be valid UTF-8.
-    fn append(&mut self, payload: &[u8]) -> bool {
-        self.data.extend_from_slice(payload);
-        self.opcode != frame::OP_TEXT || frame::utf8_advance(&self.data, &mut self.checked)
-    }
-
-    /// At the final fragment: a text message must not end inside a character.
-    fn complete(&self) -> bool {
-        self.opcode != frame::OP_TEXT || self.checked == self.data.len()
-    }
 }
 
 /// Counts a connection task as live and takes the connection out of the session table

@@ -158,6 +158,29 @@ pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
+/// Bytes of a fragmented message being assembled.
+pub struct Fragments {
+    pub opcode: u8,
+    pub data: Vec<u8>,
+    /// Bytes of a text message already known to be valid UTF-8 (complete characters).
+    pub checked: usize,
+    /// Shard clock (ms) at its first fragment.
+    pub since_ms: u64,
+}
+
+impl Fragments {
+    /// Appends a fragment; false when a text message can no longer be valid UTF-8.
+    pub fn append(&mut self, payload: &[u8]) -> bool {
+        self.data.extend_from_slice(payload);
+        self.opcode != OP_TEXT || utf8_advance(&self.data, &mut self.checked)
+    }
+
+    /// At the final fragment: a text message must not end inside a character.
+    pub fn complete(&self) -> bool {
+        self.opcode != OP_TEXT || self.checked == self.data.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,4 +4,5 @@
 pub mod conn;
 pub mod frame;
 pub mod outbound;
+pub mod remote;
 pub mod upgrade;

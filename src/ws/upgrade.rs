@@ -59,6 +59,52 @@ pub struct Upgrade {
     pub permit: crate::shard::ConnPermit,
 }
 
+/// The login of an upgrade request's query. The notify dialect knows one login error
+/// (PROTOCOL.md §3): a query it cannot read is a token it cannot read, 1004.
+pub fn login_of(query: &str, chat: bool) -> Result<Login, Error> {
+    match crate::net::http::parse_query(query) {
+        Ok(q) => login(&q, chat),
+        Err(_) if !chat => Err(Error::BadToken),
+        Err(e) => Err(e),
+    }
+}
+
+fn login(q: &[(String, String)], chat: bool) -> Result<Login, Error> {
+    let token_of = |q: &[(String, String)]| {
+        crate::net::http::param(q, "token")
+            .and_then(crate::auth::Token::parse)
+            .ok_or(Error::BadToken)
+    };
+    if !chat {
+        return Ok(Login::Notify {
+            token: token_of(q)?,
+        });
+    }
+    let name = |key: &'static str| {
+        crate::net::http::param(q, key)
+            .filter(|v| crate::text::valid_name(v))
+            .map(str::to_string)
+            .ok_or(Error::param(key))
+    };
+    let (id, name_, domain, resource) = (
+        name("id")?,
+        name("name")?,
+        name("domain")?,
+        name("resource")?,
+    );
+    if crate::net::http::param(q, "token").is_none() {
+        return Err(Error::param("token"));
+    }
+    Ok(Login::Chat {
+        id,
+        name: name_,
+        domain,
+        resource,
+        token: token_of(q)?,
+        ack: crate::net::http::param(q, "ack") == Some("1"),
+    })
+}
+
 fn response_101(accept: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

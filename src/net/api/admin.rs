@@ -9,6 +9,7 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::auth::AdminScope;
+use crate::cluster::wire::{decode_count_reply, Call};
 use crate::json;
 use crate::message::Notification;
 use crate::net::http;
@@ -37,23 +38,19 @@ pub async fn broadcast(
     ));
     // Every other node's connections, one call per node, with this notification's id.
     let mut remote = Vec::new();
-    if let Some(cluster) = shard.cluster.clone() {
-        let part = crate::cluster::Call::BroadcastPart(super::push::push_part_json(
-            &note,
-            title,
-            content,
-            &domain,
-            &[],
-            None,
-        ));
-        let part = Rc::new(part);
-        for node in (0..cluster.cfg.nodes).filter(|n| *n != cluster.node()) {
-            let (cluster, part) = (cluster.clone(), part.clone());
-            remote.push(glommio::spawn_local(async move {
-                let reply = cluster.call(node, &part).await?;
-                crate::cluster::decode_count_reply(&reply)
-            }));
-        }
+    let part = Rc::new(Call::BroadcastPart(super::push::push_part_json(
+        &note,
+        title,
+        content,
+        &domain,
+        &[],
+        None,
+    )));
+    for node in crate::owner::other_nodes(shard) {
+        let (shard, part) = (shard.clone(), part.clone());
+        remote.push(glommio::spawn_local(async move {
+            decode_count_reply(&crate::owner::call(&shard, node, &part).await?)
+        }));
     }
     let mut online = broadcast_here(shard, &domain, &note).await?;
     for t in remote {

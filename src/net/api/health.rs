@@ -34,15 +34,7 @@ pub async fn healthz(shard: &Rc<Shard>) -> (u16, Vec<u8>) {
     }
     if unhealthy.is_empty() {
         // A peer node that is gone does not make this node unhealthy: it is named.
-        let cluster = match &shard.cluster {
-            Some(c) => format!(
-                ",\"cluster\":{{\"node\":{},\"nodes\":{},\"gone\":{:?}}}",
-                c.node(),
-                c.cfg.nodes,
-                c.gone_nodes()
-            ),
-            None => String::new(),
-        };
+        let cluster = crate::owner::health(shard);
         let content = format!(
             "{{\"shards\":{},\"connections\":{connections}{cluster}}}",
             shard.shards()
@@ -68,8 +60,6 @@ pub async fn metrics(shard: &Rc<Shard>) -> Result<Vec<u8>, Error> {
         snaps.push(shard.call(i, |s| async move { Ok(s.snapshot()) }).await?);
     }
     let mut text = crate::metrics::render(&snaps);
-    if let Some(cluster) = &shard.cluster {
-        cluster.render_metrics(&mut text);
-    }
+    crate::owner::render_metrics(shard, &mut text);
     Ok(text.into_bytes())
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::name_param;
 use crate::auth::{self, Token};
+use crate::cluster::wire::{decode_token_user, Call};
 use crate::net::http::{self, Request};
 use crate::route;
 use crate::shard::Shard;
@@ -43,21 +44,15 @@ pub async fn identify(
         .or(bearer)
         .and_then(Token::parse)
         .ok_or(Error::BadToken)?;
-    let owner = shard.place(token.slot());
-    let user = match &shard.cluster {
-        // The token of `fromId` may live on another node than `toId`'s history.
-        Some(cluster) if owner.node != shard.node() => {
-            let call = crate::cluster::Call::TokenUser(token.to_hex_string().into_bytes());
-            crate::cluster::decode_token_user(&cluster.call(owner.node, &call).await?)?
-        }
-        _ => {
-            shard
-                .call(owner.shard, move |s| async move {
-                    s.store.token_user(&token, crate::ids::now_secs())
-                })
-                .await?
-        }
-    };
+    // The token of `fromId` may live on another node than `toId`'s history.
+    let user = crate::owner::run(
+        shard,
+        token.slot(),
+        move |s| async move { s.store.token_user(&token, crate::ids::now_secs()) },
+        || Call::TokenUser(token.to_hex_string().into_bytes()),
+        decode_token_user,
+    )
+    .await?;
     let (d, u) = user.ok_or(Error::BadToken)?;
     Ok(Identity::User(d, u))
 }

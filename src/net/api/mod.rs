@@ -46,7 +46,7 @@ pub async fn serve(
     req: &Request,
     body: &mut [u8],
 ) -> (u16, &'static str, Vec<u8>) {
-    if let Some(cluster) = &shard.cluster {
+    {
         if let Some(node) = remote_owner(shard, req, body) {
             // Credentials are checked here and only what they grant crosses nodes: an
             // admin key's scope, a history token's user. A key that grants nothing goes
@@ -74,7 +74,7 @@ pub async fn serve(
                     .collect::<Vec<_>>()
                     .join("&");
             }
-            let call = crate::cluster::Call::Http {
+            let call = crate::cluster::wire::Call::Http {
                 method: req.method.clone(),
                 path: req.path.clone(),
                 query,
@@ -87,8 +87,11 @@ pub async fn serve(
                 idempotency_key: req.idempotency_key.clone(),
                 body: body.to_vec(),
             };
-            let reply = cluster.call(node, &call).await;
-            return match reply.as_deref().map(crate::cluster::decode_http_reply) {
+            let reply = crate::owner::call(shard, node, &call).await;
+            return match reply
+                .as_deref()
+                .map(crate::cluster::wire::decode_http_reply)
+            {
                 Ok(Some((status, out))) => (status, http::JSON, out.to_vec()),
                 Ok(None) | Err(_) => {
                     let e = reply.err().unwrap_or(Error::Internal);
@@ -119,8 +122,7 @@ fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
         // A keyed push is coordinated where its key is remembered (see `push`).
         ("/push", "POST") => {
             let key = req.idempotency_key.as_deref()?;
-            let place = shard.place(crate::route::slot_of(push::KEY_DOMAIN, key));
-            return (place.node != shard.node()).then_some(place.node);
+            return crate::owner::other_node(shard, crate::route::slot_of(push::KEY_DOMAIN, key));
         }
         ("/message" | "/kick", "POST") => {
             // Parsed from a copy: the owner parses the body as it arrived.
@@ -138,8 +140,7 @@ fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
         }
         _ => return None,
     };
-    let place = shard.place(crate::route::slot_of(&domain, &uid));
-    (place.node != shard.node()).then_some(place.node)
+    crate::owner::other_node(shard, crate::route::slot_of(&domain, &uid))
 }
 
 /// Serves one request on this node (a request forwarded by another node comes here, so

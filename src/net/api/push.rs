@@ -16,6 +16,7 @@ use std::sync::Arc;
 use simd_json::prelude::*;
 
 use crate::auth::AdminScope;
+use crate::cluster::wire::{decode_count_reply, Call};
 use crate::dialect::notify;
 use crate::json;
 use crate::message::Notification;
@@ -204,23 +205,20 @@ pub async fn push(
     crate::metrics::bump(&shard.metrics.pushes, 1);
     let note = Arc::new(Notification::new(id, title, content, rt.utc_offset_secs));
     let mut remote = Vec::new();
-    if let Some(cluster) = shard.cluster.clone() {
-        for (node, users) in by_node {
-            let part = crate::cluster::Call::PushPart(push_part_json(
-                &note,
-                title,
-                content,
-                domain,
-                &users,
-                once.as_ref(),
-            ));
-            let (cluster, n) = (cluster.clone(), users.len());
-            remote.push(glommio::spawn_local(async move {
-                let reply = cluster.call(node, &part).await;
-                let done = reply.and_then(|r| crate::cluster::decode_count_reply(&r));
-                Part::of(n, done)
-            }));
-        }
+    for (node, users) in by_node {
+        let part = Call::PushPart(push_part_json(
+            &note,
+            title,
+            content,
+            domain,
+            &users,
+            once.as_ref(),
+        ));
+        let (shard, n) = (shard.clone(), users.len());
+        remote.push(glommio::spawn_local(async move {
+            let reply = crate::owner::call(&shard, node, &part).await;
+            Part::of(n, reply.and_then(|r| decode_count_reply(&r)))
+        }));
     }
     let mut all = deliver_here(shard, domain, by_shard, &note, once.as_ref()).await;
     for t in remote {

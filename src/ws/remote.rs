@@ -24,63 +24,30 @@
 //! socket; an owner ends such sessions once the holder announces its new epoch.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::transport::Stream;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{Call, Cluster};
+use crate::cluster::wire::{
+    decode_batch, encode_batch, head, parse_attach, parse_head, push_field, split_batch, Batch,
+    Call, ATTACH, DELIVER, DETACH, INPUT,
+};
+use crate::cluster::Cluster;
 use crate::route::Place;
-use crate::shard::session::Conn;
+use crate::shard::remote::{Relay, Session};
 use crate::shard::Shard;
 use crate::Error;
-
-pub const ATTACH: u8 = 6;
-pub const INPUT: u8 = 7;
-pub const DETACH: u8 = 8;
-pub const DELIVER: u8 = 9;
 
 /// How often an owner checks that a quiet session's holder is still there.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 /// Longest a closing relayed socket may take to take its last bytes and go.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Both sides' tables on one shard.
-#[derive(Default)]
-pub struct Tables {
-    /// Owner side: `(holder node, key) → session`.
-    sessions: RefCell<HashMap<(u16, u64), Rc<Session>>>,
-    /// Holder side: `key → relayed socket`.
-    relays: RefCell<HashMap<u64, Rc<Relay>>>,
-    /// Owner side: deliveries waiting for the next message to each `(holder node,
-    /// holder shard)`, sent by one flusher task per shard.
-    outgoing: RefCell<HashMap<(usize, usize), Batch>>,
-    flushing: Cell<bool>,
-}
-
-/// Deliveries for one holder shard, as one NATS message: runs of identical bytes with
-/// the sessions they go to, so a push to many users of one holder node crosses NATS
-/// once, not once per user.
-#[derive(Default)]
-struct Batch {
-    groups: Vec<(Vec<u8>, Vec<Recipient>)>,
-    bytes: usize,
-}
-
-/// A session a run of bytes goes to: its key, and whether they end it.
-type Recipient = (u64, bool);
-
-impl Tables {
-    pub fn remote_sessions(&self) -> usize {
-        self.sessions.borrow().len()
-    }
-}
 
 /// What the holder sends with `attach`.
 pub struct Attach {
@@ -103,53 +70,6 @@ fn relay_key(shard: usize, epoch: u32, counter: u64) -> u64 {
 fn key_epoch(key: u64) -> u32 {
     ((key >> 32) & 0xff_ffff) as u32
 }
-
-/// `[kind][target shard u16][holder node u16][key u64]`, then the message's own bytes.
-fn head(kind: u8, target_shard: usize, holder: usize, key: u64, extra: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(13 + extra);
-    out.push(kind);
-    out.extend_from_slice(&(target_shard as u16).to_be_bytes());
-    out.extend_from_slice(&(holder as u16).to_be_bytes());
-    out.extend_from_slice(&key.to_be_bytes());
-    out
-}
-
-/// `(target shard, holder, key, rest)` of a message built by [`head`].
-pub fn parse_head(bytes: &[u8]) -> Option<(usize, usize, u64, &[u8])> {
-    let (h, rest) = bytes.split_at_checked(13)?;
-    let shard = usize::from(u16::from_be_bytes([h[1], h[2]]));
-    let holder = usize::from(u16::from_be_bytes([h[3], h[4]]));
-    let mut k = [0u8; 8];
-    k.copy_from_slice(&h[5..13]);
-    Some((shard, holder, u64::from_be_bytes(k), rest))
-}
-
-fn push_field(out: &mut Vec<u8>, f: &[u8]) {
-    out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-    out.extend_from_slice(f);
-}
-
-fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let (len, rest) = b.split_at_checked(4)?;
-    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let (f, rest) = rest.split_at_checked(n)?;
-    *b = rest;
-    Some(f)
-}
-
-// ---------------------------------------------------------------- the owner's side
-
-/// A connection of this node whose socket is on another node.
-struct Session {
-    conn: Rc<Conn>,
-    holder: usize,
-    key: u64,
-    rbuf: RefCell<Vec<u8>>,
-    frag: RefCell<Option<crate::ws::conn::Fragments>>,
-    /// Set by `detach`: the client is gone.
-    detached: Cell<bool>,
-}
-
 /// Runs a message of kinds [`ATTACH`], [`INPUT`], [`DETACH`] on the owner shard, or
 /// [`DELIVER`] on the holder shard; the reply bytes (empty for the one-way kinds).
 pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
@@ -179,25 +99,6 @@ fn reply_error(e: Error) -> Vec<u8> {
     format!("!{}", e.code()).into_bytes()
 }
 
-/// An attach's own bytes: `(accept key, query, chat, bytes read past the head)`.
-fn parse_attach(mut rest: &[u8]) -> Option<(&str, &str, bool, &[u8])> {
-    let accept = std::str::from_utf8(take_field(&mut rest)?).ok()?;
-    let query = std::str::from_utf8(take_field(&mut rest)?).ok()?;
-    let (&chat, early) = rest.split_first()?;
-    Some((accept, query, chat == 1, early))
-}
-
-/// Every decoder of this module on `bytes` from another node (the fuzz target's entry):
-/// what decodes, or `None` — never a panic.
-pub fn decode_message(bytes: &[u8]) -> Option<usize> {
-    let (_, _, _, rest) = parse_head(bytes)?;
-    match bytes.first().copied()? {
-        ATTACH => parse_attach(rest).map(|(a, q, _, e)| a.len() + q.len() + e.len()),
-        DELIVER => decode_batch(rest).map(|runs| runs.len()),
-        _ => Some(rest.len()),
-    }
-}
-
 fn attach(shard: &Rc<Shard>, holder: usize, key: u64, rest: &[u8]) -> Result<Vec<u8>, Error> {
     let Some((accept, query, chat, early)) = parse_attach(rest) else {
         return Err(Error::Internal);
@@ -206,7 +107,7 @@ fn attach(shard: &Rc<Shard>, holder: usize, key: u64, rest: &[u8]) -> Result<Vec
         crate::metrics::bump(&shard.metrics.overloaded, 1);
         return Err(Error::Overloaded);
     };
-    let login = crate::net::accept::login_of(query, chat);
+    let login = crate::ws::upgrade::login_of(query, chat);
     if let Ok(l) = &login {
         if shard.place(l.slot())
             != (Place {
@@ -367,7 +268,7 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
         if closing {
             break;
         }
-        while shard.remote.waiting(s.holder, holder_shard) > super::MAX_DELIVERY_BYTES
+        while shard.remote.waiting(s.holder, holder_shard) > crate::cluster::MAX_DELIVERY_BYTES
             && !cluster.is_gone_now(s.holder)
         {
             glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -384,15 +285,6 @@ async fn pump(shard: Rc<Shard>, s: Rc<Session>, leave: crate::ws::conn::Leave) {
     }
     drop(sessions);
     log::debug!("remote session {} of node {} ended", s.key, s.holder);
-}
-
-impl Tables {
-    fn waiting(&self, holder: usize, holder_shard: usize) -> usize {
-        self.outgoing
-            .borrow()
-            .get(&(holder, holder_shard))
-            .map_or(0, |b| b.bytes)
-    }
 }
 
 /// Adds one session's bytes to its holder shard's batch (joining the previous run when
@@ -451,41 +343,6 @@ fn enqueue(
     }
 }
 
-/// `batch` as batches whose encoded form fits in `limit` bytes: runs are kept whole where
-/// they fit, and a run larger than that (a big greeting) is cut into pieces sent in
-/// order, its `closing` mark on the last piece only.
-fn split_batch(batch: Batch, limit: usize) -> Vec<Batch> {
-    let mut out: Vec<Batch> = Vec::new();
-    let add = |out: &mut Vec<Batch>, bytes: Vec<u8>, keys: Vec<Recipient>| {
-        let size = bytes.len() + 8 + keys.len() * 9;
-        match out.last_mut() {
-            Some(b) if HEAD + b.bytes + size <= limit => {
-                b.bytes += size;
-                b.groups.push((bytes, keys));
-            }
-            _ => out.push(Batch {
-                bytes: size,
-                groups: vec![(bytes, keys)],
-            }),
-        }
-    };
-    for (bytes, keys) in batch.groups {
-        if HEAD + bytes.len() + 8 + keys.len() * 9 <= limit {
-            add(&mut out, bytes, keys);
-            continue;
-        }
-        // Too big for any one message: pieces that each fill one.
-        let piece = limit.saturating_sub(HEAD + 8 + keys.len() * 9).max(1);
-        let pieces = bytes.len().div_ceil(piece);
-        for (i, chunk) in bytes.chunks(piece).enumerate() {
-            let last = i + 1 == pieces;
-            let ks = keys.iter().map(|(k, c)| (*k, *c && last)).collect();
-            add(&mut out, chunk.to_vec(), ks);
-        }
-    }
-    out
-}
-
 /// Ends the owner-side sessions a batch for `holder` was for (its publish failed).
 fn end_sessions(shard: &Shard, holder: usize, batch: &Batch) {
     let sessions = shard.remote.sessions.borrow();
@@ -495,75 +352,6 @@ fn end_sessions(shard: &Shard, holder: usize, batch: &Batch) {
                 s.detached.set(true);
                 s.conn.out.borrow_mut().wake();
             }
-        }
-    }
-}
-
-/// Bytes of [`head`].
-const HEAD: usize = 13;
-
-/// `head(DELIVER)`, then per run: `[len u32][bytes][count u32]` and `count` times
-/// `[key u64][closing u8]`.
-fn encode_batch(holder_shard: usize, owner: usize, batch: &Batch) -> Vec<u8> {
-    let mut out = head(
-        DELIVER,
-        holder_shard,
-        owner,
-        0,
-        batch.bytes + batch.groups.len() * 8,
-    );
-    for (bytes, keys) in &batch.groups {
-        push_field(&mut out, bytes);
-        out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
-        for (key, closing) in keys {
-            out.extend_from_slice(&key.to_be_bytes());
-            out.push(u8::from(*closing));
-        }
-    }
-    out
-}
-
-/// The runs of a delivery batch: `(bytes, [(key, closing)])`; `None` when cut short.
-fn decode_batch(mut rest: &[u8]) -> Option<Vec<(&[u8], Vec<Recipient>)>> {
-    let mut runs = Vec::new();
-    while !rest.is_empty() {
-        let bytes = take_field(&mut rest)?;
-        let (n, tail) = rest.split_at_checked(4)?;
-        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
-        let (entries, tail) = tail.split_at_checked(n.checked_mul(9)?)?;
-        rest = tail;
-        let keys = entries
-            .chunks_exact(9)
-            .map(|e| {
-                let mut k = [0u8; 8];
-                k.copy_from_slice(&e[..8]);
-                (u64::from_be_bytes(k), e[8] == 1)
-            })
-            .collect();
-        runs.push((bytes, keys));
-    }
-    Some(runs)
-}
-
-// ---------------------------------------------------------------- the holder's side
-
-/// A relayed socket's bytes from the owner, not yet written.
-#[derive(Default)]
-struct Relay {
-    /// The node the socket attached to: the only one whose deliveries it takes.
-    owner: usize,
-    /// A delivery would have taken it past [`holder_bound`]: the client is dropped.
-    overflowed: Cell<bool>,
-    pending: RefCell<Vec<u8>>,
-    /// The owner closed the connection: write what is pending, then end.
-    closing: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Relay {
-    fn wake(&self) {
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
         }
     }
 }
@@ -640,11 +428,13 @@ type InFlight = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>>>>;
 /// The holder's task for one socket: attach at the owner, then relay both ways.
 pub async fn hold(
     shard: Rc<Shard>,
-    cluster: Arc<Cluster>,
     mut stream: Stream,
     attach: Attach,
     permit: crate::shard::ConnPermit,
 ) {
+    let Some(cluster) = shard.cluster.clone() else {
+        return crate::net::http::write_error(&mut stream, &Error::Internal, "").await;
+    };
     let key = relay_key(shard.id, cluster.epoch, shard.next_conn_id());
     let relay = Rc::new(Relay {
         owner: attach.owner.node,
@@ -652,7 +442,7 @@ pub async fn hold(
     });
     if shard.remote.relays.borrow().contains_key(&key) {
         // Only after 2^32 relays on this shard, with the first still open.
-        return crate::net::accept::write_error(&mut stream, &Error::Overloaded, "").await;
+        return crate::net::http::write_error(&mut stream, &Error::Overloaded, "").await;
     }
     shard.remote.relays.borrow_mut().insert(key, relay.clone());
     let leave = Leave {
@@ -683,9 +473,9 @@ pub async fn hold(
             } else {
                 Error::Internal
             };
-            return crate::net::accept::write_error(&mut stream, &e, "").await;
+            return crate::net::http::write_error(&mut stream, &e, "").await;
         }
-        Err(e) => return crate::net::accept::write_error(&mut stream, e, "").await,
+        Err(e) => return crate::net::http::write_error(&mut stream, e, "").await,
     }
     let owner = attach.owner;
     let max = holder_bound(&shard);
@@ -764,75 +554,5 @@ pub async fn hold(
             }
         };
         futures_lite::future::or(finish, glommio::timer::sleep(CLOSE_GRACE)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heads_and_fields_read_back() {
-        let mut m = head(INPUT, 3, 2, u64::MAX - 5, 0);
-        push_field(&mut m, b"abc");
-        push_field(&mut m, b"");
-        let (shard, holder, key, mut rest) = parse_head(&m).expect("a head");
-        assert_eq!((shard, holder, key), (3, 2, u64::MAX - 5));
-        assert_eq!(take_field(&mut rest), Some(&b"abc"[..]));
-        assert_eq!(take_field(&mut rest), Some(&b""[..]));
-        assert_eq!(take_field(&mut rest), None);
-        assert!(parse_head(&m[..12]).is_none());
-        let mut cut: &[u8] = &[0, 0, 0, 9, 1];
-        assert_eq!(take_field(&mut cut), None);
-    }
-
-    #[test]
-    fn a_batch_is_cut_to_fit_and_a_big_run_goes_in_pieces_in_order() {
-        let mut batch = Batch::default();
-        for (bytes, key) in [
-            (vec![1u8; 100], 1),
-            (vec![2u8; 5000], 2),
-            (vec![3u8; 100], 3),
-        ] {
-            batch.bytes += bytes.len() + 8 + 9;
-            batch.groups.push((bytes, vec![(key, true)]));
-        }
-        let parts = split_batch(batch, 1024);
-        assert!(parts.len() >= 6, "{}", parts.len());
-        let mut two = Vec::new();
-        for p in &parts {
-            let encoded = encode_batch(0, 1, p);
-            assert!(encoded.len() <= 1024, "{}", encoded.len());
-            let (_, _, _, rest) = parse_head(&encoded).expect("head");
-            for (bytes, keys) in decode_batch(rest).expect("decodes") {
-                if keys[0].0 == 2 {
-                    two.extend_from_slice(bytes);
-                    // Only the last piece carries the close.
-                    assert_eq!(keys[0].1, two.len() == 5000);
-                }
-            }
-        }
-        assert_eq!(two, vec![2u8; 5000]);
-    }
-
-    #[test]
-    fn a_batch_sends_shared_bytes_once() {
-        let batch = Batch {
-            groups: vec![
-                (b"frame".to_vec(), vec![(1, false), (2, false), (3, true)]),
-                (b"other".to_vec(), vec![(4, false)]),
-            ],
-            bytes: 0,
-        };
-        let msg = encode_batch(1, 0, &batch);
-        assert_eq!(msg.windows(5).filter(|w| w == b"frame").count(), 1);
-        let (shard, _, _, rest) = parse_head(&msg).expect("head");
-        assert_eq!(shard, 1);
-        let runs = decode_batch(rest).expect("runs");
-        assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0].0, b"frame");
-        assert_eq!(runs[0].1, vec![(1, false), (2, false), (3, true)]);
-        assert_eq!(runs[1], (&b"other"[..], vec![(4, false)]));
-        assert!(decode_batch(&rest[..rest.len() - 3]).is_none(), "cut short");
     }
 }

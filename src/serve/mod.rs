@@ -7,6 +7,8 @@
 //! closes every connection with 1001, waits at most two seconds for them, then makes
 //! everything durable, except after an injected fatal fault.
 
+pub mod peer;
+
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
