@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 secs=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(http_head client_frame config cluster_message)
+[ ${#targets[@]} -gt 0 ] || targets=(http_head client_frame config cluster_call cluster_reply remote_session cluster_seal)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O

@@ -1,8 +1,9 @@
 //! Every message that crosses nodes, in its wire form: the calls one node makes of
 //! another ([`Call`]) and their replies, and a remote session's messages (attach, input,
 //! detach, and the batched deliveries back to the holder). Encoders and decoders live
-//! only here; [`decode_peer_bytes`] runs every decoder (the `cluster_message` fuzz
-//! target).
+//! only here (a chat message's own wire form is [`crate::message::ChatMessage::to_wire`]),
+//! and every decoder has a fuzz target: `cluster_call`, `cluster_reply`, `remote_session`
+//! (and `cluster_seal` for the seal around them all).
 //!
 //! Invariants: the first byte of a message names its kind; every decoder takes arbitrary
 //! bytes and says no (`None`, or an error reply) rather than panic; a reply is read as the
@@ -179,24 +180,6 @@ pub fn home_shard(request: &[u8], nodes: usize, shards: usize) -> Option<usize> 
     let domain = std::str::from_utf8(fields.next()?).ok()?;
     let to = std::str::from_utf8(fields.next()?).ok()?;
     Some(crate::route::place(crate::route::slot_of(domain, to), nodes, shards).shard)
-}
-
-/// Every decoder of bytes from another node, on `bytes` (what `fuzz/fuzz_targets/
-/// cluster_message.rs` runs): a call, its dispatch, the replies of each kind and a remote
-/// session's message each decode or say no — never a panic. `opener` is a sealer of a
-/// node of a 3-node cluster, to open `bytes` as a sealed message too.
-pub fn decode_peer_bytes(bytes: &[u8], opener: &super::seal::Sealer) -> usize {
-    let mut n = 0;
-    if let Some(call) = Call::decode(bytes) {
-        n += call.encode().len();
-    }
-    n += home_shard(bytes, 3, 2).unwrap_or(0);
-    n += decode_message(bytes).unwrap_or(0);
-    n += decode_http_reply(bytes).map_or(0, |(s, b)| usize::from(s) + b.len());
-    n += decode_count_reply(bytes).unwrap_or(0);
-    n += decode_token_user(bytes).map_or(0, |u| u.map_or(0, |(d, u)| d.len() + u.len()));
-    n += opener.open(b"c.node.0", bytes).map_or(0, |p| p.len());
-    n
 }
 
 /// An HTTP reply crossing nodes: the status, then the JSON envelope as the owner wrote it.
