@@ -1,15 +1,16 @@
-//! The cluster on NATS (DESIGN.md "a cluster on NATS"): calls for users owned by another
-//! node, carried as NATS request/reply by one bridge thread per process.
+//! The cluster on NATS (DESIGN.md "a cluster on NATS"): the transport between nodes,
+//! beside the inbox that is the transport between shards. It knows nothing of what runs a
+//! call: the owner path ([`crate::owner`]) decides what goes to which node, and the top of
+//! the house ([`crate::serve::peer`]) runs what arrives.
 //!
-//! What it owns: the [`Cluster`] handle the shards call through, the wire form of a call
-//! ([`Call`]), and the owner's side of a call ([`serve`]). The NATS client itself lives in
-//! [`bridge`], on its own thread, so no shard ever blocks on NATS or runs its runtime.
+//! What it owns: the [`Cluster`] handle the shards call through (with its per-peer
+//! counters for `/metrics` and the peers' heartbeats), every message's wire form
+//! ([`wire`]), the seal around every message ([`seal`]) and the NATS client itself
+//! ([`bridge`]), on its own thread, so no shard ever blocks on NATS or runs its runtime.
 //!
 //! Invariants: without `[cluster]` none of this exists (no thread, no NATS); a call is
 //! answered within `call_timeout_ms` or fails with 1009 (HTTP 503), and a call to a node
-//! with no subscriber fails at once; the owner runs exactly the code it runs for a local
-//! caller (durability included) before it replies; a forwarded call is never forwarded
-//! again, so two nodes that disagree about ownership answer an error, not a loop.
+//! with no subscriber, or one whose heartbeats stopped, fails at once.
 
 pub mod bridge;
 pub mod seal;

@@ -88,9 +88,13 @@ async fn refuse(mut stream: TcpStream) {
     http::write_error(&mut stream, &Error::Overloaded, "").await;
 }
 
-/// Runs [`serve`] so that a panic ends this connection only.
+/// Runs [`serve_connection`] so that a panic ends this connection only.
 async fn contained(shard: Rc<Shard>, stream: Stream, permit: ConnPermit) {
-    crate::task::contain("an HTTP connection task", serve(shard, stream, permit)).await;
+    crate::task::contain(
+        "an HTTP connection task",
+        serve_connection(shard, stream, permit),
+    )
+    .await;
 }
 
 /// Reads more bytes into `buf`, giving up at `deadline` (`request_timeout_secs`).
@@ -107,7 +111,7 @@ async fn read_until(
 }
 
 /// One connection from its first byte until it closes or becomes a WebSocket.
-async fn serve(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
+async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPermit) {
     let mut buf: Vec<u8> = Vec::new();
     // Each request, head and body, must arrive within request_timeout of the moment the
     // connection became ready for it (slowloris, idle keep-alive).

@@ -1,5 +1,5 @@
 //! Calls from other nodes, served here: the bridge is handed [`dispatch`] at start, which
-//! queues each call on the shard that must run it, where [`serve`] runs exactly the code a
+//! queues each call on the shard that must run it, where [`run_call`] runs exactly the code a
 //! local caller runs (the HTTP API, a push or broadcast part, a chat send, a token lookup,
 //! a remote session's message) and encodes its outcome as the reply.
 //!
@@ -27,7 +27,7 @@ pub fn dispatch(peers: Arc<[InboxTx]>, nodes: usize) -> Dispatch {
         peers[target].send(Box::new(move |shard: &Rc<Shard>| {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let out = crate::task::contain("a cluster call", serve(&shard, &payload))
+                let out = crate::task::contain("a cluster call", run_call(&shard, &payload))
                     .await
                     .unwrap_or_else(|| wire::error_reply(&payload, &Error::Internal));
                 let _ = reply.send(out);
@@ -39,7 +39,7 @@ pub fn dispatch(peers: Arc<[InboxTx]>, nodes: usize) -> Dispatch {
 
 /// Runs one call that arrived over NATS on `shard` and returns the
 /// reply bytes (never an error: an error is a reply too).
-pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
+pub async fn run_call(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
     match Call::decode(request) {
         Some(Call::Http {
             method,
@@ -98,7 +98,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
                 Err(e) => wire::error_reply(request, &e),
             }
         }
-        Some(Call::Raw(raw)) => crate::ws::remote::serve(shard, &raw).await,
+        Some(Call::Raw(raw)) => crate::ws::remote::on_message(shard, &raw).await,
         None => {
             log::warn!("a cluster call that is not one this version knows was refused");
             wire::error_reply(request, &Error::Internal)

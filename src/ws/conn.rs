@@ -22,7 +22,7 @@ use crate::shard::Shard;
 use crate::transport::Stream;
 
 /// Longest a closing connection may take to take its close frame and answer it.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Io {
     Read,
@@ -66,7 +66,7 @@ impl Drop for Leave {
 
 /// Runs the connection until it ends; `leave` was taken when the connection was created,
 /// before it joined the session table.
-pub async fn serve(
+pub async fn run(
     shard: Rc<Shard>,
     mut stream: Stream,
     conn: Rc<Conn>,

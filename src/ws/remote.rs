@@ -46,8 +46,6 @@ use crate::Error;
 
 /// How often an owner checks that a quiet session's holder is still there.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
-/// Longest a closing relayed socket may take to take its last bytes and go.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the holder sends with `attach`.
 pub struct Attach {
@@ -72,7 +70,7 @@ fn key_epoch(key: u64) -> u32 {
 }
 /// Runs a message of kinds [`ATTACH`], [`INPUT`], [`DETACH`] on the owner shard, or
 /// [`DELIVER`] on the holder shard; the reply bytes (empty for the one-way kinds).
-pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
+pub async fn on_message(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
     let Some((_, holder, key, rest)) = parse_head(request) else {
         return b"!2000".to_vec();
     };
@@ -88,7 +86,7 @@ pub async fn serve(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
         }
         Some(DELIVER) => {
             // The head's node field is the sending owner's.
-            deliver(shard, holder, rest);
+            take_deliveries(shard, holder, rest);
             Vec::new()
         }
         _ => b"!2000".to_vec(),
@@ -356,7 +354,8 @@ fn end_sessions(shard: &Shard, holder: usize, batch: &Batch) {
     }
 }
 
-fn deliver(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
+/// A batch of deliveries from the owner node `from`, for the sockets this shard relays.
+fn take_deliveries(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
     let Some(runs) = decode_batch(rest) else {
         log::warn!("a remote delivery that does not decode was dropped");
         return;
@@ -394,7 +393,7 @@ fn holder_bound(shard: &Shard) -> usize {
 }
 
 /// Takes the relay out of the table however the socket ends, and tells the owner.
-struct Leave {
+struct RelayGuard {
     shard: Rc<Shard>,
     cluster: Arc<Cluster>,
     key: u64,
@@ -403,7 +402,7 @@ struct Leave {
     _permit: crate::shard::ConnPermit,
 }
 
-impl Drop for Leave {
+impl Drop for RelayGuard {
     fn drop(&mut self) {
         // Keys are unique within a process (see `hold`), so this entry is this socket's.
         self.shard.remote.relays.borrow_mut().remove(&self.key);
@@ -418,7 +417,7 @@ impl Drop for Leave {
     }
 }
 
-enum Io {
+enum RelayEnd {
     Closing,
     Gone,
 }
@@ -445,7 +444,7 @@ pub async fn hold(
         return crate::net::http::write_error(&mut stream, &Error::Overloaded, "").await;
     }
     shard.remote.relays.borrow_mut().insert(key, relay.clone());
-    let leave = Leave {
+    let leave = RelayGuard {
         shard: shard.clone(),
         cluster: cluster.clone(),
         key,
@@ -485,7 +484,7 @@ pub async fn hold(
             let mut pending = relay.pending.borrow_mut();
             while !pending.is_empty() {
                 match Pin::new(&mut stream).poll_write(cx, &pending) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::Gone),
                     Poll::Ready(Ok(n)) => {
                         pending.drain(..n);
                     }
@@ -495,31 +494,31 @@ pub async fn hold(
             // Over TLS the last records may wait in rustls for room in the socket.
             if pending.is_empty() {
                 if let Poll::Ready(Err(_)) = Pin::new(&mut stream).poll_flush(cx) {
-                    return Poll::Ready(Io::Gone);
+                    return Poll::Ready(RelayEnd::Gone);
                 }
             }
             if pending.capacity() > 64 * 1024 && pending.is_empty() {
                 *pending = Vec::new();
             }
             if pending.is_empty() && relay.closing.get() {
-                return Poll::Ready(Io::Closing);
+                return Poll::Ready(RelayEnd::Closing);
             }
             // A client this far behind is dropped, as the owner drops one with 1013.
             if pending.len() > max || relay.overflowed.get() {
-                return Poll::Ready(Io::Gone);
+                return Poll::Ready(RelayEnd::Gone);
             }
         }
         *relay.waker.borrow_mut() = Some(cx.waker().clone());
         if let Some(f) = in_flight.as_mut() {
             match f.as_mut().poll(cx) {
                 Poll::Ready(Ok(r)) if r == b"ok" => in_flight = None,
-                Poll::Ready(_) => return Poll::Ready(Io::Gone),
+                Poll::Ready(_) => return Poll::Ready(RelayEnd::Gone),
                 Poll::Pending => return Poll::Pending,
             }
         }
         let mut scratch = shard.scratch.borrow_mut();
         match Pin::new(&mut stream).poll_read(cx, &mut scratch) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::Gone),
             Poll::Ready(Ok(n)) => {
                 let mut msg = head(INPUT, owner.shard, shard.node(), key, n);
                 msg.extend_from_slice(&scratch[..n]);
@@ -537,10 +536,10 @@ pub async fn hold(
         while !cluster.is_gone_now(owner.node) {
             glommio::timer::sleep(LIVENESS_CHECK).await;
         }
-        Io::Gone
+        RelayEnd::Gone
     };
     let io = futures_lite::future::or(relayed, owner_gone).await;
-    if let Io::Closing = io {
+    if let RelayEnd::Closing = io {
         // The owner closed it (its close frame is written): nothing to detach.
         leave.attached.set(false);
         let finish = async {
@@ -553,6 +552,6 @@ pub async fn hold(
                 }
             }
         };
-        futures_lite::future::or(finish, glommio::timer::sleep(CLOSE_GRACE)).await;
+        futures_lite::future::or(finish, glommio::timer::sleep(crate::ws::conn::CLOSE_GRACE)).await;
     }
 }

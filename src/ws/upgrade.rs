@@ -127,7 +127,7 @@ pub async fn complete(shard: Rc<Shard>, stream: Stream, up: Upgrade) {
     };
     crate::task::contain(
         "a connection task",
-        super::conn::serve(shard, stream, conn, rest, leave),
+        super::conn::run(shard, stream, conn, rest, leave),
     )
     .await;
 }

@@ -17,23 +17,79 @@ use crate::metrics::Refusal;
 use crate::shard::Shard;
 use crate::Error;
 
-const API_PATHS: [&str; 12] = [
-    "/console",
-    "/console/shardcast.js",
-    "/console/dev-token",
-    "/broadcast",
-    "/presence",
-    "/kick",
-    "/auth/websocket",
-    "/push",
-    "/message",
-    "/message-log",
-    "/healthz",
-    "/metrics",
+/// Where a request finds the one user it is about; in a cluster, that user's owner node
+/// serves it.
+#[derive(Clone, Copy)]
+enum User {
+    /// About no single user: served where it arrives.
+    Nobody,
+    /// The query's `domain` (the default domain unless `domain_required`) and the query
+    /// parameter `uid`.
+    Query {
+        uid: &'static str,
+        domain_required: bool,
+    },
+    /// The JSON body's `domain` (or the default) and field `uid`.
+    Body { uid: &'static str },
+    /// A push with an `Idempotency-Key`: coordinated where its key is remembered.
+    PushKey,
+}
+
+/// One call of the API: its path and method, whether it is an admin call with a body
+/// (its key is checked before the body is read), and whose call it is.
+struct Route {
+    path: &'static str,
+    method: &'static str,
+    admin_body: bool,
+    user: User,
+}
+
+const fn route(path: &'static str, method: &'static str, admin_body: bool, user: User) -> Route {
+    Route {
+        path,
+        method,
+        admin_body,
+        user,
+    }
+}
+
+const USER_IN_QUERY: User = User::Query {
+    uid: "uid",
+    domain_required: false,
+};
+
+/// The API (PROTOCOL.md §2), one line a call; [`dispatch`] runs each.
+const ROUTES: [Route; 12] = [
+    route("/console", "GET", false, User::Nobody),
+    route("/console/shardcast.js", "GET", false, User::Nobody),
+    route("/console/dev-token", "GET", false, USER_IN_QUERY),
+    route("/broadcast", "POST", true, User::Nobody),
+    route("/presence", "GET", false, USER_IN_QUERY),
+    route("/kick", "POST", true, User::Body { uid: "uid" }),
+    route("/auth/websocket", "GET", false, USER_IN_QUERY),
+    route("/push", "POST", true, User::PushKey),
+    route("/message", "POST", true, User::Body { uid: "toId" }),
+    route(
+        "/message-log",
+        "GET",
+        false,
+        User::Query {
+            uid: "toId",
+            domain_required: true,
+        },
+    ),
+    route("/healthz", "GET", false, User::Nobody),
+    route("/metrics", "GET", false, User::Nobody),
 ];
 
+fn route_of(req: &Request) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|r| r.path == req.path && r.method == req.method)
+}
+
 pub fn is_api_path(path: &str) -> bool {
-    API_PATHS.contains(&path)
+    ROUTES.iter().any(|r| r.path == path)
 }
 
 pub use admin::broadcast_part;
@@ -46,60 +102,58 @@ pub async fn serve(
     req: &Request,
     body: &mut [u8],
 ) -> (u16, &'static str, Vec<u8>) {
-    {
-        if let Some(node) = remote_owner(shard, req, body) {
-            // Credentials are checked here and only what they grant crosses nodes: an
-            // admin key's scope, a history token's user. A key that grants nothing goes
-            // on for the owner to refuse.
-            let mut scope = crate::auth::bearer(req.authorization.as_deref())
-                .and_then(|k| crate::auth::admin_scope(&shard.rt, k));
-            let (mut user, mut query) = (None, req.query.clone());
-            if req.path == "/message-log" {
-                let identified = match http::parse_query(&req.query) {
-                    Ok(q) => message_log::identify(shard, req, &q).await,
-                    Err(e) => Err(e),
-                };
-                match identified {
-                    Ok(message_log::Identity::Admin(s)) => scope = Some(s),
-                    Ok(message_log::Identity::User(d, u)) => user = Some((d, u)),
-                    Err(e) => {
-                        shard.metrics.error(e.code());
-                        return (e.http_status(), http::JSON, crate::json::error_envelope(&e));
-                    }
-                }
-                query = req
-                    .query
-                    .split('&')
-                    .filter(|p| p.split('=').next() != Some("token"))
-                    .collect::<Vec<_>>()
-                    .join("&");
-            }
-            let call = crate::cluster::wire::Call::Http {
-                method: req.method.clone(),
-                path: req.path.clone(),
-                query,
-                authorization: match (&scope, &user) {
-                    (None, None) => req.authorization.clone(),
-                    _ => None,
-                },
-                scope,
-                user,
-                idempotency_key: req.idempotency_key.clone(),
-                body: body.to_vec(),
+    if let Some(node) = remote_owner(shard, req, body) {
+        // Credentials are checked here and only what they grant crosses nodes: an
+        // admin key's scope, a history token's user. A key that grants nothing goes
+        // on for the owner to refuse.
+        let mut scope = crate::auth::bearer(req.authorization.as_deref())
+            .and_then(|k| crate::auth::admin_scope(&shard.rt, k));
+        let (mut user, mut query) = (None, req.query.clone());
+        if req.path == "/message-log" {
+            let identified = match http::parse_query(&req.query) {
+                Ok(q) => message_log::identify(shard, req, &q).await,
+                Err(e) => Err(e),
             };
-            let reply = crate::owner::call(shard, node, &call).await;
-            return match reply
-                .as_deref()
-                .map(crate::cluster::wire::decode_http_reply)
-            {
-                Ok(Some((status, out))) => (status, http::JSON, out.to_vec()),
-                Ok(None) | Err(_) => {
-                    let e = reply.err().unwrap_or(Error::Internal);
+            match identified {
+                Ok(message_log::Identity::Admin(s)) => scope = Some(s),
+                Ok(message_log::Identity::User(d, u)) => user = Some((d, u)),
+                Err(e) => {
                     shard.metrics.error(e.code());
-                    (e.http_status(), http::JSON, crate::json::error_envelope(&e))
+                    return (e.http_status(), http::JSON, crate::json::error_envelope(&e));
                 }
-            };
+            }
+            query = req
+                .query
+                .split('&')
+                .filter(|p| p.split('=').next() != Some("token"))
+                .collect::<Vec<_>>()
+                .join("&");
         }
+        let call = crate::cluster::wire::Call::Http {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query,
+            authorization: match (&scope, &user) {
+                (None, None) => req.authorization.clone(),
+                _ => None,
+            },
+            scope,
+            user,
+            idempotency_key: req.idempotency_key.clone(),
+            body: body.to_vec(),
+        };
+        let reply = crate::owner::call(shard, node, &call).await;
+        return match reply
+            .as_deref()
+            .map(crate::cluster::wire::decode_http_reply)
+        {
+            Ok(Some((status, out))) => (status, http::JSON, out.to_vec()),
+            Ok(None) | Err(_) => {
+                let e = reply.err().unwrap_or(Error::Internal);
+                shard.metrics.error(e.code());
+                (e.http_status(), http::JSON, crate::json::error_envelope(&e))
+            }
+        };
     }
     serve_here(shard, req, body).await
 }
@@ -108,37 +162,33 @@ pub async fn serve(
 /// also for a request that names no valid user: this node answers its error.
 fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
     let default = shard.rt.default_domain.as_str();
-    let (domain, uid) = match (req.path.as_str(), req.method.as_str()) {
-        ("/auth/websocket" | "/presence" | "/console/dev-token", "GET") => {
+    let (domain, uid) = match route_of(req)?.user {
+        User::Nobody => return None,
+        User::Query {
+            uid,
+            domain_required,
+        } => {
             let q = http::parse_query(&req.query).ok()?;
-            let domain = http::param(&q, "domain").unwrap_or(default).to_string();
-            (domain, http::param(&q, "uid")?.to_string())
+            let domain = match http::param(&q, "domain") {
+                Some(d) => d.to_string(),
+                None if !domain_required => default.to_string(),
+                None => return None,
+            };
+            (domain, http::param(&q, uid)?.to_string())
         }
-        ("/message-log", "GET") => {
-            let q = http::parse_query(&req.query).ok()?;
-            let domain = http::param(&q, "domain")?.to_string();
-            (domain, http::param(&q, "toId")?.to_string())
-        }
-        // A keyed push is coordinated where its key is remembered (see `push`).
-        ("/push", "POST") => {
+        User::PushKey => {
             let key = req.idempotency_key.as_deref()?;
             return crate::owner::other_node(shard, crate::route::slot_of(push::KEY_DOMAIN, key));
         }
-        ("/message" | "/kick", "POST") => {
+        User::Body { uid } => {
             // Parsed from a copy: the owner parses the body as it arrived.
             let mut copy = body.to_vec();
             let v = crate::json::parse(&mut copy)?;
-            let key = if req.path == "/message" {
-                "toId"
-            } else {
-                "uid"
-            };
             let domain = crate::json::str_of(&v, "domain")
                 .unwrap_or(default)
                 .to_string();
-            (domain, crate::json::str_of(&v, key)?.to_string())
+            (domain, crate::json::str_of(&v, uid)?.to_string())
         }
-        _ => return None,
     };
     crate::owner::other_node(shard, crate::route::slot_of(&domain, &uid))
 }
@@ -167,7 +217,7 @@ pub async fn serve_here(
             Err(e) => (e.http_status(), http::JSON, crate::json::error_envelope(&e)),
         };
     }
-    match route(shard, req, body).await {
+    match dispatch(shard, req, body).await {
         Ok(content) => (200, http::JSON, crate::json::ok_envelope(&content)),
         Err(e) => {
             shard.metrics.error(e.code());
@@ -176,7 +226,7 @@ pub async fn serve_here(
     }
 }
 
-async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<u8>, Error> {
+async fn dispatch(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<u8>, Error> {
     let method = req.method.as_str();
     let query = || http::parse_query(&req.query);
     match (req.path.as_str(), method) {
@@ -203,14 +253,9 @@ async fn route(shard: &Rc<Shard>, req: &Request, body: &mut [u8]) -> Result<Vec<
 /// before any body byte is read (a client without a key cannot make the broker buffer
 /// up to `max_body_bytes`).
 pub fn check_admin_before_body(shard: &Shard, req: &Request) -> Result<(), Error> {
-    let with_body = matches!(
-        req.path.as_str(),
-        "/push" | "/message" | "/kick" | "/broadcast"
-    );
-    if req.method == "POST" && with_body {
-        admin(shard, req).map(|_| ())
-    } else {
-        Ok(())
+    match route_of(req) {
+        Some(r) if r.admin_body => admin(shard, req).map(|_| ()),
+        _ => Ok(()),
     }
 }
 
