@@ -189,20 +189,6 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     );
 }
 
-fn per_shard(
-    out: &mut String,
-    shards: &[Snapshot],
-    name: &str,
-    kind: &str,
-    help: &str,
-    f: impl Fn(&Snapshot) -> u64,
-) {
-    header(out, name, kind, help);
-    for s in shards {
-        let _ = writeln!(out, "shardcast_{name}{{shard=\"{}\"}} {}", s.shard, f(s));
-    }
-}
-
 fn histogram(
     out: &mut String,
     shards: &[Snapshot],
@@ -242,194 +228,144 @@ fn histogram(
     }
 }
 
-/// The Prometheus text exposition of all shards plus process figures.
-pub fn render(shards: &[Snapshot]) -> String {
-    let mut out = String::with_capacity(8192);
-    header(
-        &mut out,
-        "connections",
-        "gauge",
-        "Open WebSocket connections.",
-    );
-    for s in shards {
-        let _ = writeln!(
-            out,
-            "shardcast_connections{{shard=\"{}\",dialect=\"notify\"}} {}",
-            s.shard, s.notify
-        );
-        let _ = writeln!(
-            out,
-            "shardcast_connections{{shard=\"{}\",dialect=\"chat\"}} {}",
-            s.shard, s.chat
-        );
-    }
-    per_shard(
-        &mut out,
-        shards,
-        "messages_received_total",
-        "counter",
-        "Client WebSocket messages received.",
-        |s| s.messages_received,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "messages_delivered_total",
-        "counter",
-        "Frames of notifications and chat messages queued to connections.",
-        |s| s.messages_delivered,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "pushes_total",
-        "counter",
-        "POST /push calls served.",
-        |s| s.pushes,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "chat_messages_total",
-        "counter",
-        "Chat messages stored on their recipient's shard.",
-        |s| s.chat_messages,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "offline_queued_total",
-        "counter",
-        "Chat messages queued for an offline recipient.",
-        |s| s.offline_queued,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "offline_delivered_total",
-        "counter",
-        "Queued chat messages delivered at login.",
-        |s| s.offline_delivered,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "offline_dropped_total",
-        "counter",
-        "Queued chat messages that left a full offline queue (max_offline_per_user); they stay in history.",
-        |s| s.offline_dropped,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "cross_shard_hops_total",
-        "counter",
-        "Envelopes sent to another shard's inbox.",
-        |s| s.cross_shard_hops,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "store_errors_total",
-        "counter",
-        "Store (sled) errors; the first one makes /healthz answer 503 for the shard.",
-        |s| s.store_errors,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "overloaded_total",
-        "counter",
-        "Work refused with 1009 for a full inbox or max_inflight_writes.",
-        |s| s.overloaded,
-    );
-    per_shard(
-        &mut out,
-        shards,
-        "inbox_depth",
-        "gauge",
-        "Envelopes waiting in the shard's inbox.",
-        |s| s.inbox_depth as u64,
-    );
-    histogram(
-        &mut out,
-        shards,
+/// A per-shard counter or gauge: name, type, help, and its value in a snapshot.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> u64,
+);
+
+const SERIES: [Series; 11] = [
+    ("messages_received_total", "counter", "Client WebSocket messages received.", |s| s.messages_received),
+    ("messages_delivered_total", "counter", "Frames of notifications and chat messages queued to connections.", |s| s.messages_delivered),
+    ("pushes_total", "counter", "POST /push calls served.", |s| s.pushes),
+    ("chat_messages_total", "counter", "Chat messages stored on their recipient's shard.", |s| s.chat_messages),
+    ("offline_queued_total", "counter", "Chat messages queued for an offline recipient.", |s| s.offline_queued),
+    ("offline_delivered_total", "counter", "Queued chat messages delivered at login.", |s| s.offline_delivered),
+    ("offline_dropped_total", "counter", "Queued chat messages that left a full offline queue (max_offline_per_user); they stay in history.", |s| s.offline_dropped),
+    ("cross_shard_hops_total", "counter", "Envelopes sent to another shard's inbox.", |s| s.cross_shard_hops),
+    ("store_errors_total", "counter", "Store (sled) errors; the first one makes /healthz answer 503 for the shard.", |s| s.store_errors),
+    ("overloaded_total", "counter", "Work refused with 1009 for a full inbox or max_inflight_writes.", |s| s.overloaded),
+    ("inbox_depth", "gauge", "Envelopes waiting in the shard's inbox.", |s| s.inbox_depth as u64),
+];
+
+/// A per-shard histogram: name, help, and where it is in a snapshot.
+type HistogramSeries = (
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> &HistogramSnapshot,
+);
+
+const HISTOGRAMS: [HistogramSeries; 2] = [
+    (
         "store_write_seconds",
         "Store write plus commit, per push or chat message on the owner shard.",
         |s| &s.store_write,
-    );
-    histogram(
-        &mut out,
-        shards,
+    ),
+    (
         "delivery_seconds",
         "From message creation to its frames being queued on the owner shard.",
         |s| &s.delivery,
-    );
-    header(
-        &mut out,
+    ),
+];
+
+/// A per-shard family with one more label: name, type, help, the label, and its values
+/// with their numbers in a snapshot.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> Vec<(String, u64)>,
+);
+
+const RETENTION_KINDS: [&str; 5] = ["token", "unread", "offline", "history", "idempotency"];
+
+fn labelled<T: ToString>(names: &[T], values: &[u64]) -> Vec<(String, u64)> {
+    names
+        .iter()
+        .map(T::to_string)
+        .zip(values.iter().copied())
+        .collect()
+}
+
+const FAMILIES: [Family; 5] = [
+    (
+        "connections",
+        "gauge",
+        "Open WebSocket connections.",
+        "dialect",
+        |s| {
+            vec![
+                ("notify".into(), s.notify as u64),
+                ("chat".into(), s.chat as u64),
+            ]
+        },
+    ),
+    (
         "closes_total",
         "counter",
         "WebSocket closes by close code.",
-    );
-    for s in shards {
-        for (i, n) in s.closes.iter().enumerate() {
-            let code = CLOSE_CODES
-                .get(i)
-                .map_or("other".to_string(), |c| c.to_string());
-            let _ = writeln!(
-                out,
-                "shardcast_closes_total{{shard=\"{}\",code=\"{code}\"}} {n}",
-                s.shard
-            );
-        }
-    }
-    header(
-        &mut out,
+        "code",
+        |s| {
+            let mut codes: Vec<String> = CLOSE_CODES.iter().map(u16::to_string).collect();
+            codes.resize(s.closes.len(), "other".into());
+            labelled(&codes, &s.closes)
+        },
+    ),
+    (
         "errors_total",
         "counter",
         "Errors answered, by protocol code.",
-    );
-    for s in shards {
-        for (i, n) in s.errors.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "shardcast_errors_total{{shard=\"{}\",code=\"{}\"}} {n}",
-                s.shard, ERROR_CODES[i]
-            );
-        }
-    }
-    header(
-        &mut out,
+        "code",
+        |s| labelled(&ERROR_CODES, &s.errors),
+    ),
+    (
         "retention_removed_total",
         "counter",
         "Entries removed by retention, by kind.",
-    );
-    for s in shards {
-        for (i, kind) in ["token", "unread", "offline", "history", "idempotency"]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                out,
-                "shardcast_retention_removed_total{{shard=\"{}\",kind=\"{kind}\"}} {}",
-                s.shard, s.retention_removed[i]
-            );
-        }
-    }
-    header(
-        &mut out,
+        "kind",
+        |s| labelled(&RETENTION_KINDS, &s.retention_removed),
+    ),
+    (
         "refusals_total",
         "counter",
         "Refused signs, admin keys and connection caps, by reason.",
-    );
-    for s in shards {
-        for (i, reason) in REFUSALS.iter().enumerate() {
+        "reason",
+        |s| labelled(&REFUSALS, &s.refusals),
+    ),
+];
+
+/// The Prometheus text exposition of all shards plus process figures, from the tables
+/// above.
+pub fn render(shards: &[Snapshot]) -> String {
+    let mut out = String::with_capacity(8192);
+    for (name, kind, help, label, values) in FAMILIES {
+        header(&mut out, name, kind, help);
+        for s in shards {
+            for (value, n) in values(s) {
+                let _ = writeln!(
+                    out,
+                    "shardcast_{name}{{shard=\"{}\",{label}=\"{value}\"}} {n}",
+                    s.shard
+                );
+            }
+        }
+    }
+    for (name, kind, help, value) in SERIES {
+        header(&mut out, name, kind, help);
+        for s in shards {
             let _ = writeln!(
                 out,
-                "shardcast_refusals_total{{shard=\"{}\",reason=\"{reason}\"}} {}",
-                s.shard, s.refusals[i]
+                "shardcast_{name}{{shard=\"{}\"}} {}",
+                s.shard,
+                value(s)
             );
         }
+    }
+    for (name, help, of) in HISTOGRAMS {
+        histogram(&mut out, shards, name, help, of);
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss_kib: u64 = status
@@ -439,24 +375,21 @@ pub fn render(shards: &[Snapshot]) -> String {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let open_files = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
-    header(
-        &mut out,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-    );
-    let _ = writeln!(
-        out,
-        "shardcast_process_resident_memory_bytes {}",
-        rss_kib * 1024
-    );
-    header(
-        &mut out,
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-    );
-    let _ = writeln!(out, "shardcast_process_open_fds {open_files}");
+    for (name, help, value) in [
+        (
+            "process_resident_memory_bytes",
+            "Resident set size.",
+            rss_kib * 1024,
+        ),
+        (
+            "process_open_fds",
+            "Open file descriptors.",
+            open_files as u64,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "shardcast_{name} {value}");
+    }
     out
 }
 
