@@ -523,6 +523,101 @@ fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("config key `{key}`: {why}"))
 }
 
+/// A whole-number key and its allowed range: the key, where it is in the file, and the
+/// least and most it may be.
+type Range = (&'static str, fn(&File) -> u64, u64, u64);
+
+const RANGES: [Range; 20] = [
+    ("group_commit_ms", |f| f.group_commit_ms, 0, 1000),
+    ("max_push_uids", |f| f.max_push_uids as u64, 1, u64::MAX),
+    (
+        "max_message_bytes",
+        |f| f.max_message_bytes as u64,
+        1,
+        u64::MAX,
+    ),
+    ("max_unread", |f| f.max_unread as u64, 1, u64::MAX),
+    (
+        "max_unread_bytes",
+        |f| f.max_unread_bytes as u64,
+        1,
+        u64::MAX,
+    ),
+    ("max_frame_bytes", |f| f.max_frame_bytes as u64, 1, u64::MAX),
+    ("max_head_bytes", |f| f.max_head_bytes as u64, 256, u64::MAX),
+    (
+        "max_headers",
+        |f| f.max_headers as u64,
+        1,
+        MAX_HEADERS as u64,
+    ),
+    ("max_body_bytes", |f| f.max_body_bytes as u64, 1, u64::MAX),
+    (
+        "max_outbound_bytes",
+        |f| f.max_outbound_bytes as u64,
+        1,
+        u64::MAX,
+    ),
+    (
+        "max_offline_per_user",
+        |f| f.max_offline_per_user as u64,
+        1,
+        u64::MAX,
+    ),
+    ("token_ttl_secs", |f| f.token_ttl_secs, 1, u64::MAX),
+    (
+        "idempotency_window_secs",
+        |f| f.idempotency_window_secs,
+        1,
+        u64::MAX,
+    ),
+    ("max_connections", |f| f.max_connections as u64, 1, u64::MAX),
+    (
+        "max_connections_per_user",
+        |f| f.max_connections_per_user as u64,
+        1,
+        u64::MAX,
+    ),
+    ("ring_depth", |f| f.ring_depth as u64, 64, 32_768),
+    ("max_inbox", |f| f.max_inbox as u64, 1, u64::MAX),
+    (
+        "max_inflight_writes",
+        |f| f.max_inflight_writes as u64,
+        1,
+        u64::MAX,
+    ),
+    (
+        "shard_call_timeout_ms",
+        |f| f.shard_call_timeout_ms,
+        1,
+        600_000,
+    ),
+    (
+        "max_messages_per_sec",
+        |f| u64::from(f.max_messages_per_sec),
+        1,
+        u64::MAX,
+    ),
+];
+
+/// Every key of [`RANGES`] within its range; the first that is not names itself.
+fn check_ranges(f: &File) -> Result<(), ConfigError> {
+    for (key, value, least, most) in RANGES {
+        let v = value(f);
+        if v < least || v > most {
+            return Err(bad(
+                key,
+                match (least, most) {
+                    (_, u64::MAX) => format!("must be at least {least}"),
+                    (0, _) => format!("at most {most}"),
+                    _ => format!("must be between {least} and {most}"),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(f: File) -> Result<Runtime, ConfigError> {
     let listen = f
         .listen
@@ -566,25 +661,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
             ))
         }
     };
-    if f.group_commit_ms > 1000 {
-        return Err(bad("group_commit_ms", "at most 1000"));
-    }
-    let positive: [(&str, usize); 9] = [
-        ("max_push_uids", f.max_push_uids),
-        ("max_message_bytes", f.max_message_bytes),
-        ("max_unread", f.max_unread),
-        ("max_unread_bytes", f.max_unread_bytes),
-        ("max_frame_bytes", f.max_frame_bytes),
-        ("max_head_bytes", f.max_head_bytes),
-        ("max_headers", f.max_headers),
-        ("max_body_bytes", f.max_body_bytes),
-        ("max_outbound_bytes", f.max_outbound_bytes),
-    ];
-    for (key, value) in positive {
-        if value == 0 {
-            return Err(bad(key, "must be at least 1"));
-        }
-    }
+    check_ranges(&f)?;
     // Cross-key checks: each limit must leave room for what another one allows, or a
     // message the broker accepted could never be delivered.
     let room = |small: usize, extra: usize| small.saturating_add(extra);
@@ -617,21 +694,6 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
             ),
         ));
     }
-    if f.max_offline_per_user == 0 {
-        return Err(bad("max_offline_per_user", "must be at least 1"));
-    }
-    if f.max_headers > MAX_HEADERS {
-        return Err(bad("max_headers", format!("at most {}", MAX_HEADERS)));
-    }
-    if f.max_head_bytes < 256 {
-        return Err(bad("max_head_bytes", "at least 256"));
-    }
-    if f.token_ttl_secs == 0 {
-        return Err(bad("token_ttl_secs", "must be at least 1"));
-    }
-    if f.idempotency_window_secs == 0 {
-        return Err(bad("idempotency_window_secs", "must be at least 1"));
-    }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && (0.001..=86400.0).contains(&v) {
             Ok(Duration::from_secs_f64(v))
@@ -643,27 +705,6 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
     let idle_timeout = secs("idle_timeout_secs", f.idle_timeout_secs)?;
     let request_timeout = secs("request_timeout_secs", f.request_timeout_secs)?;
     let retention_interval = secs("retention_interval_secs", f.retention_interval_secs)?;
-    if f.max_connections == 0 {
-        return Err(bad("max_connections", "must be at least 1"));
-    }
-    if f.max_connections_per_user == 0 {
-        return Err(bad("max_connections_per_user", "must be at least 1"));
-    }
-    if !(64..=32_768).contains(&f.ring_depth) {
-        return Err(bad("ring_depth", "must be between 64 and 32768"));
-    }
-    if f.max_inbox == 0 {
-        return Err(bad("max_inbox", "must be at least 1"));
-    }
-    if f.max_inflight_writes == 0 {
-        return Err(bad("max_inflight_writes", "must be at least 1"));
-    }
-    if !(1..=600_000).contains(&f.shard_call_timeout_ms) {
-        return Err(bad("shard_call_timeout_ms", "between 1 and 600000"));
-    }
-    if f.max_messages_per_sec == 0 {
-        return Err(bad("max_messages_per_sec", "must be at least 1"));
-    }
     if usize::try_from(f.max_inbound_bytes_per_sec).is_ok_and(|b| b < f.max_frame_bytes) {
         return Err(bad(
             "max_inbound_bytes_per_sec",
