@@ -14,10 +14,10 @@ use shardcast::store::Store;
 use shardcast::ws::frame;
 
 fn http_head(c: &mut Criterion) {
-    let rt = shardcast::config::from_str("").expect("defaults");
+    let config = shardcast::config::from_str("").expect("defaults");
     let head = b"POST /push HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer dev-admin-key-change-me\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n";
     c.bench_function("http_head_parse", |b| {
-        b.iter(|| shardcast::net::http::parse_head(black_box(head), &rt).expect("ok"))
+        b.iter(|| shardcast::net::http::parse_head(black_box(head), &config).expect("ok"))
     });
 }
 
@@ -73,11 +73,11 @@ fn encode_once(c: &mut Criterion) {
 }
 
 fn sign_check(c: &mut Criterion) {
-    let rt = shardcast::config::from_str("secret = \"s3cr3t\"").expect("config");
+    let config = shardcast::config::from_str("secret = \"s3cr3t\"").expect("config");
     c.bench_function("sign_check", |b| {
         b.iter(|| {
             let expected = shardcast::auth::expected_sign(
-                &rt,
+                &config,
                 black_box("default"),
                 black_box("user_1"),
                 black_box("1630485655"),
@@ -89,12 +89,16 @@ fn sign_check(c: &mut Criterion) {
 
 fn store_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = shardcast::config::from_str(&format!(
+    let config = shardcast::config::from_str(&format!(
         "data_dir = {:?}\ndurability = \"async\"",
         dir.path()
     ))
     .expect("config");
-    let store = Store::new(shardcast::store::open(&rt, 0).expect("store"), &rt, 0);
+    let store = Store::new(
+        shardcast::store::open(&config, 0).expect("store"),
+        &config,
+        0,
+    );
     let ids = IdGen::new(0);
     let mut g = c.benchmark_group("store_append");
     g.bench_function("notify_unread_one_user", |b| {
@@ -189,16 +193,16 @@ fn cross_shard_hop(c: &mut Criterion) {
 /// One writer appending unread entries and waiting for each acknowledgement.
 fn durable_appends(mode: &str, iters: u64) -> std::time::Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = shardcast::config::from_str(&format!(
+    let config = shardcast::config::from_str(&format!(
         "data_dir = {:?}\ndurability = \"{mode}\"",
         dir.path()
     ))
     .expect("config");
-    let files = shardcast::store::open(&rt, 0).expect("store");
+    let files = shardcast::store::open(&config, 0).expect("store");
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(256 * 1024)
         .spawn(move || async move {
-            let store = Store::new(files, &rt, 0);
+            let store = Store::new(files, &config, 0);
             let ids = IdGen::new(0);
             let start = std::time::Instant::now();
             for _ in 0..iters {

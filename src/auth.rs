@@ -43,13 +43,13 @@ pub fn sign(uid: &str, timestamp: &str, secret: &str) -> [u8; 32] {
 /// original formula with the top-level secret for the default domain, with the domain's
 /// own secret for a declared domain, and with `hex(MD5(domain))` appended for any other
 /// domain, so a sign never carries over from one domain to another.
-pub fn expected_sign(rt: &Runtime, domain: &str, uid: &str, timestamp: &str) -> [u8; 32] {
-    if domain == rt.default_domain {
-        sign(uid, timestamp, &rt.secret)
-    } else if let Some(d) = rt.domains.get(domain) {
+pub fn expected_sign(config: &Runtime, domain: &str, uid: &str, timestamp: &str) -> [u8; 32] {
+    if domain == config.default_domain {
+        sign(uid, timestamp, &config.secret)
+    } else if let Some(d) = config.domains.get(domain) {
         sign(uid, timestamp, &d.secret)
     } else {
-        sign_of(&[uid, timestamp, &rt.secret, domain])
+        sign_of(&[uid, timestamp, &config.secret, domain])
     }
 }
 
@@ -104,9 +104,10 @@ pub fn bearer(authorization: Option<&str>) -> Option<&str> {
 
 /// Which admin key `key` is, if any. Every configured key is compared, in constant time,
 /// whichever matches (config validation keeps them distinct).
-pub fn admin_scope(rt: &Runtime, key: &str) -> Option<AdminScope> {
-    let mut scope = secret_eq(key.as_bytes(), rt.admin_key.as_bytes()).then_some(AdminScope::All);
-    for (name, d) in &rt.domains {
+pub fn admin_scope(config: &Runtime, key: &str) -> Option<AdminScope> {
+    let mut scope =
+        secret_eq(key.as_bytes(), config.admin_key.as_bytes()).then_some(AdminScope::All);
+    for (name, d) in &config.domains {
         if secret_eq(key.as_bytes(), d.admin_key.as_bytes()) && scope.is_none() {
             scope = Some(AdminScope::Domain(name.clone()));
         }
@@ -243,8 +244,8 @@ mod tests {
             ),
         ];
         for (uid, ts, secret, want) in rows {
-            let rt = crate::config::from_str(&format!("secret = {secret:?}")).expect("config");
-            let expected = expected_sign(&rt, "default", uid, ts);
+            let config = crate::config::from_str(&format!("secret = {secret:?}")).expect("config");
+            let expected = expected_sign(&config, "default", uid, ts);
             assert_eq!(&expected, want.as_bytes());
             assert!(sign_matches(&expected, want));
             assert!(sign_matches(&expected, &want.to_uppercase()));
@@ -273,8 +274,8 @@ mod tests {
             ),
         ];
         for (uid, ts, secret, domain, want) in rows {
-            let rt = crate::config::from_str(&format!("secret = {secret:?}")).expect("config");
-            let expected = expected_sign(&rt, domain, uid, ts);
+            let config = crate::config::from_str(&format!("secret = {secret:?}")).expect("config");
+            let expected = expected_sign(&config, domain, uid, ts);
             assert_eq!(&expected, want.as_bytes(), "{domain}");
             // The default domain's sign of the same uid and timestamp is refused here.
             assert!(!sign_matches(
@@ -283,27 +284,30 @@ mod tests {
             ));
         }
         // A declared domain uses the original formula with its own secret only.
-        let rt = crate::config::from_str(declared).expect("config");
-        let shop = expected_sign(&rt, "shop", "user_1", "1630485655");
+        let config = crate::config::from_str(declared).expect("config");
+        let shop = expected_sign(&config, "shop", "user_1", "1630485655");
         assert_eq!(shop, sign("user_1", "1630485655", "shop-secret"));
         assert_ne!(shop, sign("user_1", "1630485655", "s3cr3t"));
-        assert_ne!(expected_sign(&rt, "other", "user_1", "1630485655"), shop);
+        assert_ne!(
+            expected_sign(&config, "other", "user_1", "1630485655"),
+            shop
+        );
     }
 
     #[test]
     fn admin_scopes() {
-        let rt = crate::config::from_str(
+        let config = crate::config::from_str(
             "admin_key = \"top\"\n[domains.shop]\nsecret = \"s\"\nadmin_key = \"shop-key\"",
         )
         .expect("config");
-        assert_eq!(admin_scope(&rt, "top"), Some(AdminScope::All));
-        let shop = admin_scope(&rt, "shop-key").expect("shop key");
+        assert_eq!(admin_scope(&config, "top"), Some(AdminScope::All));
+        let shop = admin_scope(&config, "shop-key").expect("shop key");
         assert_eq!(shop, AdminScope::Domain("shop".into()));
         assert!(shop.allow("shop").is_ok());
         assert_eq!(shop.allow("default"), Err(crate::Error::AdminOtherDomain));
         assert!(AdminScope::All.allow("anything").is_ok());
-        assert_eq!(admin_scope(&rt, "shop-ke"), None);
-        assert_eq!(admin_scope(&rt, ""), None);
+        assert_eq!(admin_scope(&config, "shop-ke"), None);
+        assert_eq!(admin_scope(&config, ""), None);
         assert_eq!(bearer(Some("Bearer  k1 ")), Some("k1"));
         assert_eq!(bearer(Some("k1")), None);
     }

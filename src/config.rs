@@ -560,7 +560,7 @@ const RANGES: [Range; 20] = [
     ),
     (
         "max_offline_per_user",
-        |f| f.max_offline_per_user as u64,
+        |f| f.max_offline_per_user,
         1,
         u64::MAX,
     ),
@@ -993,11 +993,11 @@ mod tests {
 
     #[test]
     fn embedded_defaults_load() {
-        let rt = from_str("").expect("defaults");
-        assert_eq!(rt.listen.to_string(), "127.0.0.1:9501");
-        assert_eq!(rt.utc_offset_secs, 8 * 3600);
-        assert_eq!(rt.durability, Durability::Group);
-        assert!(rt.uses_dev_secrets());
+        let config = from_str("").expect("defaults");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9501");
+        assert_eq!(config.utc_offset_secs, 8 * 3600);
+        assert_eq!(config.durability, Durability::Group);
+        assert!(config.uses_dev_secrets());
     }
 
     #[test]
@@ -1053,33 +1053,36 @@ mod tests {
 
     #[test]
     fn fractions_and_production() {
-        let rt = from_str("ping_interval_secs = 0.05\nidle_timeout_secs = 2").expect("ok");
-        assert_eq!(rt.ping_interval, Duration::from_millis(50));
-        assert_eq!(rt.idle_timeout, Duration::from_secs(2));
-        let rt =
+        let config = from_str("ping_interval_secs = 0.05\nidle_timeout_secs = 2").expect("ok");
+        assert_eq!(config.ping_interval, Duration::from_millis(50));
+        assert_eq!(config.idle_timeout, Duration::from_secs(2));
+        let config =
             from_str("profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"").expect("ok");
-        assert!(rt.production && !rt.uses_dev_secrets());
+        assert!(config.production && !config.uses_dev_secrets());
         let prod = "profile = \"production\"\nsecret = \"a\"\nadmin_key = \"b\"\n";
         let err = from_str(&format!(
             "{prod}[domains.shop]\nsecret = \"dev-secret-change-me\"\nadmin_key = \"c\""
         ))
         .expect_err("dev secret in a production domain");
         assert!(err.to_string().contains("domains.shop.secret"), "{err}");
-        let rt = from_str(&format!(
+        let config = from_str(&format!(
             "{prod}[domains.shop]\nsecret = \"c\"\nadmin_key = \"d\""
         ))
         .expect("ok");
-        assert_eq!(rt.domains.get("shop").map(|d| d.secret.as_str()), Some("c"));
+        assert_eq!(
+            config.domains.get("shop").map(|d| d.secret.as_str()),
+            Some("c")
+        );
     }
 
     #[test]
     fn effective_config_round_trips_without_secrets() {
-        let rt = from_str(
+        let config = from_str(
             "secret = \"hunter2\"\nshards = 3\nutc_offset = \"-05:30\"\n\
              [domains.shop]\nsecret = \"hunter3\"\nadmin_key = \"hunter4\"",
         )
         .expect("ok");
-        let text = rt.effective_toml();
+        let text = config.effective_toml();
         assert!(!text.contains("hunter"), "{text}");
         assert!(text.contains("[domains.\"shop\"]"), "{text}");
         assert!(
@@ -1097,17 +1100,18 @@ mod tests {
         assert_eq!(from_str("").expect("defaults").cluster, None);
         let ok = "[cluster]\nnode = 2\nnodes = 3\nnats = [\"nats://127.0.0.1:4222\"]\n\
                   name = \"sc\"\ncall_timeout_ms = 2000\nsecret = \"hunter5\"";
-        let rt = from_str(ok).expect("a valid cluster");
-        let c = rt.cluster.clone().expect("cluster");
+        let config = from_str(ok).expect("a valid cluster");
+        let c = config.cluster.clone().expect("cluster");
         assert_eq!((c.node, c.nodes, c.name.as_str()), (2, 3, "sc"));
         assert_eq!(c.call_timeout, Duration::from_secs(2));
         assert!(
-            rt.effective_toml()
+            config
+                .effective_toml()
                 .contains("[cluster]\nnode = 2\nnodes = 3"),
             "{}",
-            rt.effective_toml()
+            config.effective_toml()
         );
-        assert!(!rt.effective_toml().contains("hunter5"));
+        assert!(!config.effective_toml().contains("hunter5"));
         assert!(!format!("{c:?}").contains("hunter5"));
         let line = |k: &str, v: &str| {
             ok.lines()

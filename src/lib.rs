@@ -74,7 +74,7 @@ const IO_MEMORY: usize = 256 * 1024;
 pub struct Server {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
-    rt: Arc<Runtime>,
+    config: Arc<Runtime>,
     peers: Arc<[InboxTx]>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     exits: crossbeam_channel::Receiver<usize>,
@@ -93,11 +93,11 @@ impl Drop for ExitNotice {
 /// changing anything (`shardcast check-config`): the TLS files load and form a usable
 /// certificate, the `[cluster]` NATS credential and certificate files are readable, and
 /// `data_dir` is not something other than a directory.
-pub fn check(rt: &Runtime) -> Result<(), String> {
-    if let Some(files) = &rt.tls {
+pub fn check(config: &Runtime) -> Result<(), String> {
+    if let Some(files) = &config.tls {
         transport::load(files)?;
     }
-    if let Some(c) = &rt.cluster {
+    if let Some(c) = &config.cluster {
         let a = &c.nats_auth;
         let files = [
             ("cluster.nats_creds", a.creds.as_ref()),
@@ -118,10 +118,10 @@ pub fn check(rt: &Runtime) -> Result<(), String> {
             }
         }
     }
-    match std::fs::metadata(&rt.data_dir) {
+    match std::fs::metadata(&config.data_dir) {
         Ok(m) if !m.is_dir() => Err(format!(
             "data_dir {} is not a directory",
-            rt.data_dir.display()
+            config.data_dir.display()
         )),
         _ => Ok(()),
     }
@@ -129,45 +129,47 @@ pub fn check(rt: &Runtime) -> Result<(), String> {
 
 /// Starts the broker: checks the data directory, opens every shard's store, binds the
 /// port once per shard, and starts the shards. Errors say what to change.
-pub fn start(rt: Runtime) -> Result<Server, String> {
-    check(&rt)?;
-    refuse_served_address(rt.listen)?;
-    std::fs::create_dir_all(&rt.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", rt.data_dir.display()))?;
+pub fn start(config: Runtime) -> Result<Server, String> {
+    check(&config)?;
+    refuse_served_address(config.listen)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     // Journals first: resharding moves what they hold too.
-    store::journal::recover_all(&rt)?;
-    store::migrate::prepare(&rt)?;
-    let token_key = auth::TokenKey::load_or_create(&rt.data_dir)?;
-    let mut dbs = Vec::with_capacity(rt.shards);
-    for i in 0..rt.shards {
-        dbs.push(store::open(&rt, i)?);
+    store::journal::recover_all(&config)?;
+    store::migrate::prepare(&config)?;
+    let token_key = auth::TokenKey::load_or_create(&config.data_dir)?;
+    let mut dbs = Vec::with_capacity(config.shards);
+    for i in 0..config.shards {
+        dbs.push(store::open(&config, i)?);
     }
     // Loaded again (checked above): the shards need the configuration itself.
-    let tls = rt.tls.as_ref().map(transport::load).transpose()?;
-    let (listeners, addr) = bind(rt.listen, rt.shards)?;
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..rt.shards).map(|_| inbox::new(rt.max_inbox)).unzip();
+    let tls = config.tls.as_ref().map(transport::load).transpose()?;
+    let (listeners, addr) = bind(config.listen, config.shards)?;
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..config.shards)
+        .map(|_| inbox::new(config.max_inbox))
+        .unzip();
     let peers: Arc<[InboxTx]> = txs.into();
-    let cluster = match &rt.cluster {
+    let cluster = match &config.cluster {
         Some(c) => {
             let dispatch = serve::peer::dispatch(peers.clone(), c.nodes);
             Some(Arc::new(cluster::bridge::start(c.clone(), dispatch)?))
         }
         None => None,
     };
-    let rt = Arc::new(rt);
+    let config = Arc::new(config);
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let open_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(rt.shards);
+    let mut handles = Vec::with_capacity(config.shards);
     for (id, ((inbox, files), listener)) in rxs.into_iter().zip(dbs).zip(listeners).enumerate() {
-        let placement = if rt.pin_cpus {
+        let placement = if config.pin_cpus {
             glommio::Placement::Fixed(id % cpus)
         } else {
             glommio::Placement::Unbound
         };
         let seed = shard::Seed {
             id,
-            rt: rt.clone(),
+            config: config.clone(),
             peers: peers.clone(),
             inbox,
             files,
@@ -180,7 +182,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
-            .ring_depth(rt.ring_depth)
+            .ring_depth(config.ring_depth)
             .spawn(move || async move {
                 let _notice = notice;
                 serve::run(seed, listener).await;
@@ -190,7 +192,7 @@ pub fn start(rt: Runtime) -> Result<Server, String> {
     }
     Ok(Server {
         addr,
-        rt,
+        config,
         peers,
         handles,
         exits,
@@ -272,7 +274,7 @@ impl Server {
     /// new handshakes (SIGHUP); open connections keep the certificate they began with.
     /// On an error nothing changes. `Ok(false)` when TLS is not configured.
     pub fn reload_tls(&self) -> Result<bool, String> {
-        let Some(files) = &self.rt.tls else {
+        let Some(files) = &self.config.tls else {
             return Ok(false);
         };
         let config = transport::load(files)?;

@@ -48,7 +48,7 @@ impl log::Log for Logger {
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let mut config: Option<PathBuf> = None;
+    let mut config_file: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("print-default-config") => {
@@ -62,10 +62,10 @@ fn main() -> ExitCode {
                 };
                 let checked = shardcast::config::load(Some(std::path::Path::new(&file)), "")
                     .map_err(|e| e.to_string())
-                    .and_then(|rt| shardcast::check(&rt).map(|()| rt));
+                    .and_then(|config| shardcast::check(&config).map(|()| config));
                 return match checked {
-                    Ok(rt) => {
-                        print!("{}", rt.effective_toml());
+                    Ok(config) => {
+                        print!("{}", config.effective_toml());
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Some("--config") | Some("-c") => match args.next() {
-                Some(f) => config = Some(f.into()),
+                Some(f) => config_file = Some(f.into()),
                 None => {
                     eprintln!("shardcast: --config needs a FILE\n\n{USAGE}");
                     return ExitCode::from(2);
@@ -95,18 +95,18 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match shardcast::config::load(config.as_deref(), "") {
-        Ok(rt) => rt,
+    let config = match shardcast::config::load(config_file.as_deref(), "") {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("shardcast: {e}");
             return ExitCode::from(2);
         }
     };
-    let level = rt.log_level;
+    let level = config.log_level;
     if log::set_logger(Box::leak(Box::new(Logger(level)))).is_ok() {
         log::set_max_level(level);
     }
-    if rt.uses_dev_secrets() {
+    if config.uses_dev_secrets() {
         log::warn!(
             "!!! DEVELOPMENT SECRETS IN USE: `secret` and/or `admin_key` are the values shipped in \
              tuning/default.toml. Anyone can sign tokens and push. Set your own in a config file. !!!"
@@ -121,8 +121,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shards = rt.shards;
-    let server = match shardcast::start(rt) {
+    let shards = config.shards;
+    let server = match shardcast::start(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardcast: {e}");

@@ -61,7 +61,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
 /// one is written. A page leaves the store once written, not before: a connection that
 /// dies first leaves it for the next login (at least once, never lost).
 fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Result<bool, Error> {
-    let budget = (shard.rt.max_outbound_bytes / 2).max(1);
+    let budget = (shard.config.max_outbound_bytes / 2).max(1);
     let (page, more) =
         shard
             .store
@@ -168,7 +168,7 @@ fn store_and_send(shard: &Rc<Shard>, msg: &Arc<ChatMessage>) -> Result<bool, Err
     if offline {
         let dropped = shard
             .store
-            .queue_offline(slot, msg, shard.rt.max_offline_per_user)?;
+            .queue_offline(slot, msg, shard.config.max_offline_per_user)?;
         crate::metrics::bump(&shard.metrics.offline_dropped, dropped);
     }
     let m = &shard.metrics;
@@ -231,7 +231,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
         return Err(Error::WsInternal);
     };
     let v = json::parse(payload).ok_or(Error::BadFrame)?;
-    let (to, kind, content) = parse_send(&v, shard.rt.max_message_bytes)?;
+    let (to, kind, content) = parse_send(&v, shard.config.max_message_bytes)?;
     // Each send is a task until its owner answers. The connection stops reading at
     // `MAX_SENDS_IN_FLIGHT` (see [`must_wait`]), so this is the bound, not a refusal.
     conn.sends_in_flight.set(conn.sends_in_flight.get() + 1);

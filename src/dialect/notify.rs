@@ -29,13 +29,13 @@ pub fn event0(e: &Error) -> Vec<u8> {
 
 /// Joins the session table and queues event 2 with the user's unread list.
 pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
-    let rt = &shard.rt;
+    let config = &shard.config;
     let list = shard.store.unread(
         conn.slot,
         &conn.domain,
         &conn.uid,
-        rt.max_unread,
-        rt.max_unread_bytes,
+        config.max_unread,
+        config.max_unread_bytes,
     )?;
     shard.sessions.borrow_mut().add(conn.clone());
     // Written straight into the frame (header, then the list): built once, bounded by

@@ -115,16 +115,18 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
     let mut buf: Vec<u8> = Vec::new();
     // Each request, head and body, must arrive within request_timeout of the moment the
     // connection became ready for it (slowloris, idle keep-alive).
-    let mut deadline = Instant::now() + shard.rt.request_timeout;
+    let mut deadline = Instant::now() + shard.config.request_timeout;
     // Bytes of `buf` already searched for the end of the head.
     let mut scanned = 0;
     loop {
         let parsed = match http::head_end(&buf, scanned) {
-            Some(end) if end > shard.rt.max_head_bytes => Err(Error::too_large("request head")),
+            Some(end) if end > shard.config.max_head_bytes => Err(Error::too_large("request head")),
             // A blank line that does not end a head (leading empty lines) is not HTTP.
-            Some(end) => http::parse_head(&buf[..end], &shard.rt)
+            Some(end) => http::parse_head(&buf[..end], &shard.config)
                 .and_then(|h| h.map(Some).ok_or(Error::param("request head"))),
-            None if buf.len() >= shard.rt.max_head_bytes => Err(Error::too_large("request head")),
+            None if buf.len() >= shard.config.max_head_bytes => {
+                Err(Error::too_large("request head"))
+            }
             None => Ok(None),
         };
         let (req, head_len) = match parsed {
@@ -148,7 +150,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
         if req.chunked {
             return http::write_error(&mut stream, &Error::LengthRequired, "").await;
         }
-        if req.content_length > shard.rt.max_body_bytes {
+        if req.content_length > shard.config.max_body_bytes {
             return http::write_error(&mut stream, &Error::too_large("body"), "").await;
         }
         if let Err(e) = super::api::check_admin_before_body(&shard, &req) {
@@ -158,7 +160,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
         let end = head_len + req.content_length;
         if req.expect_continue && buf.len() < end {
             // RFC 9110 §10.1.1: the client holds the body back until it hears 100.
-            let sent = within(shard.rt.request_timeout, async {
+            let sent = within(shard.config.request_timeout, async {
                 stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                 stream.flush().await
             })
@@ -192,7 +194,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
         // A client that does not read its answers is dropped after request_timeout, as
         // one that does not send its request. Over TLS the last record may still sit in
         // rustls; plain TCP has nothing to flush.
-        let sent = within(shard.rt.request_timeout, async {
+        let sent = within(shard.config.request_timeout, async {
             stream.write_all(&resp).await?;
             stream.flush().await
         })
@@ -200,7 +202,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
         if !matches!(sent, Some(Ok(()))) {
             return;
         }
-        deadline = Instant::now() + shard.rt.request_timeout;
+        deadline = Instant::now() + shard.config.request_timeout;
     }
 }
 
@@ -233,7 +235,7 @@ async fn upgrade(
     let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
         return http::write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
     };
-    let origins = &shard.rt.allowed_origins;
+    let origins = &shard.config.allowed_origins;
     if let Some(origin) = &req.origin {
         if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
             log::info!("refused upgrade from origin {origin}");
@@ -241,7 +243,7 @@ async fn upgrade(
         }
     }
     let chat = req.path == "/ws";
-    let login = if shard.rt.conformance_echo && req.path == "/echo" {
+    let login = if shard.config.conformance_echo && req.path == "/echo" {
         Ok(Login::Echo)
     } else {
         crate::ws::upgrade::login_of(&req.query, chat)

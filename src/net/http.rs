@@ -52,14 +52,14 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Parses a request head from the start of `buf`; returns it and the head's length.
-pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, Error> {
+pub fn parse_head(buf: &[u8], config: &Runtime) -> Result<Option<(Request, usize)>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let limit = rt.max_headers.min(MAX_HEADERS);
+    let limit = config.max_headers.min(MAX_HEADERS);
     let mut req = httparse::Request::new(&mut headers[..limit]);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= rt.max_head_bytes {
+            return if buf.len() >= config.max_head_bytes {
                 Err(Error::too_large("request head"))
             } else {
                 Ok(None)
@@ -68,7 +68,7 @@ pub fn parse_head(buf: &[u8], rt: &Runtime) -> Result<Option<(Request, usize)>, 
         Err(httparse::Error::TooManyHeaders) => return Err(Error::too_large("headers")),
         Err(_) => return Err(Error::param("request head")),
     };
-    if head_len > rt.max_head_bytes {
+    if head_len > config.max_head_bytes {
         return Err(Error::too_large("request head"));
     }
     let target = req.path.unwrap_or("/");
@@ -261,7 +261,7 @@ pub async fn answer_and_close<S: futures_lite::AsyncWrite + Unpin>(stream: &mut 
 mod tests {
     use super::*;
 
-    fn rt() -> Runtime {
+    fn config() -> Runtime {
         crate::config::from_str("").expect("defaults")
     }
 
@@ -271,11 +271,13 @@ mod tests {
         let head_end = raw.len() - 5;
         for cut in 0..head_end {
             assert!(
-                parse_head(&raw[..cut], &rt()).expect("no error").is_none(),
+                parse_head(&raw[..cut], &config())
+                    .expect("no error")
+                    .is_none(),
                 "cut {cut}"
             );
         }
-        let (req, n) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        let (req, n) = parse_head(raw, &config()).expect("ok").expect("complete");
         assert_eq!(n, head_end);
         assert_eq!(
             (req.method.as_str(), req.path.as_str(), req.query.as_str()),
@@ -307,10 +309,10 @@ mod tests {
     fn content_length_is_digits_only_and_expect_is_read() {
         for bad in ["+5", "-0", "5 5", "0x5", "", "99999999999999999999999"] {
             let raw = format!("POST /push HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
-            assert!(parse_head(raw.as_bytes(), &rt()).is_err(), "{bad:?}");
+            assert!(parse_head(raw.as_bytes(), &config()).is_err(), "{bad:?}");
         }
         let raw = b"POST /push HTTP/1.0\r\nContent-Length:  7 \r\nExpect: 100-Continue\r\nConnection: keep-alive\r\n\r\n";
-        let (req, _) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        let (req, _) = parse_head(raw, &config()).expect("ok").expect("complete");
         assert_eq!(req.content_length, 7);
         assert!(req.expect_continue && req.http10 && req.keep_alive);
     }
@@ -318,7 +320,7 @@ mod tests {
     #[test]
     fn detects_upgrades_and_connection_close() {
         let raw = b"GET /ws?id=1 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        let (req, _) = parse_head(raw, &rt()).expect("ok").expect("complete");
+        let (req, _) = parse_head(raw, &config()).expect("ok").expect("complete");
         let ws = req.upgrade.expect("upgrade");
         assert_eq!(
             (ws.key.as_deref(), ws.version.as_deref()),
@@ -326,7 +328,7 @@ mod tests {
         );
         let raw = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
         assert!(
-            !parse_head(raw, &rt())
+            !parse_head(raw, &config())
                 .expect("ok")
                 .expect("complete")
                 .0
@@ -334,7 +336,7 @@ mod tests {
         );
         let raw = b"GET / HTTP/1.0\r\n\r\n";
         assert!(
-            !parse_head(raw, &rt())
+            !parse_head(raw, &config())
                 .expect("ok")
                 .expect("complete")
                 .0
@@ -344,16 +346,19 @@ mod tests {
 
     #[test]
     fn enforces_limits() {
-        let mut rt = rt();
-        rt.max_head_bytes = 256;
+        let mut config = config();
+        config.max_head_bytes = 256;
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(300));
         assert_eq!(
-            parse_head(long.as_bytes(), &rt).err().map(|e| e.code()),
+            parse_head(long.as_bytes(), &config).err().map(|e| e.code()),
             Some(1008)
         );
-        rt.max_headers = 2;
+        config.max_headers = 2;
         let many = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert_eq!(parse_head(many, &rt).err().map(|e| e.code()), Some(1008));
+        assert_eq!(
+            parse_head(many, &config).err().map(|e| e.code()),
+            Some(1008)
+        );
         let bad = b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
         assert_eq!(
             parse_head(bad, &crate::config::from_str("").expect("d"))

@@ -23,13 +23,13 @@ use crate::task::supervise;
 /// whose frame or fragmented message is unfinished after `request_timeout` (PROTOCOL.md §5).
 /// The scan is per tick, not per message.
 async fn heartbeat(shard: Rc<Shard>) {
-    let (ping_every, idle) = (shard.rt.ping_interval, shard.rt.idle_timeout);
+    let (ping_every, idle) = (shard.config.ping_interval, shard.config.idle_timeout);
     let tick =
-        (ping_every.min(idle).min(shard.rt.request_timeout) / 4).max(Duration::from_millis(5));
+        (ping_every.min(idle).min(shard.config.request_timeout) / 4).max(Duration::from_millis(5));
     let ping: crate::ws::frame::Frame =
         crate::ws::frame::encode(crate::ws::frame::OP_PING, b"").into();
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    let request_ms = u64::try_from(shard.rt.request_timeout.as_millis()).unwrap_or(u64::MAX);
+    let request_ms = u64::try_from(shard.config.request_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut last_ping = shard.clock_ms();
     let ping_ms = u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX);
     while !shard.is_stopping() {
@@ -66,16 +66,16 @@ async fn heartbeat(shard: Rc<Shard>) {
 /// Runs a retention pass every `retention_interval`, one step of the store at a time with
 /// a short sleep between steps, so the message path is never held up by more than one step.
 async fn retention(shard: Rc<Shard>) {
-    let rt = &shard.rt;
+    let config = &shard.config;
     let policy = crate::store::retain::Policy {
-        max_unread: rt.max_unread,
-        history_max_age_secs: rt.history_max_age_secs,
-        history_max_per_user: rt.history_max_per_user,
-        offline_ttl_secs: rt.offline_ttl_secs,
+        max_unread: config.max_unread,
+        history_max_age_secs: config.history_max_age_secs,
+        history_max_per_user: config.history_max_per_user,
+        offline_ttl_secs: config.offline_ttl_secs,
     };
     loop {
         futures_lite::future::or(
-            glommio::timer::sleep(rt.retention_interval),
+            glommio::timer::sleep(config.retention_interval),
             shard.stopped(),
         )
         .await;

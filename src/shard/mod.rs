@@ -32,7 +32,7 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 
 pub struct Shard {
     pub id: usize,
-    pub rt: Arc<Runtime>,
+    pub config: Arc<Runtime>,
     peers: Arc<[InboxTx]>,
     pub store: Store,
     pub sessions: RefCell<Sessions>,
@@ -101,12 +101,12 @@ impl Shard {
 
     /// This node's index (0 without a cluster).
     pub fn node(&self) -> usize {
-        self.rt.cluster.as_ref().map_or(0, |c| c.node)
+        self.config.cluster.as_ref().map_or(0, |c| c.node)
     }
 
     /// The node and shard that own `slot` ([`crate::route::place`]).
     pub fn place(&self, slot: u16) -> crate::route::Place {
-        let nodes = self.rt.cluster.as_ref().map_or(1, |c| c.nodes);
+        let nodes = self.config.cluster.as_ref().map_or(1, |c| c.nodes);
         crate::route::place(slot, nodes, self.shards())
     }
 
@@ -128,7 +128,7 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Error>> + 'static,
     {
-        self.call_within(target, self.rt.shard_call_timeout, f)
+        self.call_within(target, self.config.shard_call_timeout, f)
             .await
     }
 
@@ -173,7 +173,7 @@ impl Shard {
     /// A place among the `max_inflight_writes` writes of this shard waiting for the store
     /// (held until the write is durable), or 1009 when they are all taken.
     pub fn begin_write(self: &Rc<Self>) -> Result<WriteSlot, Error> {
-        if self.inflight_writes.get() >= self.rt.max_inflight_writes {
+        if self.inflight_writes.get() >= self.config.max_inflight_writes {
             crate::metrics::bump(&self.metrics.overloaded, 1);
             return Err(Error::Overloaded);
         }
@@ -191,7 +191,7 @@ impl Shard {
     pub fn admit(&self) -> Option<ConnPermit> {
         let before = self.open_conns.fetch_add(1, Ordering::Relaxed);
         let permit = ConnPermit(self.open_conns.clone());
-        (before < self.rt.max_connections).then_some(permit)
+        (before < self.config.max_connections).then_some(permit)
     }
 
     /// Rate limit of PROTOCOL.md §5 / error 2005: at most `max_messages_per_sec` client
@@ -212,7 +212,7 @@ impl Shard {
         let b = u32::try_from(bytes)
             .unwrap_or(u32::MAX)
             .saturating_add(conn.rate_bytes.get());
-        if n > self.rt.max_messages_per_sec || b > self.rt.max_inbound_bytes_per_sec {
+        if n > self.config.max_messages_per_sec || b > self.config.max_inbound_bytes_per_sec {
             return false;
         }
         conn.rate_bytes.set(b);
@@ -281,7 +281,7 @@ impl crate::task::Lifetime for Shard {
 /// What a shard thread needs to start; all `Send`.
 pub struct Seed {
     pub id: usize,
-    pub rt: Arc<Runtime>,
+    pub config: Arc<Runtime>,
     pub peers: Arc<[InboxTx]>,
     pub inbox: InboxRx,
     pub files: crate::store::Files,
@@ -307,12 +307,12 @@ pub fn request_stop(tx: &InboxTx) -> bool {
 impl Shard {
     /// The shard of this thread, with its inbox drained by a task of its own from now on.
     pub fn start(seed: Seed) -> Rc<Shard> {
-        let node = seed.rt.cluster.as_ref().map_or(0, |c| c.node);
-        let id_byte = ((node * seed.rt.shards + seed.id) % 256) as u8;
+        let node = seed.config.cluster.as_ref().map_or(0, |c| c.node);
+        let id_byte = ((node * seed.config.shards + seed.id) % 256) as u8;
         let shard = Rc::new(Shard {
             id: seed.id,
-            store: Store::new(seed.files, &seed.rt, seed.id),
-            rt: seed.rt,
+            store: Store::new(seed.files, &seed.config, seed.id),
+            config: seed.config,
             peers: seed.peers,
             sessions: RefCell::new(Sessions::default()),
             // Validated at start-up: at most 255 shards. In a cluster the byte also tells

@@ -13,8 +13,8 @@ use crate::config::Runtime;
 /// Wherever sled's own files must be durable (a journal checkpoint, the shutdown flush,
 /// each resharding step), sled's flush is followed by an fdatasync of its log file
 /// (`shard-<i>/db`) through this second handle on it.
-pub fn open_sync_file(rt: &Runtime, shard: usize) -> Result<std::fs::File, String> {
-    let path = rt.data_dir.join(format!("shard-{shard}")).join("db");
+pub fn open_sync_file(config: &Runtime, shard: usize) -> Result<std::fs::File, String> {
+    let path = config.data_dir.join(format!("shard-{shard}")).join("db");
     std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
@@ -53,34 +53,34 @@ pub fn sync_partition(
 }
 
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
-pub fn open_db(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
-    open_db_with(rt, shard, Some(500))
+pub fn open_db(config: &Runtime, shard: usize) -> Result<sled::Db, String> {
+    open_db_with(config, shard, Some(500))
 }
 
 /// Start-up passes (journal replay, resharding) open a partition briefly and flush it
 /// themselves: without sled's flusher thread, which would hold the partition's file lock
 /// for up to one more tick after the `Db` is dropped.
-pub fn open_db_briefly(rt: &Runtime, shard: usize) -> Result<sled::Db, String> {
-    open_db_with(rt, shard, None)
+pub fn open_db_briefly(config: &Runtime, shard: usize) -> Result<sled::Db, String> {
+    open_db_with(config, shard, None)
 }
 
 fn open_db_with(
-    rt: &Runtime,
+    config: &Runtime,
     shard: usize,
     flush_every_ms: Option<u64>,
 ) -> Result<sled::Db, String> {
-    let path = rt.data_dir.join(format!("shard-{shard}"));
+    let path = config.data_dir.join(format!("shard-{shard}"));
     remove_unfinished_snapshots(&path)?;
-    let config = sled::Config::new()
+    let sled_config = sled::Config::new()
         .path(&path)
-        .cache_capacity(rt.store_cache_bytes)
+        .cache_capacity(config.store_cache_bytes)
         .flush_every_ms(flush_every_ms);
     // sled's background threads of a `Db` dropped a moment ago (by a start-up pass) can
     // still hold the file lock: wait a bounded while for them rather than fail the start.
     let mut tries = 0;
     loop {
-        match config.open() {
-            // sled reports it as ErrorKind::Other with this text (sled 0.34 config.rs).
+        match sled_config.open() {
+            // sled reports it as ErrorKind::Other with this text (sled 0.34 sled_config.rs).
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && tries < 50 =>
             {

@@ -194,10 +194,10 @@ impl<'a> Iterator for Ops<'a> {
 /// Replays and removes the journals every shard directory under `data_dir` left behind
 /// (a kill, a power cut, a shard that died), before resharding or serving opens sled.
 /// A clean shutdown leaves none, and then this opens nothing.
-pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
-    let entries = match std::fs::read_dir(&rt.data_dir) {
+pub fn recover_all(config: &crate::config::Runtime) -> Result<(), String> {
+    let entries = match std::fs::read_dir(&config.data_dir) {
         Ok(e) => e,
-        Err(e) => return Err(format!("cannot read {}: {e}", rt.data_dir.display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", config.data_dir.display())),
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -213,7 +213,7 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
         if gens.is_empty() {
             continue;
         }
-        let db = super::files::open_db_briefly(rt, shard)?;
+        let db = super::files::open_db_briefly(config, shard)?;
         let mut records = 0;
         for g in &gens {
             let path = dir.join(file_name(*g));
@@ -228,7 +228,7 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
                 );
             }
         }
-        super::files::sync_partition(&db, &super::files::open_sync_file(rt, shard)?, &dir)
+        super::files::sync_partition(&db, &super::files::open_sync_file(config, shard)?, &dir)
             .map_err(|e| format!("cannot flush and sync {}: {e}", dir.display()))?;
         drop(db);
         let last = gens.last().copied().unwrap_or(0);
@@ -243,8 +243,8 @@ pub fn recover_all(rt: &crate::config::Runtime) -> Result<(), String> {
 }
 
 /// Opens a new journal generation for shard `shard` (after [`recover_all`]).
-pub fn open(rt: &crate::config::Runtime, shard: usize) -> Result<(File, u64), String> {
-    let dir = rt.data_dir.join(format!("shard-{shard}"));
+pub fn open(config: &crate::config::Runtime, shard: usize) -> Result<(File, u64), String> {
+    let dir = config.data_dir.join(format!("shard-{shard}"));
     let next = generations(&dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
         .last()

@@ -32,12 +32,12 @@ struct Meta {
     node: usize,
 }
 
-fn nodes_of(rt: &Runtime) -> usize {
-    rt.cluster.as_ref().map_or(1, |c| c.nodes)
+fn nodes_of(config: &Runtime) -> usize {
+    config.cluster.as_ref().map_or(1, |c| c.nodes)
 }
 
-fn node_of(rt: &Runtime) -> usize {
-    rt.cluster.as_ref().map_or(0, |c| c.node)
+fn node_of(config: &Runtime) -> usize {
+    config.cluster.as_ref().map_or(0, |c| c.node)
 }
 
 fn meta_path(dir: &Path) -> PathBuf {
@@ -94,40 +94,40 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     super::files::write_atomic(dir, "shardcast.meta", text.as_bytes())
 }
 
-/// Makes the data directory match `rt.shards` before the shards start: records the layout
+/// Makes the data directory match `config.shards` before the shards start: records the layout
 /// of a new directory, or moves every slot to its new owner (finishing an interrupted
 /// move first).
-pub fn prepare(rt: &Runtime) -> Result<(), String> {
-    let dir = rt.data_dir.as_path();
+pub fn prepare(config: &Runtime) -> Result<(), String> {
+    let dir = config.data_dir.as_path();
     let Some(meta) = read_meta(dir)? else {
         return write_meta(
             dir,
             &Meta {
-                shards: rt.shards,
+                shards: config.shards,
                 migrating_to: None,
-                nodes: nodes_of(rt),
-                node: node_of(rt),
+                nodes: nodes_of(config),
+                node: node_of(config),
             },
         );
     };
-    if (meta.nodes, meta.node) != (nodes_of(rt), node_of(rt)) {
+    if (meta.nodes, meta.node) != (nodes_of(config), node_of(config)) {
         return Err(format!(
             "{} holds the slots of node {} of {} (recorded), and this start is node {} of {} (config keys `cluster.node`, `cluster.nodes`): moving slots between nodes is not built yet, so start it with the recorded ones",
             dir.display(),
             meta.node,
             meta.nodes,
-            node_of(rt),
-            nodes_of(rt)
+            node_of(config),
+            nodes_of(config)
         ));
     }
-    if meta.shards == rt.shards && meta.migrating_to.is_none() {
+    if meta.shards == config.shards && meta.migrating_to.is_none() {
         return Ok(());
     }
     log::warn!(
         "resharding {}: {} → {} shards{}; nothing is served until it is done",
         dir.display(),
         meta.shards,
-        rt.shards,
+        config.shards,
         meta.migrating_to.map_or(String::new(), |n| format!(
             " (an interrupted move to {n} shards is redone)"
         ))
@@ -136,7 +136,7 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
         dir,
         &Meta {
             shards: meta.shards,
-            migrating_to: Some(rt.shards),
+            migrating_to: Some(config.shards),
             nodes: meta.nodes,
             node: meta.node,
         },
@@ -157,39 +157,46 @@ pub fn prepare(rt: &Runtime) -> Result<(), String> {
         .max()
         .unwrap_or(0);
     let moved = move_slots(
-        rt,
+        config,
         meta.shards.max(meta.migrating_to.unwrap_or(0)).max(on_disk),
     )?;
     write_meta(
         dir,
         &Meta {
-            shards: rt.shards,
+            shards: config.shards,
             migrating_to: None,
             nodes: meta.nodes,
             node: meta.node,
         },
     )?;
-    log::warn!("resharding done: {moved} keys moved; {} shards", rt.shards);
+    log::warn!(
+        "resharding done: {moved} keys moved; {} shards",
+        config.shards
+    );
     Ok(())
 }
 
 /// Moves every key of shard directories `0..max(old, new)` to its shard under the new
 /// count ([`place`], this node's share of the slots).
-fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
-    let target = rt.shards;
+fn move_slots(config: &Runtime, old: usize) -> Result<u64, String> {
+    let target = config.shards;
     let span = old.max(target);
     let mut dbs = Vec::with_capacity(span);
     let mut files = Vec::with_capacity(span);
     for i in 0..span {
-        dbs.push(super::files::open_db_briefly(rt, i)?);
-        files.push(super::files::open_sync_file(rt, i)?);
+        dbs.push(super::files::open_db_briefly(config, i)?);
+        files.push(super::files::open_sync_file(config, i)?);
     }
     let err = |e: sled::Error| format!("resharding: store error: {e}");
     // The same durability point as an acknowledgement: a copy is on disk (fdatasync after
     // sled's flush) before its original is removed.
     let durable = |j: usize| -> Result<(), String> {
-        super::files::sync_partition(&dbs[j], &files[j], &rt.data_dir.join(format!("shard-{j}")))
-            .map_err(|e| format!("resharding: cannot flush and sync shard {j}: {e}"))
+        super::files::sync_partition(
+            &dbs[j],
+            &files[j],
+            &config.data_dir.join(format!("shard-{j}")),
+        )
+        .map_err(|e| format!("resharding: cannot flush and sync shard {j}: {e}"))
     };
     let mut moved = 0u64;
     for (i, db) in dbs.iter().enumerate() {
@@ -218,7 +225,7 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
                 if usize::from(slot) >= SLOTS {
                     continue;
                 }
-                let j = place(slot, nodes_of(rt), target).shard;
+                let j = place(slot, nodes_of(config), target).shard;
                 if j == i {
                     continue;
                 }
@@ -249,7 +256,7 @@ fn move_slots(rt: &Runtime, old: usize) -> Result<u64, String> {
     }
     drop(dbs);
     for i in target..span {
-        let path = rt.data_dir.join(format!("shard-{i}"));
+        let path = config.data_dir.join(format!("shard-{i}"));
         std::fs::remove_dir_all(&path)
             .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     }

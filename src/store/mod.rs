@@ -47,10 +47,10 @@ pub struct Files {
 
 /// Opens shard `i`'s partition, its sync handle and a new journal generation (after
 /// [`journal::recover_all`]).
-pub fn open(rt: &Runtime, shard: usize) -> Result<Files, String> {
-    let db = files::open_db(rt, shard)?;
-    let sync_file = files::open_sync_file(rt, shard)?;
-    let (journal, generation) = journal::open(rt, shard)?;
+pub fn open(config: &Runtime, shard: usize) -> Result<Files, String> {
+    let db = files::open_db(config, shard)?;
+    let sync_file = files::open_sync_file(config, shard)?;
+    let (journal, generation) = journal::open(config, shard)?;
     Ok(Files {
         db,
         sync_file,
@@ -66,17 +66,17 @@ pub struct HistoryPage {
 }
 
 impl Store {
-    pub fn new(files: Files, rt: &Runtime, shard: usize) -> Store {
+    pub fn new(files: Files, config: &Runtime, shard: usize) -> Store {
         let journal = journal::Journal::new(
-            rt.data_dir.join(format!("shard-{shard}")),
+            config.data_dir.join(format!("shard-{shard}")),
             files.journal,
             files.generation,
-            rt.durability != crate::config::Durability::Async,
+            config.durability != crate::config::Durability::Async,
         );
         Store {
             db: files.db,
             sync_file: std::sync::Arc::new(files.sync_file),
-            commit: commit::Commit::new(rt.durability, rt.group_commit, journal),
+            commit: commit::Commit::new(config.durability, config.group_commit, journal),
             unread_touched: std::cell::RefCell::new(retain::Touched::new()),
         }
     }

@@ -453,8 +453,9 @@ mod tests {
     #[test]
     fn a_long_history_is_trimmed_in_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
-        let store = Store::new(super::super::open(&rt, 0).expect("store"), &rt, 0);
+        let config =
+            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
+        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "long");
         let n = 3 * STEP as u64 + 17;
@@ -491,8 +492,9 @@ mod tests {
     #[test]
     fn the_unread_cap_keeps_the_newest_across_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rt = crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("rt");
-        let store = Store::new(super::super::open(&rt, 0).expect("store"), &rt, 0);
+        let config =
+            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
+        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "many");
         let (max, n) = (300, 300 + 2 * STEP + 5);

@@ -160,7 +160,7 @@ pub async fn run(
 /// dropped within 2 s; every other closing connection gets the same, so that a client
 /// that goes on trickling bytes after its close frame cannot hold the socket).
 async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Stream) {
-    let grace = shard.rt.idle_timeout.min(CLOSE_GRACE);
+    let grace = shard.config.idle_timeout.min(CLOSE_GRACE);
     let finish = async {
         let flushed = std::future::poll_fn(|cx| {
             conn.out
@@ -192,7 +192,7 @@ pub fn process(
     rbuf: &mut Vec<u8>,
     frag: &mut Option<Fragments>,
 ) -> bool {
-    let max = shard.rt.max_frame_bytes;
+    let max = shard.config.max_frame_bytes;
     let mut pos = 0;
     let mut paused = false;
     while conn.out.borrow().closing().is_none() {

@@ -172,7 +172,7 @@ async fn input(shard: &Rc<Shard>, holder: usize, key: u64, bytes: &[u8]) -> Vec<
     // frames already here have been taken, as a local connection would not.
     // Within the holder's own deadline for this call (its `call_timeout_ms`), so that the
     // two sides agree: the owner answers before the holder would give up.
-    let mut wait = shard.rt.shard_call_timeout;
+    let mut wait = shard.config.shard_call_timeout;
     if let Some(c) = &shard.cluster {
         wait = wait.min(c.cfg.call_timeout * 3 / 4);
     }
@@ -389,7 +389,7 @@ fn take_deliveries(shard: &Rc<Shard>, from: usize, rest: &[u8]) {
 /// plus what may be between the two (the last batch) — a guard against a delivery that
 /// would expand past it, not the slow-consumer rule itself.
 fn holder_bound(shard: &Shard) -> usize {
-    shard.rt.max_outbound_bytes.saturating_mul(2)
+    shard.config.max_outbound_bytes.saturating_mul(2)
 }
 
 /// Takes the relay out of the table however the socket ends, and tells the owner.

@@ -251,7 +251,7 @@ fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) 
         .filter(|c| c.out.borrow().closing().is_none())
         .filter(|c| resource.is_none() || c.resource() != resource)
         .count();
-    held >= shard.rt.max_connections_per_user
+    held >= shard.config.max_connections_per_user
 }
 
 fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dialect) -> Rc<Conn> {
@@ -262,7 +262,7 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         uid: uid.into(),
         dialect,
         since_ms: crate::ids::now_millis(),
-        out: RefCell::new(Outbound::new(shard.rt.max_outbound_bytes)),
+        out: RefCell::new(Outbound::new(shard.config.max_outbound_bytes)),
         registered: Cell::new(false),
         last_rx_ms: Cell::new(shard.clock_ms()),
         rate_window_ms: Cell::new(0),

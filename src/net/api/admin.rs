@@ -22,19 +22,19 @@ pub async fn broadcast(
     scope: &AdminScope,
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
-    let rt = shard.rt.clone();
+    let config = shard.config.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
     let domain =
-        json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?.to_string();
+        json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?.to_string();
     super::in_scope(shard, scope, &domain)?;
-    let (title, content) = super::push::title_and_content(&v, &rt)?;
+    let (title, content) = super::push::title_and_content(&v, &config)?;
     let note = Arc::new(Notification::new(
         shard.ids.next(),
         title,
         content,
-        rt.utc_offset_secs,
+        config.utc_offset_secs,
     ));
     // Every other node's connections, one call per node, with this notification's id.
     let mut remote = Vec::new();
@@ -94,14 +94,19 @@ pub async fn broadcast_part(shard: &Rc<Shard>, body: &mut [u8]) -> Result<usize,
 }
 
 async fn broadcast_part_here(shard: &Rc<Shard>, body: &mut [u8]) -> Result<u64, Error> {
-    let rt = shard.rt.clone();
+    let config = shard.config.clone();
     let v = json::parse(body).ok_or(Error::Internal)?;
     let id = json::str_of(&v, "id")
         .and_then(crate::ids::MsgId::parse)
         .ok_or(Error::Internal)?;
-    let (title, content) = super::push::title_and_content(&v, &rt)?;
+    let (title, content) = super::push::title_and_content(&v, &config)?;
     let domain = json::str_of(&v, "domain").ok_or(Error::Internal)?;
-    let note = Arc::new(Notification::new(id, title, content, rt.utc_offset_secs));
+    let note = Arc::new(Notification::new(
+        id,
+        title,
+        content,
+        config.utc_offset_secs,
+    ));
     broadcast_here(shard, domain, &note).await
 }
 
@@ -112,7 +117,7 @@ pub async fn presence(
     q: &[(String, String)],
 ) -> Result<Vec<u8>, Error> {
     let domain = match http::param(q, "domain") {
-        None => shard.rt.default_domain.clone(),
+        None => shard.config.default_domain.clone(),
         Some(_) => super::name_param(q, "domain")?.to_string(),
     };
     super::in_scope(shard, scope, &domain)?;
@@ -161,7 +166,7 @@ pub async fn kick(
     let domain = json::name_or(
         &v,
         "domain",
-        &shard.rt.default_domain,
+        &shard.config.default_domain,
         Error::param("domain"),
     )?
     .to_string();

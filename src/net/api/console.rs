@@ -30,7 +30,7 @@ pub fn page(shard: &Shard) -> Vec<u8> {
 }
 
 fn dev_helper(shard: &Shard) -> bool {
-    !shard.rt.production && shard.rt.uses_dev_secrets()
+    !shard.config.production && shard.config.uses_dev_secrets()
 }
 
 pub async fn dev_token(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>, Error> {
@@ -39,7 +39,7 @@ pub async fn dev_token(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<
     }
     let uid = name_param(q, "uid")?;
     let domain = match http::param(q, "domain").filter(|d| !d.is_empty()) {
-        None => shard.rt.default_domain.as_str(),
+        None => shard.config.default_domain.as_str(),
         Some(_) => name_param(q, "domain")?,
     };
     // As if signed now: the same path and token derivation as `/auth/websocket`, so

@@ -19,11 +19,11 @@ pub async fn message(
     key: Option<&str>,
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
-    let rt = shard.rt.clone();
+    let config = shard.config.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
-    let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
+    let domain = json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?;
     super::in_scope(shard, scope, domain)?;
     let to = json::str_of(&v, "toId")
         .filter(|s| crate::text::valid_name(s))
@@ -37,7 +37,7 @@ pub async fn message(
         .filter(|t| CLIENT_TYPES.contains(t) || *t == SYSTEM_TYPE)
         .ok_or(Error::param("type"))?;
     let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;
-    if content.len() > rt.max_message_bytes {
+    if content.len() > config.max_message_bytes {
         return Err(Error::too_large("content"));
     }
     let msg = Arc::new(ChatMessage::new(

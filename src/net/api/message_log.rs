@@ -37,7 +37,7 @@ pub async fn identify(
     let bearer = auth::bearer(req.authorization.as_deref());
     // An admin key (of every domain, or of this one) reads any history of its domains; a
     // domain's key on another domain is refused outright (1005), not tried as a token.
-    if let Some(scope) = bearer.and_then(|k| auth::admin_scope(&shard.rt, k)) {
+    if let Some(scope) = bearer.and_then(|k| auth::admin_scope(&shard.config, k)) {
         return Ok(Identity::Admin(scope));
     }
     let token = http::param(q, "token")

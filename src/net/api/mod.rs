@@ -107,7 +107,7 @@ pub async fn serve(
         // admin key's scope, a history token's user. A key that grants nothing goes
         // on for the owner to refuse.
         let mut scope = crate::auth::bearer(req.authorization.as_deref())
-            .and_then(|k| crate::auth::admin_scope(&shard.rt, k));
+            .and_then(|k| crate::auth::admin_scope(&shard.config, k));
         let (mut user, mut query) = (None, req.query.clone());
         if req.path == "/message-log" {
             let identified = match http::parse_query(&req.query) {
@@ -161,7 +161,7 @@ pub async fn serve(
 /// The node that owns the one user `req` is about, when that is not this node. `None`
 /// also for a request that names no valid user: this node answers its error.
 fn remote_owner(shard: &Shard, req: &Request, body: &[u8]) -> Option<usize> {
-    let default = shard.rt.default_domain.as_str();
+    let default = shard.config.default_domain.as_str();
     let (domain, uid) = match route_of(req)?.user {
         User::Nobody => return None,
         User::Query {
@@ -266,7 +266,7 @@ fn admin(shard: &Shard, req: &Request) -> Result<AdminScope, Error> {
         return Ok(scope.clone());
     }
     crate::auth::bearer(req.authorization.as_deref())
-        .and_then(|key| crate::auth::admin_scope(&shard.rt, key))
+        .and_then(|key| crate::auth::admin_scope(&shard.config, key))
         .ok_or_else(|| {
             shard.metrics.refused(Refusal::AdminKey);
             Error::BadAdminKey

@@ -59,7 +59,7 @@ pub(super) fn idempotency(
         slot: placed(key),
         scope,
         key: key.to_string(),
-        expire: crate::ids::now_secs().saturating_add(shard.rt.idempotency_window_secs),
+        expire: crate::ids::now_secs().saturating_add(shard.config.idempotency_window_secs),
     }))
 }
 
@@ -137,14 +137,14 @@ async fn answered(
 /// against their limits.
 pub(super) fn title_and_content<'v>(
     v: &'v simd_json::BorrowedValue<'_>,
-    rt: &crate::config::Runtime,
+    config: &crate::config::Runtime,
 ) -> Result<(&'v str, &'v str), Error> {
     let title = json::str_of(v, "title").ok_or(Error::param("title"))?;
     if title.len() > MAX_TITLE_BYTES {
         return Err(Error::too_large("title"));
     }
     let content = json::str_of(v, "content").ok_or(Error::param("content"))?;
-    if content.len() > rt.max_message_bytes {
+    if content.len() > config.max_message_bytes {
         return Err(Error::too_large("content"));
     }
     Ok((title, content))
@@ -156,7 +156,7 @@ pub async fn push(
     key: Option<&str>,
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
-    let rt = shard.rt.clone();
+    let config = shard.config.clone();
     let v = json::parse(body)
         .filter(|v| v.is_object())
         .ok_or(Error::param("body"))?;
@@ -167,11 +167,11 @@ pub async fn push(
     if uids.is_empty() {
         return Err(Error::param("uids"));
     }
-    if uids.len() > rt.max_push_uids {
+    if uids.len() > config.max_push_uids {
         return Err(Error::too_large("uids"));
     }
-    let (title, content) = title_and_content(&v, &rt)?;
-    let domain = json::name_or(&v, "domain", &rt.default_domain, Error::param("domain"))?;
+    let (title, content) = title_and_content(&v, &config)?;
+    let domain = json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?;
     super::in_scope(shard, scope, domain)?;
     let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shard.shards()];
     // Users of other nodes, by node (one call per node, however many of its users).
@@ -203,7 +203,12 @@ pub async fn push(
         },
     };
     crate::metrics::bump(&shard.metrics.pushes, 1);
-    let note = Arc::new(Notification::new(id, title, content, rt.utc_offset_secs));
+    let note = Arc::new(Notification::new(
+        id,
+        title,
+        content,
+        config.utc_offset_secs,
+    ));
     let mut remote = Vec::new();
     for (node, users) in by_node {
         let part = Call::PushPart(push_part_json(
@@ -362,12 +367,12 @@ pub(super) fn push_part_json(
 /// The owner node's side of [`push_part_json`]: stored and delivered here exactly as a
 /// local `/push` is; the number of recipients online.
 pub async fn push_part(shard: &Rc<Shard>, body: &mut [u8]) -> Result<usize, Error> {
-    let rt = shard.rt.clone();
+    let config = shard.config.clone();
     let v = json::parse(body).ok_or(Error::Internal)?;
     let id = json::str_of(&v, "id")
         .and_then(crate::ids::MsgId::parse)
         .ok_or(Error::Internal)?;
-    let (title, content) = title_and_content(&v, &rt)?;
+    let (title, content) = title_and_content(&v, &config)?;
     let domain = json::str_of(&v, "domain").ok_or(Error::Internal)?;
     let uids = v
         .get("uids")
@@ -403,7 +408,12 @@ pub async fn push_part(shard: &Rc<Shard>, body: &mut [u8]) -> Result<usize, Erro
                 .ok_or(Error::Internal)?,
         }),
     };
-    let note = Arc::new(Notification::new(id, title, content, rt.utc_offset_secs));
+    let note = Arc::new(Notification::new(
+        id,
+        title,
+        content,
+        config.utc_offset_secs,
+    ));
     let all = deliver_here(shard, domain, by_shard, &note, once.as_ref()).await;
     match all.error {
         Some(e) => Err(e),

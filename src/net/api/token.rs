@@ -23,16 +23,19 @@ pub async fn issue(shard: &Rc<Shard>, q: &[(String, String)]) -> Result<Vec<u8>,
         .filter(|s| !s.is_empty())
         .ok_or(Error::param("sign"))?;
     let domain = match http::param(q, "domain") {
-        None => shard.rt.default_domain.as_str(),
+        None => shard.config.default_domain.as_str(),
         Some(_) => name_param(q, "domain")?,
     };
-    if !auth::sign_matches(&auth::expected_sign(&shard.rt, domain, uid, ts_text), sign) {
+    if !auth::sign_matches(
+        &auth::expected_sign(&shard.config, domain, uid, ts_text),
+        sign,
+    ) {
         shard.metrics.refused(crate::metrics::Refusal::Sign);
         return Err(Error::BadSign);
     }
     // All digits: a number too large for u64 is just far outside the window (1003).
     let ts: u64 = ts_text.parse().unwrap_or(u64::MAX);
-    if ts.abs_diff(crate::ids::now_secs()) > shard.rt.sign_window_secs {
+    if ts.abs_diff(crate::ids::now_secs()) > shard.config.sign_window_secs {
         shard.metrics.refused(crate::metrics::Refusal::Timestamp);
         return Err(Error::StaleTimestamp);
     }
@@ -58,7 +61,7 @@ pub async fn issue_for(
                     return Ok(expire - now);
                 }
             }
-            let ttl = owner.rt.token_ttl_secs;
+            let ttl = owner.config.token_ttl_secs;
             // Not waiting for a flush (decision): a token is a credential the client
             // re-fetches on 1004, so one lost to a crash in the ~500 ms before sled's
             // background flush costs a re-fetch, while waiting would cost every login
