@@ -5,19 +5,28 @@
 //! 1. [`net::accept`] — every shard accepts on the same port (SO_REUSEPORT) and reads a
 //!    request head with [`net::http`] (httparse) into its scratch buffer; with
 //!    `tls_cert`/`tls_key` set, [`transport`] (rustls) runs the handshake underneath.
-//! 2. [`net::api`] serves HTTP calls in place; per-user work goes to the user's owner,
-//!    found by [`route`] (`slot = hash(domain, uid)`, `place(slot) → (node, shard)`),
-//!    through [`shard::Shard::call`] and the owner's lock-free [`shard::inbox`] — or, for
-//!    a user of another node of a cluster, through [`cluster`] (NATS, every message
-//!    sealed), whose owner node does the same there.
-//! 3. A WebSocket upgrade is moved by [`shard::handoff`] (the socket and its TLS state) to
-//!    the owner, where
-//!    [`ws::upgrade`] checks the login and [`ws::conn`] runs the connection.
+//! 2. [`net::api`] serves HTTP calls in place, from its table of routes; per-user work
+//!    goes to the user's owner through [`owner`], the one owner path: [`route`] finds it
+//!    (`slot = hash(domain, uid)`, `place(slot) → (node, shard)`), a shard of this node
+//!    runs it through [`shard::Shard::call`] and its lock-free [`shard::inbox`], and a
+//!    user of another node is reached through [`cluster`] (NATS, every message sealed,
+//!    every form in [`cluster::wire`]), whose node runs the same code ([`serve::peer`]).
+//! 3. A WebSocket upgrade is moved by [`net::handoff`] (the socket and its TLS state) to
+//!    the owner shard, where [`ws::upgrade`] checks the login and [`ws::conn`] runs the
+//!    connection; the user of another node gets a remote session ([`ws::remote`]): this
+//!    node holds the socket, the owner node runs the connection.
 //! 4. [`dialect`] (`notify`, `chat`) applies each client message; [`store`] persists it in
 //!    the owner's sled partition and acknowledges after group commit.
-//! 5. Delivery: frames encoded once ([`ws::frame`]) are queued on each recipient's
-//!    [`ws::outbound`] queue, bounded per connection; a connection held by another node
-//!    is a remote session ([`cluster::remote`]) whose frames cross NATS in batches.
+//! 5. Delivery: a [`message`] encoded once becomes frames ([`ws::frame`]) queued on each
+//!    recipient's [`ws::outbound`] queue, bounded per connection; a remote session's
+//!    frames cross NATS in batches.
+//!
+//! The layers, bottom up (no module imports one above it; `tests/layering.rs` checks it):
+//! [`error`], [`fault`], [`text`], [`ids`], [`json`], [`config`], [`route`], [`metrics`],
+//! [`task`] → [`ws::frame`], [`message`], [`ws::outbound`], [`transport`],
+//! [`store::files`], [`auth`], [`store`], [`cluster`] → [`shard`] → [`owner`] → [`dialect`], [`ws`] → [`net`] →
+//! [`serve`] (a shard thread's loops and shutdown, and the calls of other nodes), and
+//! this file, which starts it all.
 //!
 //! Invariants worth naming: all state of a user lives on its owner shard and is touched by
 //! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`

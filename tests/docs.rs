@@ -66,25 +66,24 @@ fn config_keys() -> BTreeSet<String> {
         .collect()
 }
 
-/// The HTTP routes: the string literals of `API_PATHS` in `src/net/api/mod.rs`.
+/// The HTTP routes: the path of each `route(...)` line of `ROUTES` in
+/// `src/net/api/mod.rs`.
 fn routes() -> BTreeSet<String> {
     let src = read("src/net/api/mod.rs");
     let start = src
-        .find("API_PATHS")
-        .expect("src/net/api/mod.rs no longer declares API_PATHS: update tests/docs.rs");
+        .find("const ROUTES")
+        .expect("src/net/api/mod.rs no longer declares ROUTES: update tests/docs.rs");
     let list = &src[start..];
-    let open = list.find('[').expect("API_PATHS: no '['");
-    let close = list.find("];").expect("API_PATHS: no '];'");
-    let body = &list[open..close];
-    let routes: BTreeSet<String> = body
-        .split('"')
+    let close = list.find("];").expect("ROUTES: no '];'");
+    let routes: BTreeSet<String> = list[..close]
+        .split("route(")
         .skip(1)
-        .step_by(2)
+        .filter_map(|entry| entry.split('"').nth(1))
         .map(str::to_string)
         .collect();
     assert!(
-        routes.iter().all(|r| r.starts_with('/')),
-        "API_PATHS parsed into something that is not a path: {routes:?}"
+        routes.len() >= 12 && routes.iter().all(|r| r.starts_with('/')),
+        "ROUTES parsed into something that is not its paths: {routes:?}"
     );
     routes
 }

@@ -1,7 +1,9 @@
 //! Accepting on the shared port and reading request heads (DESIGN.md "Accept and
 //! hand-off"). Every shard accepts on the same port (SO_REUSEPORT); each connection
 //! starts here as HTTP. An API request is served in place (per-user work goes to the
-//! owner through `Shard::call`); a WebSocket upgrade goes to the shard that owns its user.
+//! owner through [`crate::owner`]); a WebSocket upgrade goes to the shard that owns its
+//! user ([`super::handoff`]), or becomes a remote session when another node owns it
+//! ([`crate::ws::remote`]). The loop itself is started by [`crate::serve`].
 //!
 //! Invariants: a request's bytes are read into the shard's scratch buffer and only the
 //! unconsumed part is kept per connection; pipelined requests are answered in order; any

@@ -228,7 +228,7 @@ pub const JSON: &str = "application/json; charset=utf-8";
 /// Longest an error answer and its close may take: a client that does not read (a zero
 /// window) cannot hold the connection, its task and its `max_connections` place with it.
 /// Over TLS even a small answer waits for the socket, and the close for the close alert.
-const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+pub const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
     stream: &mut S,

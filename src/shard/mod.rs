@@ -1,9 +1,13 @@
-//! A shard: one glommio executor thread owning, without locks, its session table, its
-//! sled partition, its id source and its share of the listening port.
+//! A shard: the state one glommio executor thread owns without locks — its session table
+//! ([`session`]) and remote sessions ([`remote`]), its sled partition, its id source, its
+//! limits and counters — and the two ways out of it: the inboxes of the other shards
+//! ([`inbox`], [`Shard::call`]) and, beside them, the cluster handle for other nodes.
 //!
 //! Invariants: everything behind `Rc<Shard>` is touched by this thread only; other shards
-//! reach it through its inbox ([`inbox`]); [`Shard::call`] short-circuits work for the
-//! local shard; a connection's failure ends that connection's task, never the shard.
+//! reach it through its inbox; [`Shard::call`] short-circuits work for the local shard;
+//! the cluster handle is used only by the owner path ([`crate::owner`]) and remote
+//! sessions ([`crate::ws::remote`]); nothing here runs a loop or a connection (that is
+//! [`crate::serve`]), so `shard/` imports nothing above it.
 
 pub mod inbox;
 pub mod remote;

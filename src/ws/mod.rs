@@ -1,5 +1,6 @@
 //! WebSocket: the upgrade ([`upgrade`]), framing ([`frame`]), the per-connection outbound
-//! queue ([`outbound`]) and the connection task ([`conn`]).
+//! queue ([`outbound`]), the connection task ([`conn`]) and remote sessions, a connection
+//! whose socket another node holds ([`remote`]).
 
 pub mod conn;
 pub mod frame;
