@@ -17,17 +17,24 @@ use std::process::Command;
 
 use common::{uid_on, KeepAlive, Server, ADMIN};
 
+/// The shim, built once per test binary: the tests run in parallel, and one of them
+/// preloading the library while another rewrites it saw a file cut short.
 fn build_shim() -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/shim.c");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("powerloss-shim.so");
-    let ok = Command::new("gcc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .args(["-ldl", "-lpthread"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(out)
+    static SHIM: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/shim.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("powerloss-shim-{}.so", std::process::id()));
+        let ok = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(["-ldl", "-lpthread"])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(out)
+    })
+    .clone()
 }
 
 struct Write {
