@@ -141,11 +141,13 @@ pub fn exchange<S: Read + Write>(s: &mut S, req: &[u8]) -> io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];
     // Until EOF (for TLS, close_notify) or, should the server skip it, a failed read.
-    while let Ok(n) = s.read(&mut chunk) {
-        if n == 0 {
-            break;
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
-        raw.extend_from_slice(&chunk[..n]);
     }
     Ok(raw)
 }
