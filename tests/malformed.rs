@@ -18,7 +18,7 @@ fn malformed_http_gets_its_error_and_the_broker_keeps_serving() {
     let upgrade = |version: &str, key: bool| {
         format!(
             "GET /?token=x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{}Sec-WebSocket-Version: {version}\r\n\r\n",
-            if key { "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" } else { "" }
+            if key { format!("Sec-WebSocket-Key: {}\r\n", shardcast_kit::ws::KEY) } else { String::new() }
         )
     };
     let cases: Vec<(Vec<u8>, u16, Option<i64>)> = vec![
