@@ -6,22 +6,11 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{close_code, read_frames, wait_until, Server, WAIT};
+use common::{client_frame, close_code, read_frames, wait_until, Server, WAIT};
 
 /// A masked client frame.
 fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [9u8, 8, 7, 6];
-    let mut out = vec![b0];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
+    client_frame(b0, payload, true)
 }
 
 /// Reads until the server ends the TCP connection; returns how long that took.

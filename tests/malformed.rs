@@ -6,28 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 
-use common::{close_code, parse_response, read_frames, Server};
-
-/// A client frame: `b0` (FIN/RSV/opcode) and payload, masked unless `masked` is false.
-fn frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = vec![b0];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    if masked {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
+use common::{client_frame as frame, close_code, parse_response, read_frames, Server};
 
 #[test]
 fn malformed_http_gets_its_error_and_the_broker_keeps_serving() {
@@ -39,7 +18,7 @@ fn malformed_http_gets_its_error_and_the_broker_keeps_serving() {
     let upgrade = |version: &str, key: bool| {
         format!(
             "GET /?token=x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{}Sec-WebSocket-Version: {version}\r\n\r\n",
-            if key { "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" } else { "" }
+            if key { format!("Sec-WebSocket-Key: {}\r\n", shardcast_kit::ws::KEY) } else { String::new() }
         )
     };
     let cases: Vec<(Vec<u8>, u16, Option<i64>)> = vec![

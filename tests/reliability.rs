@@ -281,9 +281,10 @@ fn too_many_headers_and_origins() {
     assert_eq!((s, v["code"].as_i64()), (413, Some(1008)));
     let token = server.token("o");
     let upgrade = |origin: &str| {
-        format!(
-            "GET /?token={token} HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        shardcast_kit::ws::upgrade_request(
+            &format!("/?token={token}"),
+            "t",
+            &format!("Origin: {origin}\r\n"),
         )
     };
     let (s, v) = common::parse_response(&server.raw(upgrade("https://evil.example").as_bytes()));

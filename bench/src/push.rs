@@ -1,0 +1,99 @@
+//! `push`: N online subscribers and P keep-alive publishers pushing to random single
+//! users, closed loop or open loop at `--rate`; throughput, delivery latency, lost,
+//! duplicated and misdelivered messages, server CPU per delivered message.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::client::Http;
+use crate::readers::{finish, marker, pace, spawn_readers, Outcome, Seen};
+use crate::stats::percentiles;
+use crate::subscribers::{channel, logins, open_subscribers, user_id};
+use crate::target::{Kind, Target};
+use crate::{deadline_ns, now_ns, Opts, ADMIN};
+
+pub fn run(t: &Target, o: &Opts) {
+    let subs = o.num("--conns", 1000) as usize;
+    let publishers = o.num("--publishers", 4) as usize;
+    let messages = o.num("--messages", 20_000) as usize;
+    let rate = o.num("--rate", 0);
+    let size = o.num("--size", 64) as usize;
+    let socks = open_subscribers(t, &logins(t, subs));
+    let seen = Seen::new(messages);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(socks, 2, &seen, &stop);
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = t.cpu_us();
+    let t0 = now_ns();
+    let pad = "x".repeat(size.saturating_sub(40));
+    let pubs: Vec<_> = (0..publishers)
+        .map(|_| {
+            // `--publish-addr`: publishers on another node of a cluster than the
+            // subscribers.
+            let addr = o.get("--publish-addr").unwrap_or(&t.addr).to_string();
+            let (next, pad, kind) = (next.clone(), pad.clone(), t.kind);
+            std::thread::spawn(move || {
+                let mut http = Http::connect(&addr);
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (now_ns() | 1);
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= messages || now_ns() - t0 > deadline_ns() {
+                        return;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let user = (rng % subs as u64) as usize;
+                    let sent = pace(t0, seq as u64, rate);
+                    let m = format!("{}{pad}", marker(seq as u64, user, sent));
+                    match kind {
+                        Kind::Shardcast => {
+                            let body = format!(
+                                "{{\"uids\":[\"{}\"],\"title\":\"b\",\"content\":\"{m}\"}}",
+                                user_id(user)
+                            );
+                            http.call("POST", "/push", Some(ADMIN), &body);
+                        }
+                        Kind::Nchan => {
+                            http.call("POST", &format!("/pub/{}", channel(user)), None, &m);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in pubs {
+        let _ = p.join();
+    }
+    let published_ns = now_ns() - t0;
+    let sent = next.load(Ordering::Relaxed).min(messages);
+    let Outcome {
+        lat,
+        delivered,
+        lost,
+        duplicated: dup,
+        cpu_us: cpu,
+    } = finish(t, &seen, &stop, readers, sent, cpu_before);
+    let span_s =
+        (seen.last_ns.load(Ordering::Relaxed).saturating_sub(t0)).max(published_ns) as f64 / 1e9;
+    let (p50, p99, p999, max) = percentiles(lat);
+    let cpu_per_msg = cpu as f64 / delivered.max(1) as f64;
+    let mode = if rate > 0 {
+        format!("open loop {rate}/s")
+    } else {
+        "closed loop".to_string()
+    };
+    println!(
+        "push [{}, {mode}]: {subs} subscribers, {publishers} publishers, {sent} sent, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; \
+         latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}, duplicated {dup}, misdelivered {}; server CPU {cpu_per_msg:.1} µs/msg",
+        t.name(),
+        delivered as f64 / span_s,
+        seen.wrong_user.load(Ordering::Relaxed)
+    );
+    println!(
+        "{{\"scenario\":\"push\",\"target\":\"{}\",\"shards\":{},\"mode\":\"{mode}\",\"subscribers\":{subs},\"publishers\":{publishers},\"sent\":{sent},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"duplicated\":{dup},\"server_cpu_us_per_msg\":{cpu_per_msg:.1}}}",
+        t.name(),
+        t.shards,
+        delivered as f64 / span_s
+    );
+}
