@@ -303,38 +303,14 @@ fn graph(root: &Path) -> Graph {
     let resolve =
         |from: &Module, path: &[String], local: &BTreeMap<String, Vec<String>>| -> Option<Module> {
             let first = path.first()?;
-            let mut abs: Vec<String> = match first.as_str() {
-                "crate" => Vec::new(),
-                "self" => from.clone(),
-                "super" => {
-                    let mut m = from.clone();
-                    let mut rest = path;
-                    while rest.first().map(String::as_str) == Some("super") {
-                        m.pop();
-                        rest = &rest[1..];
-                    }
-                    m.extend(rest.iter().cloned());
-                    return longest(&modules, &m, &reexports);
-                }
-                other => {
-                    let mut child = from.clone();
-                    child.push(other.to_string());
-                    if modules.contains(&child) {
-                        child.pop();
-                        child
-                    } else if let Some(target) = local.get(other) {
-                        let mut t = target.clone();
-                        t.extend(path[1..].iter().cloned());
-                        return longest(&modules, &t, &reexports);
-                    } else {
-                        return None;
-                    }
-                }
+            let child = [from.clone(), vec![first.clone()]].concat();
+            let abs = if matches!(first.as_str(), "crate" | "self" | "super")
+                || modules.contains(&child)
+            {
+                absolute(from, path, &modules)
+            } else {
+                [local.get(first)?.clone(), path[1..].to_vec()].concat()
             };
-            if first != "crate" && first != "self" {
-                abs.push(first.clone());
-            }
-            abs.extend(path[1..].iter().cloned());
             longest(&modules, &abs, &reexports)
         };
     let mut g = Graph::new();
