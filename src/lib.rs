@@ -21,12 +21,13 @@
 //!    recipient's [`ws::outbound`] queue, bounded per connection; a remote session's
 //!    frames cross NATS in batches.
 //!
-//! The layers, bottom up (no module imports one above it; `tests/layering.rs` checks it):
-//! [`error`], [`fault`], [`text`], [`ids`], [`json`], [`config`], [`route`], [`metrics`],
-//! [`task`] → [`ws::frame`], [`message`], [`ws::outbound`], [`transport`],
-//! [`store::files`], [`auth`], [`store`], [`cluster`] → [`shard`] → [`owner`] → [`dialect`], [`ws`] → [`net`] →
-//! [`serve`] (a shard thread's loops and shutdown, and the calls of other nodes), and
-//! this file, which starts it all.
+//! The layers, bottom up; a module imports its own layer and those below, never above
+//! and never in a circle (`tests/layering.rs` holds this list and checks both):
+//! foundations ([`error`], [`fault`], [`text`], [`ids`], [`json`], [`config`], [`route`],
+//! [`metrics`], [`task`]) → bytes ([`ws::frame`], [`ws::outbound`], [`message`],
+//! [`transport`]) → what is kept and who may ([`store`], [`auth`], [`net::http`]) →
+//! [`cluster`] → [`shard`] → [`owner`] → [`dialect`] → connections ([`ws`]) → the network
+//! edge ([`net`]) → [`serve`] → this file, which starts it all.
 //!
 //! Invariants worth naming: all state of a user lives on its owner shard and is touched by
 //! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`

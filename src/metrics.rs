@@ -1,4 +1,5 @@
-//! Per-shard metrics, summed at scrape time (`GET /metrics`, Prometheus text format).
+//! Per-shard metrics, gathered from every shard at scrape time (`GET /metrics`, Prometheus
+//! text format, one series per shard).
 //!
 //! Invariants: counters are plain `Cell`s of the shard that owns them — no atomics, no
 //! locks, no cross-shard traffic on the message path (STYLE.md rule 6); a scrape asks each

@@ -1,7 +1,8 @@
 //! The owner path: the one place where "run this for the user of `slot`" becomes a call on
 //! the owner shard of this node (through its inbox, or in place) or a call to the owner
 //! node (through the cluster, sealed, over NATS). Handlers and dialects reach other nodes
-//! only through here; none of them touches the cluster handle.
+//! only through here, and see the cluster only through here (the other nodes, the
+//! `/healthz` fragment, the `/metrics` lines); none of them touches the cluster handle.
 //!
 //! Invariants: without `[cluster]` every slot is this node's and nothing here sends a
 //! byte; a call to another node carries only what the owner needs to run the same code

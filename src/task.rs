@@ -1,5 +1,8 @@
 //! Tasks that fail alone: glommio does not contain a panic in a task (one would end the
-//! shard's thread), so every task and every envelope of a shard runs through one of these.
+//! shard's thread), so every task that runs code a client or another node can reach — a
+//! connection, an inbox envelope, a shard call, a call from another node, a background
+//! loop — runs through one of these. The few glue tasks outside them (a refusal's close,
+//! a detach notice, the wait for a remote part's reply) only move bytes and results.
 //!
 //! Invariants: a panic inside [`contain`] or [`contain_now`] is logged with what was
 //! running and becomes `None`, never the end of the shard; a [`supervise`]d loop is
@@ -39,7 +42,7 @@ fn failed(what: &str, cause: &(dyn std::any::Any + Send)) {
 }
 
 /// The text a panic was raised with, when it has one.
-pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
+fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
     cause
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -10,7 +10,7 @@
 //! - A key is *documented* in a Markdown file when an inline code span is exactly the key
 //!   (`` `max_inbox` ``), assigns it (`` `shards = 0` ``), or names the table
 //!   (`` `[domains.<name>]` ``), or when a ```` ```toml ```` block sets it.
-//! - An *endpoint* is a path of `API_PATHS` in `src/net/api/mod.rs` (the route list the
+//! - An *endpoint* is a path of `ROUTES` in `src/net/api/mod.rs` (the route table the
 //!   router checks); it is *documented* when an inline code span holds it as a word that
 //!   starts with `/` (`` `GET /message-log?domain=` `` documents `/message-log`, not
 //!   `/message`).

@@ -621,3 +621,71 @@ fn handlers_reach_other_nodes_only_through_the_owner_path() {
         found.join("\n")
     );
 }
+
+/// The house, bottom up: a module may import modules of its own layer and of the layers
+/// below, never above (and, by the test above, never in a circle). A module's layer is
+/// that of the longest entry its path starts with.
+const LAYERS: [&[&str]; 11] = [
+    // Foundations: errors, names, ids, JSON, the configuration, routing, counters, tasks.
+    &[
+        "error", "fault", "text", "ids", "json", "config", "route", "metrics", "task",
+    ],
+    // Bytes: frames and a connection's queue, the two messages, the transport.
+    &["ws::frame", "ws::outbound", "message", "transport"],
+    // What is kept and who may: the store, credentials, the HTTP head parser.
+    &["store", "auth", "net::http"],
+    // The transport between nodes.
+    &["cluster"],
+    // A shard's state and the inboxes between shards.
+    &["shard"],
+    // The owner path.
+    &["owner"],
+    // The dialects.
+    &["dialect"],
+    // Connections: upgrade, the connection task, remote sessions.
+    &["ws"],
+    // The network edge: accept, hand-off, the HTTP API.
+    &["net"],
+    // A shard thread's loops and other nodes' calls.
+    &["serve"],
+    // lib.rs, which starts it all.
+    &[""],
+];
+
+fn layer_of(m: &Module) -> Option<usize> {
+    let path = name(m);
+    LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, entries)| entries.iter().map(move |e| (i, *e)))
+        .filter(|(_, e)| {
+            let e = if e.is_empty() { "crate" } else { e };
+            path == e || path.starts_with(&format!("{e}::"))
+        })
+        .max_by_key(|(_, e)| e.len())
+        .map(|(i, _)| i)
+}
+
+#[test]
+fn no_module_imports_one_of_a_layer_above() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let g = graph(&root);
+    let mut wrong = Vec::new();
+    for (m, edges) in &g {
+        let Some(from) = layer_of(m) else {
+            wrong.push(format!("{} is in no layer: add it to LAYERS", name(m)));
+            continue;
+        };
+        for (to, at) in edges {
+            match layer_of(to) {
+                Some(l) if l <= from => {}
+                _ => wrong.push(format!("{} -> {} goes up ({at})", name(m), name(to))),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -5,11 +5,11 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-static RT: OnceLock<shardcast::config::Runtime> = OnceLock::new();
+static CONFIG: OnceLock<shardcast::config::Runtime> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let rt = RT.get_or_init(|| shardcast::config::from_str("").expect("defaults"));
-    if let Ok(Some((req, len))) = shardcast::net::http::parse_head(data, rt) {
+    let config = CONFIG.get_or_init(|| shardcast::config::from_str("").expect("defaults"));
+    if let Ok(Some((req, len))) = shardcast::net::http::parse_head(data, config) {
         assert!(len <= data.len());
         let _ = shardcast::net::http::parse_query(&req.query);
     }

@@ -1,7 +1,8 @@
 //! Every message that crosses nodes, in its wire form: the calls one node makes of
 //! another ([`Call`]) and their replies, and a remote session's messages (attach, input,
-//! detach, and the batched deliveries back to the holder). Encoders and decoders live
-//! only here (a chat message's own wire form is [`crate::message::ChatMessage::to_wire`]),
+//! detach, and the batched deliveries back to the holder). Their encoders and decoders
+//! live here (a chat message's own wire form is [`crate::message::ChatMessage::to_wire`];
+//! the short `ok`/`!code` answers of a remote session are written where they are sent),
 //! and every decoder has a fuzz target: `cluster_call`, `cluster_reply`, `remote_session`
 //! (and `cluster_seal` for the seal around them all).
 //!
@@ -162,7 +163,8 @@ impl Call {
     }
 }
 
-/// The shard an incoming call must run on, when it matters: a chat message runs on its
+/// The shard an incoming call must run on, when it matters: a remote session's message on
+/// the shard its head names (the one that holds its state), and a chat message on its
 /// recipient's owner shard, so that messages from one connection, which arrive in the
 /// order they were sent, are stored in that order (as they are between local shards).
 pub fn home_shard(request: &[u8], nodes: usize, shards: usize) -> Option<usize> {
@@ -246,6 +248,7 @@ pub const ATTACH: u8 = 6;
 pub const INPUT: u8 = 7;
 pub const DETACH: u8 = 8;
 pub const DELIVER: u8 = 9;
+
 /// Deliveries for one holder shard, as one NATS message: runs of identical bytes with
 /// the sessions they go to, so a push to many users of one holder node crosses NATS
 /// once, not once per user.
@@ -283,7 +286,7 @@ pub fn push_field(out: &mut Vec<u8>, f: &[u8]) {
     out.extend_from_slice(f);
 }
 
-pub fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+fn take_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (len, rest) = b.split_at_checked(4)?;
     let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     let (f, rest) = rest.split_at_checked(n)?;
@@ -299,8 +302,9 @@ pub fn parse_attach(mut rest: &[u8]) -> Option<(&str, &str, bool, &[u8])> {
     Some((accept, query, chat == 1, early))
 }
 
-/// Every decoder of this module on `bytes` from another node (the fuzz target's entry):
-/// what decodes, or `None` — never a panic.
+/// A remote session's decoders (head, attach, delivery batch) on `bytes` from another
+/// node — the `remote_session` fuzz target's entry: what decodes, or `None`, never a
+/// panic.
 pub fn decode_message(bytes: &[u8]) -> Option<usize> {
     let (_, _, _, rest) = parse_head(bytes)?;
     match bytes.first().copied()? {
@@ -309,6 +313,7 @@ pub fn decode_message(bytes: &[u8]) -> Option<usize> {
         _ => Some(rest.len()),
     }
 }
+
 /// `batch` as batches whose encoded form fits in `limit` bytes: runs are kept whole where
 /// they fit, and a run larger than that (a big greeting) is cut into pieces sent in
 /// order, its `closing` mark on the last piece only.
@@ -345,7 +350,7 @@ pub fn split_batch(batch: Batch, limit: usize) -> Vec<Batch> {
 }
 
 /// Bytes of [`head`].
-pub const HEAD: usize = 13;
+const HEAD: usize = 13;
 
 /// `head(DELIVER)`, then per run: `[len u32][bytes][count u32]` and `count` times
 /// `[key u64][closing u8]`.

@@ -3,9 +3,9 @@
 //!
 //! Invariants: a message is appended to the recipient's history on the recipient's owner
 //! shard before it is delivered; it is queued offline exactly when no resource of the
-//! recipient is online; the message object is encoded once (its "core", without
-//! `offline`) and each form — delivered, queued, history, ack — is that core plus a tail;
-//! messages from one connection reach the owner in the order they were sent.
+//! recipient is online; the message is encoded once ([`crate::message::ChatMessage`]) and
+//! each form it is delivered, queued or kept in is that encoding plus a tail; messages
+//! from one connection reach the owner in the order they were sent.
 
 use std::rc::Rc;
 use std::sync::Arc;

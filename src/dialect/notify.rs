@@ -1,10 +1,10 @@
 //! The notify dialect (PROTOCOL.md §3): event 2 (unread list) on connect, event 1 for each
 //! push, event 3 read reports, event 0 errors.
 //!
-//! Invariants: a [`Notification`] is encoded once — its msg object (stored as the unread
-//! value for every recipient and concatenated into event 2) and its event-1 frame (shared
-//! by every connection it reaches); a push is stored for every recipient of the shard in
-//! one batch before any delivery is acknowledged.
+//! Invariants: a [`Notification`] is encoded once ([`crate::message`]): its msg object is
+//! the unread value of every recipient and is concatenated into event 2, and its event-1
+//! frame is shared by every connection it reaches; a push is stored for every recipient of
+//! the shard in one batch before any delivery is acknowledged.
 
 use std::rc::Rc;
 use std::sync::Arc;

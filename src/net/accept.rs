@@ -87,7 +87,7 @@ async fn read_more(
 /// `max_connections` reached: 503 with code 1009, then close.
 async fn refuse(mut stream: TcpStream) {
     log::warn!("max_connections reached: refusing a connection");
-    http::write_error(&mut stream, &Error::Overloaded, "").await;
+    http::write_error(&mut stream, &Error::Overloaded).await;
 }
 
 /// Runs [`serve_connection`] so that a panic ends this connection only.
@@ -140,7 +140,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
                     _ => return,
                 }
             }
-            Err(e) => return http::write_error(&mut stream, &e, "").await,
+            Err(e) => return http::write_error(&mut stream, &e).await,
         };
         scanned = 0;
         if let Some(ws) = &req.upgrade {
@@ -150,14 +150,14 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
             }
         }
         if req.chunked {
-            return http::write_error(&mut stream, &Error::LengthRequired, "").await;
+            return http::write_error(&mut stream, &Error::LengthRequired).await;
         }
         if req.content_length > shard.config.max_body_bytes {
-            return http::write_error(&mut stream, &Error::too_large("body"), "").await;
+            return http::write_error(&mut stream, &Error::too_large("body")).await;
         }
         if let Err(e) = super::api::check_admin_before_body(&shard, &req) {
             shard.metrics.error(e.code());
-            return http::write_error(&mut stream, &e, "").await;
+            return http::write_error(&mut stream, &e).await;
         }
         let end = head_len + req.content_length;
         if req.expect_continue && buf.len() < end {
@@ -235,13 +235,13 @@ async fn upgrade(
         return http::answer_and_close(&mut stream, &resp).await;
     }
     let Some(key) = ws.key.as_deref().filter(|k| !k.is_empty()) else {
-        return http::write_error(&mut stream, &Error::param("Sec-WebSocket-Key"), "").await;
+        return http::write_error(&mut stream, &Error::param("Sec-WebSocket-Key")).await;
     };
     let origins = &shard.config.allowed_origins;
     if let Some(origin) = &req.origin {
         if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
             log::info!("refused upgrade from origin {origin}");
-            return http::write_error(&mut stream, &Error::param("Origin"), "").await;
+            return http::write_error(&mut stream, &Error::param("Origin")).await;
         }
     }
     let chat = req.path == "/ws";
@@ -280,7 +280,7 @@ async fn upgrade(
     if owner != shard.id && shard.peer(owner).is_full() {
         // Refused before the 101, while an HTTP answer can still say why.
         crate::metrics::bump(&shard.metrics.overloaded, 1);
-        return http::write_error(&mut stream, &Error::Overloaded, "").await;
+        return http::write_error(&mut stream, &Error::Overloaded).await;
     }
     if owner == shard.id {
         // A task of its own, so that nothing of this request's parsing (this task's

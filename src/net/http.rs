@@ -224,17 +224,13 @@ pub fn response(
 
 pub const JSON: &str = "application/json; charset=utf-8";
 
-/// An error's HTTP response, then the close (a request refused before it was served).
 /// Longest an error answer and its close may take: a client that does not read (a zero
 /// window) cannot hold the connection, its task and its `max_connections` place with it.
 /// Over TLS even a small answer waits for the socket, and the close for the close alert.
-pub const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
-    stream: &mut S,
-    e: &Error,
-    extra: &str,
-) {
+/// An error's HTTP response, then the close (a request refused before it was served).
+pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, e: &Error) {
     answer_and_close(
         stream,
         &response(
@@ -242,13 +238,13 @@ pub async fn write_error<S: futures_lite::AsyncWrite + Unpin>(
             JSON,
             &crate::json::error_envelope(e),
             false,
-            extra,
+            "",
         ),
     )
     .await;
 }
 
-/// Writes a last response and closes, within [`ANSWER_GRACE`].
+/// Writes a last response and closes, within `ANSWER_GRACE`.
 pub async fn answer_and_close<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, resp: &[u8]) {
     crate::task::within(ANSWER_GRACE, async {
         let _ = stream.write_all(resp).await;

@@ -1,9 +1,10 @@
 //! The top of the house: what runs a shard thread once it has started, and the loops it
 //! runs for its whole life — accepting on the shared port, heartbeats, retention, the idle
-//! journal sync — and its shutdown.
+//! journal sync — and its shutdown; [`peer`] runs the calls other nodes send.
 //!
-//! Invariants: every loop is supervised (a panic restarts it a second later, see
-//! [`crate::task::supervise`]) and ends when the shard is asked to stop; the shutdown
+//! Invariants: heartbeat, retention and idle sync are supervised (a panic restarts one a
+//! second later, see [`crate::task::supervise`]), and the accept loop contains each
+//! connection's task; every loop ends when the shard is asked to stop; the shutdown
 //! closes every connection with 1001, waits at most two seconds for them, then makes
 //! everything durable, except after an injected fatal fault.
 

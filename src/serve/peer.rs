@@ -39,7 +39,7 @@ pub fn dispatch(peers: Arc<[InboxTx]>, nodes: usize) -> Dispatch {
 
 /// Runs one call that arrived over NATS on `shard` and returns the
 /// reply bytes (never an error: an error is a reply too).
-pub async fn run_call(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
+async fn run_call(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
     match Call::decode(request) {
         Some(Call::Http {
             method,

@@ -6,8 +6,9 @@
 //! Invariants: everything behind `Rc<Shard>` is touched by this thread only; other shards
 //! reach it through its inbox; [`Shard::call`] short-circuits work for the local shard;
 //! the cluster handle is used only by the owner path ([`crate::owner`]) and remote
-//! sessions ([`crate::ws::remote`]); nothing here runs a loop or a connection (that is
-//! [`crate::serve`]), so `shard/` imports nothing above it.
+//! sessions ([`crate::ws::remote`]); nothing here runs a connection or a loop but the
+//! inbox drain (those are [`crate::ws`] and [`crate::serve`]), so `shard/` imports nothing
+//! above it.
 
 pub mod inbox;
 pub mod remote;

@@ -25,10 +25,6 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub fn remote_sessions(&self) -> usize {
-        self.sessions.borrow().len()
-    }
-
     /// Bytes waiting in the batch to one holder shard.
     pub fn waiting(&self, holder: usize, holder_shard: usize) -> usize {
         self.outgoing

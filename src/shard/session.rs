@@ -1,6 +1,7 @@
 //! The session table of one shard: `(domain, uid) → connections`, for the users the shard
-//! owns. Single-threaded (`Rc`), so delivery is a map lookup with no lock; lookups take
-//! `&str` keys and allocate nothing.
+//! owns, and what the rest of the shard may do with a connection (queue a frame, a
+//! greeting, a close). Single-threaded (`Rc`), so delivery is a map lookup with no lock;
+//! lookups take `&str` keys and allocate nothing.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

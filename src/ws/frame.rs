@@ -1,5 +1,6 @@
 //! RFC 6455 framing for the server side: parse client frame headers over our own buffer,
-//! unmask in place, and encode server frames.
+//! unmask in place, encode server frames, and reassemble a fragmented message
+//! ([`Fragments`], with its UTF-8 check fragment by fragment).
 //!
 //! Invariants: a frame whose declared length exceeds the limit is refused from its header
 //! alone, before any byte of it is buffered; server frames are unmasked, so one encoding

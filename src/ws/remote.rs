@@ -68,6 +68,7 @@ fn relay_key(shard: usize, epoch: u32, counter: u64) -> u64 {
 fn key_epoch(key: u64) -> u32 {
     ((key >> 32) & 0xff_ffff) as u32
 }
+
 /// Runs a message of kinds [`ATTACH`], [`INPUT`], [`DETACH`] on the owner shard, or
 /// [`DELIVER`] on the holder shard; the reply bytes (empty for the one-way kinds).
 pub async fn on_message(shard: &Rc<Shard>, request: &[u8]) -> Vec<u8> {
@@ -432,7 +433,7 @@ pub async fn hold(
     permit: crate::shard::ConnPermit,
 ) {
     let Some(cluster) = shard.cluster.clone() else {
-        return crate::net::http::write_error(&mut stream, &Error::Internal, "").await;
+        return crate::net::http::write_error(&mut stream, &Error::Internal).await;
     };
     let key = relay_key(shard.id, cluster.epoch, shard.next_conn_id());
     let relay = Rc::new(Relay {
@@ -441,7 +442,7 @@ pub async fn hold(
     });
     if shard.remote.relays.borrow().contains_key(&key) {
         // Only after 2^32 relays on this shard, with the first still open.
-        return crate::net::http::write_error(&mut stream, &Error::Overloaded, "").await;
+        return crate::net::http::write_error(&mut stream, &Error::Overloaded).await;
     }
     shard.remote.relays.borrow_mut().insert(key, relay.clone());
     let leave = RelayGuard {
@@ -472,9 +473,9 @@ pub async fn hold(
             } else {
                 Error::Internal
             };
-            return crate::net::http::write_error(&mut stream, &e, "").await;
+            return crate::net::http::write_error(&mut stream, &e).await;
         }
-        Err(e) => return crate::net::http::write_error(&mut stream, e, "").await,
+        Err(e) => return crate::net::http::write_error(&mut stream, e).await,
     }
     let owner = attach.owner;
     let max = holder_bound(&shard);

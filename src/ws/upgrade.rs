@@ -1,5 +1,6 @@
-//! Completing a WebSocket upgrade on the owner shard: check the login, write `101`, send
-//! the dialect's greeting (event 2 / offline queue), then run the connection.
+//! Completing a WebSocket upgrade on the owner shard: read the login from the query
+//! ([`login_of`], also for a remote session's attach), check it, write `101`, send the
+//! dialect's greeting (event 2 / offline queue), then run the connection.
 //!
 //! Invariants: a failed login still completes the upgrade, then gets its error object and
 //! close 1008 (PROTOCOL.md §3, §4); the greeting is queued in the same turn as the

@@ -23,12 +23,8 @@ pub async fn broadcast(
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
     let config = shard.config.clone();
-    let v = json::parse(body)
-        .filter(|v| v.is_object())
-        .ok_or(Error::param("body"))?;
-    let domain =
-        json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?.to_string();
-    super::in_scope(shard, scope, &domain)?;
+    let v = super::json_body(body)?;
+    let domain = super::domain_in_scope(shard, scope, &v)?;
     let (title, content) = super::push::title_and_content(&v, &config)?;
     let note = Arc::new(Notification::new(
         shard.ids.next(),
@@ -160,17 +156,8 @@ pub async fn kick(
     scope: &AdminScope,
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
-    let v = json::parse(body)
-        .filter(|v| v.is_object())
-        .ok_or(Error::param("body"))?;
-    let domain = json::name_or(
-        &v,
-        "domain",
-        &shard.config.default_domain,
-        Error::param("domain"),
-    )?
-    .to_string();
-    super::in_scope(shard, scope, &domain)?;
+    let v = super::json_body(body)?;
+    let domain = super::domain_in_scope(shard, scope, &v)?;
     let uid = json::str_of(&v, "uid")
         .filter(|s| crate::text::valid_name(s))
         .ok_or(Error::param("uid"))?

@@ -1,6 +1,6 @@
 //! `GET /healthz` (shard count and open WebSocket connections, in a cluster the peer nodes
-//! that are gone, or which shards are unhealthy) and `GET /metrics` (Prometheus text): both ask every shard once, at request
-//! time.
+//! that are gone, or which shards are unhealthy) and `GET /metrics` (Prometheus text):
+//! both ask every shard once, at request time.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use crate::Error;
 /// How long `/healthz` waits for a shard before calling it unhealthy (PROTOCOL.md §2 v2).
 const SHARD_ANSWER: Duration = Duration::from_secs(1);
 
-/// `(HTTP status, envelope)`: 200 with `{"shards","connections"}`, or 503 with code 1000
+/// `(HTTP status, envelope)`: 200 with `{"shards","connections"}` (and `"cluster"` in a
+/// cluster), or 503 with code 1000
 /// and `{"unhealthy":[{"shard","why"}]}` while a shard's store has failed or a shard does
 /// not answer within a second.
 pub async fn healthz(shard: &Rc<Shard>) -> (u16, Vec<u8>) {

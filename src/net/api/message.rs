@@ -20,11 +20,8 @@ pub async fn message(
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
     let config = shard.config.clone();
-    let v = json::parse(body)
-        .filter(|v| v.is_object())
-        .ok_or(Error::param("body"))?;
-    let domain = json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?;
-    super::in_scope(shard, scope, domain)?;
+    let v = super::json_body(body)?;
+    let domain = &super::domain_in_scope(shard, scope, &v)?;
     let to = json::str_of(&v, "toId")
         .filter(|s| crate::text::valid_name(s))
         .ok_or(Error::param("toId"))?;

@@ -1,5 +1,8 @@
-//! The HTTP API of PROTOCOL.md §2: routing by path and method, the JSON envelope, and the
-//! admin-key check. Handlers return the encoded `content` object or an [`Error`].
+//! The HTTP API of PROTOCOL.md §2: the table of routes ([`ROUTES`]: path, method, whether
+//! the admin key is checked before the body, whose call it is), the JSON envelope, and the
+//! admin-key check. In a cluster a request about a user of another node is forwarded whole
+//! to that node through the owner path, with only what its credentials grant. Handlers
+//! return the encoded `content` object or an [`Error`].
 
 mod admin;
 mod console;
@@ -8,6 +11,9 @@ mod message;
 mod message_log;
 mod push;
 mod token;
+
+pub use admin::broadcast_part;
+pub use push::push_part;
 
 use std::rc::Rc;
 
@@ -58,7 +64,7 @@ const USER_IN_QUERY: User = User::Query {
     domain_required: false,
 };
 
-/// The API (PROTOCOL.md §2), one line a call; [`dispatch`] runs each.
+/// The API (PROTOCOL.md §2), one line a call; [`serve_here`] and [`dispatch`] run each.
 const ROUTES: [Route; 12] = [
     route("/console", "GET", false, User::Nobody),
     route("/console/shardcast.js", "GET", false, User::Nobody),
@@ -91,9 +97,6 @@ fn route_of(req: &Request) -> Option<&'static Route> {
 pub fn is_api_path(path: &str) -> bool {
     ROUTES.iter().any(|r| r.path == path)
 }
-
-pub use admin::broadcast_part;
-pub use push::push_part;
 
 /// Serves one request: `(status, content type, body)`. In a cluster, a request about one
 /// user owned by another node is served by that node (DESIGN.md "a cluster on NATS").
@@ -271,6 +274,27 @@ fn admin(shard: &Shard, req: &Request) -> Result<AdminScope, Error> {
             shard.metrics.refused(Refusal::AdminKey);
             Error::BadAdminKey
         })
+}
+
+/// The opening of every admin call with a JSON body: the body, which must be an object.
+fn json_body(body: &mut [u8]) -> Result<simd_json::BorrowedValue<'_>, Error> {
+    use simd_json::prelude::*;
+    crate::json::parse(body)
+        .filter(|v| v.is_object())
+        .ok_or(Error::param("body"))
+}
+
+/// The `domain` of an admin call's body (the default domain when absent), once the key's
+/// scope allows it.
+fn domain_in_scope(
+    shard: &Shard,
+    scope: &AdminScope,
+    v: &simd_json::BorrowedValue<'_>,
+) -> Result<String, Error> {
+    let default = &shard.config.default_domain;
+    let domain = crate::json::name_or(v, "domain", default, Error::param("domain"))?;
+    in_scope(shard, scope, domain)?;
+    Ok(domain.to_string())
 }
 
 /// 1005 unless `scope` acts on `domain` (PROTOCOL.md §1 v2), counted by reason.

@@ -157,9 +157,7 @@ pub async fn push(
     body: &mut [u8],
 ) -> Result<Vec<u8>, Error> {
     let config = shard.config.clone();
-    let v = json::parse(body)
-        .filter(|v| v.is_object())
-        .ok_or(Error::param("body"))?;
+    let v = super::json_body(body)?;
     let uids = v
         .get("uids")
         .and_then(|u| u.as_array())
@@ -171,8 +169,7 @@ pub async fn push(
         return Err(Error::too_large("uids"));
     }
     let (title, content) = title_and_content(&v, &config)?;
-    let domain = json::name_or(&v, "domain", &config.default_domain, Error::param("domain"))?;
-    super::in_scope(shard, scope, domain)?;
+    let domain = &super::domain_in_scope(shard, scope, &v)?;
     let mut by_shard: Vec<Vec<(u16, String)>> = vec![Vec::new(); shard.shards()];
     // Users of other nodes, by node (one call per node, however many of its users).
     let mut by_node: std::collections::BTreeMap<usize, Vec<&str>> = Default::default();
