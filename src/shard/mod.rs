@@ -100,6 +100,44 @@ impl Drop for ConnPermit {
 }
 
 impl Shard {
+    /// The shard of this thread, with its inbox drained by a task of its own from now on.
+    pub fn start(seed: Seed) -> Rc<Shard> {
+        let node = seed.config.cluster.as_ref().map_or(0, |c| c.node);
+        let id_byte = ((node * seed.config.shards + seed.id) % 256) as u8;
+        let shard = Rc::new(Shard {
+            id: seed.id,
+            store: Store::new(seed.files, &seed.config, seed.id),
+            config: seed.config,
+            peers: seed.peers,
+            sessions: RefCell::new(Sessions::default()),
+            // Validated at start-up: at most 255 shards. In a cluster the byte also tells
+            // nodes apart (mod 256; the id's random bits cover larger clusters).
+            ids: IdGen::new(id_byte),
+            token_key: seed.token_key,
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
+            next_conn: Cell::new(0),
+            stopping: Cell::new(false),
+            stop_waiters: RefCell::new(Vec::new()),
+            started: std::time::Instant::now(),
+            open_conns: seed.open_conns,
+            metrics: crate::metrics::Metrics::default(),
+            live_conns: Cell::new(0),
+            inflight_writes: Cell::new(0),
+            died: Cell::new(false),
+            inbox_probe: seed.inbox.clone(),
+            cluster: seed.cluster,
+            remote: Default::default(),
+            tls: RefCell::new(seed.tls),
+        });
+        glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
+        shard
+    }
+
+    /// Whether the shard stopped as a fatal fault would ([`Shard::die`]).
+    pub fn has_died(&self) -> bool {
+        self.died.get()
+    }
+
     pub fn shards(&self) -> usize {
         self.peers.len()
     }
@@ -307,44 +345,4 @@ pub fn replace_tls(tx: &InboxTx, config: Arc<rustls::ServerConfig>) -> bool {
 /// Asks shard `tx` to stop (shutdown: stop accepting, close connections with 1001, flush).
 pub fn request_stop(tx: &InboxTx) -> bool {
     tx.send_control(Box::new(|shard: &Rc<Shard>| shard.begin_stop()))
-}
-
-impl Shard {
-    /// The shard of this thread, with its inbox drained by a task of its own from now on.
-    pub fn start(seed: Seed) -> Rc<Shard> {
-        let node = seed.config.cluster.as_ref().map_or(0, |c| c.node);
-        let id_byte = ((node * seed.config.shards + seed.id) % 256) as u8;
-        let shard = Rc::new(Shard {
-            id: seed.id,
-            store: Store::new(seed.files, &seed.config, seed.id),
-            config: seed.config,
-            peers: seed.peers,
-            sessions: RefCell::new(Sessions::default()),
-            // Validated at start-up: at most 255 shards. In a cluster the byte also tells
-            // nodes apart (mod 256; the id's random bits cover larger clusters).
-            ids: IdGen::new(id_byte),
-            token_key: seed.token_key,
-            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
-            next_conn: Cell::new(0),
-            stopping: Cell::new(false),
-            stop_waiters: RefCell::new(Vec::new()),
-            started: std::time::Instant::now(),
-            open_conns: seed.open_conns,
-            metrics: crate::metrics::Metrics::default(),
-            live_conns: Cell::new(0),
-            inflight_writes: Cell::new(0),
-            died: Cell::new(false),
-            inbox_probe: seed.inbox.clone(),
-            cluster: seed.cluster,
-            remote: Default::default(),
-            tls: RefCell::new(seed.tls),
-        });
-        glommio::spawn_local(inbox::drain(shard.clone(), seed.inbox)).detach();
-        shard
-    }
-
-    /// Whether the shard stopped as a fatal fault would ([`Shard::die`]).
-    pub fn has_died(&self) -> bool {
-        self.died.get()
-    }
 }

@@ -17,6 +17,17 @@ use futures_lite::AsyncWrite;
 use super::frame::{self, Frame};
 use crate::error::close::SLOW_CONSUMER;
 
+/// What became of a frame given to [`Outbound::send`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The connection is closing; nothing more is queued.
+    Closing,
+    /// It would have passed `max_outbound_bytes`: the live frames were dropped and a
+    /// 1013 close queued (the caller logs who).
+    CutOff,
+}
+
 pub struct Outbound {
     /// Frames to write, each marked whether it counts against `max`.
     queue: VecDeque<(Frame, bool)>,
@@ -31,6 +42,35 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Queues `f`, counted against `max_outbound_bytes`.
+    pub fn send(&mut self, f: &Frame) -> Sent {
+        if self.close.is_some() {
+            return Sent::Closing;
+        }
+        if self.bytes + f.len() > self.max {
+            self.cut_off();
+            return Sent::CutOff;
+        }
+        self.push(f.clone(), true);
+        Sent::Queued
+    }
+
+    /// Queues the greeting of a new connection (the 101 response, event 2, the offline
+    /// queue): not counted against `max_outbound_bytes` and never dropped (see the module
+    /// invariants).
+    pub fn send_greeting(&mut self, bytes: Vec<u8>) {
+        if self.close.is_none() {
+            self.push(Frame::from(bytes), false);
+        }
+    }
+
+    /// Queues a close frame with `code`; the connection ends once it is written.
+    pub fn close(&mut self, code: u16) {
+        if self.close.is_none() {
+            self.push_close(code);
+        }
+    }
+
     pub fn new(max: usize) -> Outbound {
         Outbound {
             queue: VecDeque::new(),
@@ -158,48 +198,6 @@ impl Outbound {
             .map(|(f, _)| f.len())
             .sum();
         self.push_close(SLOW_CONSUMER);
-    }
-}
-
-/// What became of a frame given to [`Outbound::send`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    Queued,
-    /// The connection is closing; nothing more is queued.
-    Closing,
-    /// It would have passed `max_outbound_bytes`: the live frames were dropped and a
-    /// 1013 close queued (the caller logs who).
-    CutOff,
-}
-
-impl Outbound {
-    /// Queues `f`, counted against `max_outbound_bytes`.
-    pub fn send(&mut self, f: &Frame) -> Sent {
-        if self.close.is_some() {
-            return Sent::Closing;
-        }
-        if self.bytes + f.len() > self.max {
-            self.cut_off();
-            return Sent::CutOff;
-        }
-        self.push(f.clone(), true);
-        Sent::Queued
-    }
-
-    /// Queues the greeting of a new connection (the 101 response, event 2, the offline
-    /// queue): not counted against `max_outbound_bytes` and never dropped (see the module
-    /// invariants).
-    pub fn send_greeting(&mut self, bytes: Vec<u8>) {
-        if self.close.is_none() {
-            self.push(Frame::from(bytes), false);
-        }
-    }
-
-    /// Queues a close frame with `code`; the connection ends once it is written.
-    pub fn close(&mut self, code: u16) {
-        if self.close.is_none() {
-            self.push_close(code);
-        }
     }
 }
 
