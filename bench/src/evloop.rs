@@ -1,6 +1,6 @@
 //! The event-driven generator's machinery: an epoll set per generator thread, plain-TCP
 //! connections made non-blocking with bounded buffers, a timerfd for an open loop's
-//! slots, and the generator's own CPU time.
+//! slots, a non-blocking connect, and the generator's own CPU time.
 //!
 //! Why a loop at all: on a 2-core machine the ~20 blocking threads of the old generator
 //! (one per publisher, readers, storm workers) take a context switch for every request
@@ -10,7 +10,7 @@
 //! bytes after a bounded number of reads is simply reported again next turn.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::die;
@@ -240,6 +240,78 @@ impl Conn {
         }
         Ok(true)
     }
+}
+
+/// Starts a TCP connection to `addr` without waiting for it: the socket becomes writable
+/// once connected (or failed: see `take_error`). Waiting in connect(2) instead would stop
+/// every other socket of the loop, for a second or more when the listen queue is full.
+pub fn connect_nonblocking(addr: &str) -> io::Result<TcpStream> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            if sa.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            },
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns; closed on any error below.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: the sockaddr built for the address's family, with its own length.
+    let rc = unsafe {
+        match sa {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::connect(
+                    fd,
+                    std::ptr::addr_of!(sin).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo().to_be(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                libc::connect(
+                    fd,
+                    std::ptr::addr_of!(sin6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    // Small requests and frames would otherwise wait on Nagle, and latency with them.
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
 
 /// The generator's own CPU time (user + system, every thread), µs: what the load side
