@@ -3,7 +3,8 @@
 //!
 //! Each worker slot repeats what a blocking worker does, as a state machine: for
 //! shardcast a token on its keep-alive HTTP connection, then a fresh connection (a
-//! non-blocking connect), the upgrade, its `101`, and for shardcast the unread list
+//! non-blocking connect, the upgrade written at once when it is already established),
+//! then its `101`, and for shardcast the unread list
 //! (event 2); then the connection is closed and the next handshake begins. A handshake's
 //! latency runs from its start to its last step, as before.
 
@@ -54,8 +55,6 @@ struct Slot {
     i: usize,
     http: Option<Conn>,
     ws: Option<Conn>,
-    /// The upgrade request, sent once connected.
-    upgrade: Vec<u8>,
     stage: Stage,
     started: u64,
 }
@@ -87,7 +86,6 @@ fn drive(plan: &Plan, workers: &[usize]) -> Vec<u64> {
             http: (plan.kind == Kind::Shardcast)
                 .then(|| Conn::new(plain(dial(&plan.addr)), Vec::new())),
             ws: None,
-            upgrade: Vec::new(),
             stage: Stage::Retired,
             started: 0,
         })
@@ -148,8 +146,7 @@ fn drive(plan: &Plan, workers: &[usize]) -> Vec<u64> {
                     die(&format!("connect {}: {e}", plan.addr));
                 }
                 s.stage = Stage::Upgrading;
-                let upgrade = std::mem::take(&mut s.upgrade);
-                match c.send(&upgrade) {
+                match c.flush() {
                     Ok(true) => ep.modify(c.fd(), WS | k as u64, IN),
                     Ok(false) => {}
                     Err(e) => die(&format!("handshake: {e}")),
@@ -220,14 +217,26 @@ fn begin(plan: &Plan, ep: &Epoll, s: &mut Slot, k: usize) {
     }
 }
 
-/// Starts slot `k`'s WebSocket connection to `path`; the upgrade goes out once it is
-/// connected.
+/// Starts slot `k`'s WebSocket connection to `path` and sends the upgrade at once: on
+/// loopback the connection is usually established by the time connect(2) returns, so
+/// waiting for writability first would cost the loop a turn and two epoll_ctl calls per
+/// handshake. When it is not yet (the write would block), the upgrade waits, queued, for
+/// the socket to become writable.
 fn connect(plan: &Plan, ep: &Epoll, s: &mut Slot, k: usize, path: &str) {
     let tcp = connect_nonblocking(&plan.addr)
         .unwrap_or_else(|e| die(&format!("connect {}: {e}", plan.addr)));
-    let c = Conn::new(tcp, Vec::new());
-    ep.add(c.fd(), WS | k as u64, OUT);
-    s.upgrade = ws::upgrade_request(path, "b", "").into_bytes();
+    let mut c = Conn::new(tcp, Vec::new());
+    match c.send(ws::upgrade_request(path, "b", "").as_bytes()) {
+        Ok(true) => {
+            ep.add(c.fd(), WS | k as u64, IN);
+            s.stage = Stage::Upgrading;
+        }
+        // Not connected yet, or connected and the socket full: either way, writable next.
+        Ok(false) => {
+            ep.add(c.fd(), WS | k as u64, OUT);
+            s.stage = Stage::Connecting;
+        }
+        Err(e) => die(&format!("connect {}: {e}", plan.addr)),
+    }
     s.ws = Some(c);
-    s.stage = Stage::Connecting;
 }
