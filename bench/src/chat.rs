@@ -1,6 +1,8 @@
 //! `chat`: N pairs of chat users on `/ws`, each sending to its partner; msgs/s and
 //! end-to-end latency, history persisted (shardcast only). Closed loop: each sender keeps
 //! at most `--window` messages waiting for their ack; open loop: one writer at `--rate`.
+//! The load side is blocking (a thread per sender in closed loop, one reader thread); the
+//! generator's own CPU per message is reported beside the server's.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,7 @@ use shardcast_kit::net::Sock;
 use shardcast_kit::ws::{self, client_text};
 
 use crate::client::{ws_open, Http};
+use crate::evloop::self_cpu_us;
 use crate::readers::{finish, marker, pace, spawn_readers, Outcome, Seen};
 use crate::stats::percentiles;
 use crate::target::{Kind, Target};
@@ -46,7 +49,7 @@ pub fn run(t: &Target, o: &Opts) {
     let seen = Seen::new(messages);
     let stop = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(receivers, 1, &seen, &stop);
-    let cpu_before = t.cpu_us();
+    let cpu_before = (t.cpu_us(), self_cpu_us());
     let t0 = now_ns();
     let text = |seq: usize, pair: usize, sent: u64| {
         client_text(
@@ -104,6 +107,7 @@ pub fn run(t: &Target, o: &Opts) {
         delivered,
         lost,
         cpu_us: cpu,
+        gen_cpu_us,
         ..
     } = finish(t, &seen, &stop, readers, messages, cpu_before);
     let span_s = seen
@@ -119,15 +123,18 @@ pub fn run(t: &Target, o: &Opts) {
         format!("closed loop, window {window}")
     };
     println!(
-        "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg",
+        "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg; generator (blocking, {} threads) CPU {:.1} µs/msg",
         delivered as f64 / span_s,
-        cpu as f64 / delivered.max(1) as f64
+        cpu as f64 / delivered.max(1) as f64,
+        if closed { pairs + 1 } else { 2 },
+        gen_cpu_us as f64 / delivered.max(1) as f64
     );
     println!(
-        "{{\"scenario\":\"chat\",\"target\":\"shardcast\",\"shards\":{},\"mode\":\"{mode}\",\"pairs\":{pairs},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"server_cpu_us_per_msg\":{:.1}}}",
+        "{{\"scenario\":\"chat\",\"target\":\"shardcast\",\"shards\":{},\"mode\":\"{mode}\",\"pairs\":{pairs},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"server_cpu_us_per_msg\":{:.1},\"generator\":\"blocking\",\"gen_cpu_us_per_msg\":{:.1}}}",
         t.shards,
         delivered as f64 / span_s,
-        cpu as f64 / delivered.max(1) as f64
+        cpu as f64 / delivered.max(1) as f64,
+        gen_cpu_us as f64 / delivered.max(1) as f64
     );
 }
 

@@ -60,21 +60,25 @@ impl Http {
 
     /// A token for `uid` through `GET /auth/websocket`, signed now.
     pub fn token(&mut self, uid: &str) -> String {
-        let ts = sign::now_secs().to_string();
-        let sign = sign::sign(uid, &ts, SECRET);
-        let body = self.call(
-            "GET",
-            &format!("/auth/websocket?uid={uid}&timestamp={ts}&sign={sign}"),
-            None,
-            "",
-        );
-        let body = String::from_utf8_lossy(&body);
-        body.split("\"token\":\"")
-            .nth(1)
-            .and_then(|t| t.get(..32))
-            .unwrap_or_else(|| die(&format!("no token in {body}")))
-            .to_string()
+        token_of(&self.call("GET", &token_target(uid), None, ""))
     }
+}
+
+/// The request target that asks for a token for `uid`, signed now.
+pub fn token_target(uid: &str) -> String {
+    let ts = sign::now_secs().to_string();
+    let sign = sign::sign(uid, &ts, SECRET);
+    format!("/auth/websocket?uid={uid}&timestamp={ts}&sign={sign}")
+}
+
+/// The token in the body of a `GET /auth/websocket` response; none ends the run.
+pub fn token_of(body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
+    body.split("\"token\":\"")
+        .nth(1)
+        .and_then(|t| t.get(..32))
+        .unwrap_or_else(|| die(&format!("no token in {body}")))
+        .to_string()
 }
 
 /// Opens a WebSocket to `path` and returns once the upgrade is done and, when

@@ -24,18 +24,32 @@
 //! `localhost` and every connection of the run is TLS (`benches/tls.sh` makes one).
 //! Loopback only; every loop is bounded in count and time.
 //!
+//! The load side of `push` and `storm` is event-driven: `--gen-threads N` (default 1)
+//! epoll loops drive all their sockets, so that the generator's own context switches do
+//! not fall on the latencies it measures (on 2 cores ~20 blocking threads understated
+//! the broker 2–3×). Their figures carry the generator's own CPU per message or
+//! handshake beside the server's. `--blocking` runs the old thread-per-connection load
+//! side instead, to compare with; `--tls` always does (the event loops are plain TCP
+//! only). `idle` and `chat` are blocking as before; connection setup (tokens, upgrades)
+//! is too, outside the measured phase of `push`.
+//!
 //! Here: the options and the dispatch. `target` is the broker under test, `client` the
 //! generator's connections, `subscribers` who subscribes, `readers` the receiving side
-//! and its counts, `stats` the percentiles; one module per scenario. The wire itself
-//! (HTTP, the sign, the upgrade, TLS, /proc) is `shardcast-kit`'s, shared with the tests.
+//! and its counts, `stats` the percentiles, `evloop` the event loops' epoll, timer and
+//! non-blocking connections; one module per scenario (`push_loop` and `storm_loop` their
+//! event-driven load sides). The wire itself (HTTP, the sign, the upgrade, TLS, /proc) is
+//! `shardcast-kit`'s, shared with the tests.
 
 mod chat;
 mod client;
+mod evloop;
 mod idle;
 mod push;
+mod push_loop;
 mod readers;
 mod stats;
 mod storm;
+mod storm_loop;
 mod subscribers;
 mod target;
 
@@ -78,6 +92,10 @@ impl Opts {
             .position(|a| a == name)
             .and_then(|i| self.args.get(i + 1))
             .map(String::as_str)
+    }
+    /// Whether a flag without a value (`--blocking`) is given.
+    fn flag(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a == name)
     }
     fn num(&self, name: &str, default: u64) -> u64 {
         self.get(name).map_or(default, |v| {
@@ -156,6 +174,6 @@ fn main() {
         "push" => push::run(&target, &o),
         "chat" => chat::run(&target, &o),
         "storm" => storm::run(&target, &o),
-        _ => die("usage: shardcast-bench idle|push|chat|storm [--target shardcast|nchan] [--addr A --pid P] [--shards N] ..."),
+        _ => die("usage: shardcast-bench idle|push|chat|storm [--target shardcast|nchan] [--addr A --pid P] [--shards N] [--gen-threads N | --blocking] ... (--tls: blocking load side)"),
     }
 }

@@ -1,6 +1,7 @@
 //! The receiving side of `push` and `chat`: the marker each message carries, the pacing
-//! of an open loop, reader threads that poll their sockets and record every arrival, and
-//! the count at the end — delivered, lost, duplicated, misdelivered.
+//! of an open loop, recording an arrival (shared with `push_loop`'s event loop), the
+//! blocking generator's reader threads that poll their sockets, and the count at the end
+//! — delivered, lost, duplicated, misdelivered.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use shardcast_kit::net::Sock;
 use shardcast_kit::ws;
 
+use crate::evloop::self_cpu_us;
 use crate::now_ns;
 use crate::target::Target;
 
@@ -71,23 +73,27 @@ pub struct Outcome {
     pub lost: usize,
     pub duplicated: usize,
     pub cpu_us: u64,
+    /// The generator's own CPU over the same span (see [`crate::evloop::self_cpu_us`]).
+    pub gen_cpu_us: u64,
 }
 
 /// Waits (at most 5 s) for the `sent` messages still on their way, stops the readers and
-/// counts: delivered, lost (never arrived), duplicated (arrived more than once).
+/// counts: delivered, lost (never arrived), duplicated (arrived more than once). The
+/// server's CPU and the generator's are read at the same moment, before the readers stop.
 pub fn finish(
     t: &Target,
     seen: &Seen,
     stop: &AtomicBool,
     readers: Vec<std::thread::JoinHandle<Vec<u64>>>,
     sent: usize,
-    cpu_before: u64,
+    (cpu_before, gen_cpu_before): (u64, u64),
 ) -> Outcome {
     let wait_end = Instant::now() + Duration::from_secs(5);
     while seen.received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
         std::thread::sleep(Duration::from_millis(5));
     }
     let cpu_us = t.cpu_us() - cpu_before;
+    let gen_cpu_us = self_cpu_us().saturating_sub(gen_cpu_before);
     stop.store(true, Ordering::Relaxed);
     let lat: Vec<u64> = readers
         .into_iter()
@@ -106,7 +112,37 @@ pub fn finish(
             .sum(),
         lat,
         cpu_us,
+        gen_cpu_us,
     }
+}
+
+/// Records every whole frame at the start of `buf` (what subscriber `idx`'s socket
+/// brought, all of it arrived by `now`): each marker's count, its latency, and whether it
+/// reached the user it was meant for. Returns the bytes those frames took; a frame not
+/// yet whole stays for the next read.
+pub fn record(buf: &[u8], idx: usize, now: u64, seen: &Seen, lat: &mut Vec<u64>) -> usize {
+    let mut at = 0;
+    let mut any = false;
+    while let Some(f) = ws::server_frame(&buf[at..]) {
+        if f.opcode() == 1 {
+            if let Some((seq, user, sent)) = parse_marker(f.payload(&buf[at..])) {
+                if let Some(c) = seen.counts.get(usize::try_from(seq).unwrap_or(usize::MAX)) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                if user != idx {
+                    seen.wrong_user.fetch_add(1, Ordering::Relaxed);
+                }
+                seen.received.fetch_add(1, Ordering::Relaxed);
+                lat.push(now.saturating_sub(sent));
+                any = true;
+            }
+        }
+        at += f.size();
+    }
+    if any {
+        seen.last_ns.fetch_max(now, Ordering::Relaxed);
+    }
+    at
 }
 
 /// Reads every socket in `socks` (nonblocking, with poll(2)) until `stop`; records each
@@ -153,26 +189,8 @@ fn reader(
                     Err(_) => break,
                 }
             }
-            let now = now_ns();
             let buf = &mut bufs[i];
-            let mut at = 0;
-            while let Some(f) = ws::server_frame(&buf[at..]) {
-                if f.opcode() == 1 {
-                    if let Some((seq, user, sent)) = parse_marker(f.payload(&buf[at..])) {
-                        if let Some(c) = seen.counts.get(usize::try_from(seq).unwrap_or(usize::MAX))
-                        {
-                            c.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if user != *idx {
-                            seen.wrong_user.fetch_add(1, Ordering::Relaxed);
-                        }
-                        seen.received.fetch_add(1, Ordering::Relaxed);
-                        seen.last_ns.fetch_max(now, Ordering::Relaxed);
-                        lat.push(now.saturating_sub(sent));
-                    }
-                }
-                at += f.size();
-            }
+            let at = record(buf, *idx, now_ns(), &seen, &mut lat);
             buf.drain(..at);
         }
     }

@@ -105,22 +105,8 @@ impl<S: Read + Write> Client<S> {
     pub fn read_response(&mut self) -> io::Result<Response> {
         let mut chunk = [0u8; 16384];
         loop {
-            if let Some(end) = head_end(&self.buf) {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if self.buf.len() >= end + len {
-                    let raw: Vec<u8> = self.buf.drain(..end + len).collect();
-                    return Response::parse(&raw).ok_or_else(|| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("no status line in {:?}", String::from_utf8_lossy(&raw)),
-                        )
-                    });
-                }
+            if let Some(r) = take_response(&mut self.buf) {
+                return r;
             }
             let n = self.s.read(&mut chunk)?;
             if n == 0 {
@@ -132,6 +118,30 @@ impl<S: Read + Write> Client<S> {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// The first response in `buf`, taken out of it once all of it has arrived (framed by
+/// `Content-Length`; without one the body is empty); `None` while it is incomplete, an
+/// error when its status line does not parse. For keep-alive clients that read on their
+/// own, blocking ([`Client`]) or not (the load generator's event loop).
+pub fn take_response(buf: &mut Vec<u8>) -> Option<io::Result<Response>> {
+    let end = head_end(buf)?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if buf.len() < end.saturating_add(len) {
+        return None;
+    }
+    let raw: Vec<u8> = buf.drain(..end + len).collect();
+    Some(Response::parse(&raw).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no status line in {:?}", String::from_utf8_lossy(&raw)),
+        )
+    }))
 }
 
 /// Writes `req` on `s` and reads everything until the server closes, or until a read
