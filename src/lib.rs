@@ -24,14 +24,15 @@
 //! The layers, bottom up; a module imports its own layer and those below, never above
 //! and never in a circle (`tests/layering.rs` holds this list and checks both):
 //! foundations ([`error`], [`fault`], [`text`], [`ids`], [`json`], [`config`], [`route`],
-//! [`metrics`], [`task`]) → bytes ([`ws::frame`], [`ws::outbound`], [`message`],
+//! [`metrics`], [`task`], [`reply`]) → bytes ([`ws::frame`], [`ws::outbound`], [`message`],
 //! [`transport`]) → what is kept and who may ([`store`], [`auth`], [`net::http`]) →
 //! [`cluster`] → [`shard`] → [`owner`] → [`dialect`] → connections ([`ws`]) → the network
 //! edge ([`net`]) → [`serve`] → this file, which starts it all.
 //!
 //! Invariants worth naming: all state of a user lives on its owner shard and is touched by
 //! that thread only (`Rc`/`RefCell`, no `Mutex` on the message path); only `Send`
-//! envelopes cross shards; a payload is encoded once per message, not per recipient; an
+//! envelopes cross shards, and a result made on another thread comes back through
+//! [`reply`], never by waking a task from that thread; a payload is encoded once per message, not per recipient; an
 //! acknowledgement (`/push`, `/message`, chat `ack`) is sent only after the write
 //! is durable per `durability`; a connection's error never ends its shard.
 
@@ -47,6 +48,7 @@ pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod owner;
+pub mod reply;
 pub mod route;
 pub mod serve;
 pub mod shard;

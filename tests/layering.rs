@@ -628,7 +628,7 @@ fn handlers_reach_other_nodes_only_through_the_owner_path() {
 const LAYERS: [&[&str]; 11] = [
     // Foundations: errors, names, ids, JSON, the configuration, routing, counters, tasks.
     &[
-        "error", "fault", "text", "ids", "json", "config", "route", "metrics", "task",
+        "error", "fault", "text", "ids", "json", "config", "route", "metrics", "task", "reply",
     ],
     // Bytes: frames and a connection's queue, the two messages, the transport.
     &["ws::frame", "ws::outbound", "message", "transport"],

@@ -7,7 +7,7 @@
 //! what does not open is dropped here, before any shard sees it.
 //!
 //! Invariants: shards never touch tokio or NATS, they hand the bridge a [`Job`] over a
-//! bounded queue ([`MAX_JOBS`]; full is 1009 at once) and await a oneshot; every
+//! bounded queue ([`MAX_JOBS`]; full is 1009 at once) and await a [`crate::reply`]; every
 //! outgoing call ends within `call_timeout_ms` of the shard's call (1009 after it, at
 //! once when no node listens); one-way messages have their own ordered queue and never
 //! delay a call; every incoming call goes to the [`Dispatch`] it was started with (which
@@ -37,7 +37,7 @@ pub type Dispatch = Arc<dyn Fn(Vec<u8>, oneshot::Sender<Vec<u8>>) -> bool + Send
 pub struct Job {
     pub node: usize,
     pub payload: Vec<u8>,
-    pub reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    pub reply: crate::reply::Reply<Result<Vec<u8>, Error>>,
     /// Published without a reply subject; `reply` gets an empty answer once sent.
     pub one_way: bool,
 }
@@ -227,11 +227,11 @@ async fn run(
         tokio::select! {
             client = connect(&cfg) => break client,
             job = jobs.recv() => match job {
-                Some(job) => { let _ = job.reply.send(Err(Error::Overloaded)); }
+                Some(job) => { job.reply.send(Err(Error::Overloaded)); }
                 None => return,
             },
             job = one_way.recv() => match job {
-                Some(job) => { let _ = job.reply.send(Err(Error::Overloaded)); }
+                Some(job) => { job.reply.send(Err(Error::Overloaded)); }
                 None => return,
             },
         }
@@ -309,7 +309,7 @@ async fn run(
                         }
                         Err(_) => Err(Error::Overloaded),
                     };
-                let _ = job.reply.send(result);
+                job.reply.send(result);
             });
         }
     };
@@ -319,8 +319,7 @@ async fn run(
             let subject = subject(&cfg, job.node);
             let sealed = sealer.seal(subject.as_bytes(), &job.payload);
             let sent = client.publish(subject, sealed.into()).await;
-            let _ = job
-                .reply
+            job.reply
                 .send(sent.map(|_| Vec::new()).map_err(|_| Error::Overloaded));
         }
     };

@@ -19,8 +19,6 @@ pub mod wire;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use futures_channel::oneshot;
-
 use crate::config::ClusterConfig;
 use crate::Error;
 use wire::Call;
@@ -162,7 +160,7 @@ impl Cluster {
             return Err(Error::NodeGone(node));
         }
         peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::reply::channel();
         // The deadline runs from here, not from when the bridge takes the job: a queue
         // behind a reconnecting NATS counts against it too.
         let mut reply = if self.jobs.send(bridge::Job {
@@ -207,7 +205,7 @@ impl Cluster {
         if let Some(peer) = self.peers.get(node) {
             peer.bytes_out.fetch_add(payload.len() as u64, Relaxed);
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::reply::channel();
         if !self.jobs.send(bridge::Job {
             node,
             payload,

@@ -22,8 +22,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use futures_channel::oneshot;
-
 use crate::config::Runtime;
 use crate::ids::IdGen;
 use crate::store::Store;
@@ -196,13 +194,13 @@ impl Shard {
             return with_deadline(deadline, work).await;
         }
         crate::metrics::bump(&self.metrics.cross_shard_hops, 1);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::reply::channel();
         let sent = self.peers[target].send(Box::new(move |owner: &Rc<Shard>| {
             let owner = owner.clone();
             glommio::spawn_local(async move {
                 // A panic in the work ends this call (the caller sees 1000), not the shard.
                 let result = crate::task::contain("a cross-shard call", f(owner)).await;
-                let _ = tx.send(result.unwrap_or(Err(Error::Internal)));
+                tx.send(result.unwrap_or(Err(Error::Internal)));
             })
             .detach();
         }));
