@@ -1,14 +1,18 @@
 //! Group commit: the moment an acknowledgement may be sent (PROTOCOL.md §5, DESIGN.md
 //! "Storage").
 //!
-//! Invariants: a waiter is released only by a journal record written and fdatasynced
-//! *after* it registered, so its writes are on disk ([`super::journal`]); one record
-//! serves every waiter that registered before it was taken (in `group` mode after waiting
-//! `group_commit` for company); `async` never waits. Single-threaded: lives inside one
-//! shard.
+//! Invariants: a waiter is released only once the journal record holding its writes, and
+//! every record before that one, is written and fdatasynced, so its writes are on disk
+//! and replay reaches them ([`super::journal`]); one record serves every waiter that
+//! registered before it was taken (in `group` mode after waiting `group_commit` for
+//! company); at most [`DEPTH`] records are in flight, released in journal order; a failed
+//! record fails every later one in flight; `async` never waits. Single-threaded: lives
+//! inside one shard.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::oneshot;
@@ -22,6 +26,8 @@ pub struct Commit {
     window: Duration,
     waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
     running: Cell<bool>,
+    /// The commit loop, while it waits for a record with room for another in flight.
+    arrival: RefCell<Option<Waker>>,
 }
 
 impl Commit {
@@ -32,6 +38,7 @@ impl Commit {
             window,
             waiting: RefCell::new(Vec::new()),
             running: Cell::new(false),
+            arrival: RefCell::new(None),
         })
     }
 
@@ -56,6 +63,9 @@ impl Commit {
         }
         let (tx, rx) = oneshot::channel();
         self.waiting.borrow_mut().push(tx);
+        if let Some(w) = self.arrival.borrow_mut().take() {
+            w.wake();
+        }
         if !self.running.replace(true) {
             let this = self.clone();
             let (db, file) = (db.clone(), file.clone());
@@ -77,37 +87,166 @@ impl Commit {
         rx.await.map_err(|_| Error::Internal)?
     }
 
-    /// Leader/follower: the first waiter starts a flush at once; whoever arrives while it
-    /// runs forms the next group, flushed as soon as it ends. Nothing sleeps unless
-    /// `group_commit_ms` > 0 asks the leader to wait that long for company.
+    /// Leader/follower, pipelined: the first waiter starts a group at once; whoever
+    /// arrives while it is written forms the next group, whose record is written beside
+    /// it ([`DEPTH`] records in flight at most). Waiters are released strictly in
+    /// journal order: a group only after every earlier one, so an acknowledgement never
+    /// rests on a record that replay could not reach. Nothing sleeps unless
+    /// `group_commit_ms` > 0 asks the leader to wait that long for company. Rotation and
+    /// new zeroed space wait until no record is in flight (they change where records go).
     async fn flush_loop(self: Rc<Self>, db: sled::Db, file: std::sync::Arc<std::fs::File>) {
+        let mut inflight: VecDeque<Group> = VecDeque::new();
         loop {
-            if self.mode == Durability::Group && !self.window.is_zero() {
-                glommio::timer::sleep(self.window).await;
+            if inflight.is_empty() {
+                if self.journal.wants_room() {
+                    self.journal.make_room().await;
+                }
+                if self.mode == Durability::Group && !self.window.is_zero() {
+                    glommio::timer::sleep(self.window).await;
+                }
+                crate::fault::panic_point("commit");
+                if let Some(delay) = crate::fault::flush_delay() {
+                    glommio::timer::sleep(delay).await;
+                }
+                if let Err(e) = self.journal.prepare(&db, &file).await {
+                    // The record stays pending: the next waiter starts a loop that tries
+                    // again.
+                    for tx in std::mem::take(&mut *self.waiting.borrow_mut()) {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                    self.running.set(false);
+                    return;
+                }
             }
-            crate::fault::panic_point("commit");
-            if let Some(delay) = crate::fault::flush_delay() {
-                glommio::timer::sleep(delay).await;
+            // From here to the record's take: no await. With the zeroed space short, the
+            // records in flight end first (then new space is made, or, if that failed,
+            // records append).
+            if inflight.is_empty() || (inflight.len() < DEPTH && !self.journal.wants_room()) {
+                let waiters = std::mem::take(&mut *self.waiting.borrow_mut());
+                // The durability point: one journal record holding every write of the
+                // group, written and fdatasynced off the shard thread.
+                match self.journal.take_record() {
+                    Some(write) => inflight.push_back(Group { waiters, write }),
+                    None if waiters.is_empty() && inflight.is_empty() => {
+                        self.running.set(false);
+                        return;
+                    }
+                    // Waiters whose writes an earlier record already holds (`durable`
+                    // called with nothing new): released with the last group in flight.
+                    None => match inflight.back_mut() {
+                        Some(last) => last.waiters.extend(waiters),
+                        None => {
+                            for tx in waiters {
+                                let _ = tx.send(Ok(()));
+                            }
+                        }
+                    },
+                }
             }
-            let prepared = self.journal.prepare(&db, &file).await;
-            // From here to the record's take in `commit`: no await.
-            let batch = std::mem::take(&mut *self.waiting.borrow_mut());
-            if batch.is_empty() && !self.journal.has_pending() {
-                self.running.set(false);
-                return;
-            }
-            // The durability point: one journal record holding every write of the group,
-            // written and fdatasynced off the shard thread (glommio's blocking pool).
-            let result = match prepared {
-                Ok(()) => self.journal.commit().await,
-                Err(e) => Err(e),
+            // The oldest record's end, or a new waiter that can start the next group.
+            let room = inflight.len() < DEPTH && !self.journal.wants_room();
+            let Some(front) = inflight.front_mut() else {
+                continue;
             };
-            for tx in batch {
-                let _ = tx.send(result.clone());
+            let done = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = front.write.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if room && !self.waiting.borrow().is_empty() {
+                    return Poll::Ready(None);
+                }
+                *self.arrival.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            self.arrival.borrow_mut().take();
+            let Some(result) = done else {
+                continue;
+            };
+            let Some(group) = inflight.pop_front() else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    for tx in group.waiters {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // Every later record in flight follows the torn one: none of them is
+                    // reachable by replay, so none is acknowledged.
+                    let e = self.journal.failed(e);
+                    for g in std::mem::take(&mut inflight).into_iter().chain([group]) {
+                        for tx in g.waiters {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
             }
-            if self.journal.wants_room() {
-                self.journal.make_room().await;
-            }
+        }
+    }
+}
+
+/// Records in flight at once: one being synced while the next is written.
+const DEPTH: usize = 2;
+
+/// A group of waiters and the write of the record that holds their writes.
+struct Group {
+    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    write: super::journal::RecordWrite,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    /// Writers arriving while records are in flight form further records beside them: every
+    /// writer is released with success, and the file replays every write, so no two
+    /// records were given the same place.
+    #[test]
+    fn pipelined_records_each_get_their_own_place_and_replay_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+            .spawn(move || async move {
+                let file = File::create(path.join("journal.0000000000000000")).expect("file");
+                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
+                let commit = Commit::new(Durability::Group, Duration::ZERO, journal);
+                let db = sled::Config::new()
+                    .temporary(true)
+                    .path(path.join("db"))
+                    .open()
+                    .expect("db");
+                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let mut tasks = Vec::new();
+                for i in 0..300u32 {
+                    let (commit, db, sync) = (commit.clone(), db.clone(), sync.clone());
+                    tasks.push(glommio::spawn_local(async move {
+                        // Arrivals spread over ~30 ms, while earlier records are in flight.
+                        glommio::timer::sleep(Duration::from_micros(100 * u64::from(i))).await;
+                        commit
+                            .journal()
+                            .put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes());
+                        commit.durable(&db, &sync).await
+                    }));
+                }
+                for t in tasks {
+                    assert_eq!(t.await, Ok(()));
+                }
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+        let bytes = std::fs::read(dir.path().join("journal.0000000000000000")).expect("read");
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let (records, torn) = super::super::journal::replay(&bytes, &db).expect("replay");
+        assert_eq!(torn, 0);
+        assert!(records > 1, "{records} records");
+        for i in 0..300u32 {
+            let v = db.get(format!("k{i}").as_bytes()).expect("get");
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "k{i}");
         }
     }
 }

@@ -11,7 +11,7 @@
 //! at its end is the floor.
 //!
 //! Records are written in place into space already filled with zeros and synced (a
-//! [`ROOM`] at a time, by the commit loop between groups), so a group's fdatasync has no
+//! [`ROOM`] at a time, by the commit loop while no record is in flight), so a group's fdatasync has no
 //! file size or extent to commit: ext4 then flushes the data and the drive's cache, with
 //! no journal (jbd2) commit that would also wait for sled's own writes. A zero header is
 //! where the records end.
@@ -118,7 +118,7 @@ fn remove_before(dir: &Path, generation: u64) -> std::io::Result<()> {
 }
 
 /// Applies every whole record of `bytes` to `db`; returns (records, bytes of torn tail).
-fn replay(bytes: &[u8], db: &sled::Db) -> Result<(u64, usize), String> {
+pub(super) fn replay(bytes: &[u8], db: &sled::Db) -> Result<(u64, usize), String> {
     let mut at = 0;
     let mut records = 0;
     while bytes.len() - at >= HEADER {
@@ -254,8 +254,12 @@ pub fn open(config: &crate::config::Runtime, shard: usize) -> Result<(File, u64)
     Ok((file, next))
 }
 
+/// A record being written and fdatasynced on glommio's blocking pool.
+pub type RecordWrite = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>;
+
 /// A shard's journal. Single-threaded: lives inside one shard; its file I/O runs on
-/// glommio's blocking pool.
+/// glommio's blocking pool (two threads: a record can be synced while the next is
+/// written, and a checkpoint runs beside both).
 pub struct Journal {
     enabled: bool,
     dir: PathBuf,
@@ -341,14 +345,17 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes everything recorded so far as one record and fdatasyncs it, off the shard
-    /// thread. Resolves once that record is durable. One call at a time (the commit loop).
-    /// The record is taken at the first poll: the caller takes its group of waiters just
-    /// before, with no await in between, and every writer registers as a waiter right
-    /// after its writes, so exactly the group's writes are in the record.
-    pub async fn commit(&self) -> Result<(), Error> {
+    /// Takes everything recorded so far as one record and starts writing and fdatasyncing
+    /// it off the shard thread; the returned write resolves once that record is durable.
+    /// `None` when nothing was recorded. The record's place is reserved here, so the next
+    /// record may be taken and written while this one is in flight; replay reads them in
+    /// file order, and the commit loop releases their waiters in that order. The caller
+    /// takes its group of waiters just before, with no await in between, and every writer
+    /// registers as a waiter right after its writes, so exactly the group's writes are in
+    /// the record.
+    pub fn take_record(&self) -> Option<RecordWrite> {
         if !self.has_pending() {
-            return Ok(());
+            return None;
         }
         let mut record = std::mem::take(&mut *self.pending.borrow_mut());
         let len = record.len() - HEADER;
@@ -356,32 +363,31 @@ impl Journal {
         record[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
         record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         let file = self.file.borrow().clone();
-        let size = record.len() as u64;
         let at = self.written.get();
-        let written = glommio::executor()
-            .spawn_blocking(move || {
-                file.write_all_at(&record, at)?;
-                file.sync_data()
-            })
-            .await;
-        if let Err(e) = written {
-            // The record's writes are in sled's memory; the checkpoint the rotation starts
-            // makes them durable there. Its waiters get the error.
-            self.broken.set(true);
-            return Err(io(e));
-        }
-        self.written.set(self.written.get() + size);
-        Ok(())
+        self.written.set(at + record.len() as u64);
+        let write = glommio::executor().spawn_blocking(move || {
+            file.write_all_at(&record, at)?;
+            file.sync_data()
+        });
+        Some(Box::pin(write))
+    }
+
+    /// A record's write failed: the file's tail is unknown (and after a failed fdatasync,
+    /// so is what the kernel kept), so records taken after it are unreachable by replay
+    /// and the next group goes to a new file ([`Journal::prepare`]). Counted and logged.
+    pub fn failed(&self, e: std::io::Error) -> Error {
+        self.broken.set(true);
+        io(e)
     }
 
     /// Whether the zeroed space ahead of the records runs short (the commit loop then
-    /// calls [`Journal::make_room`] between groups).
+    /// calls [`Journal::make_room`] while no record is in flight).
     pub fn wants_room(&self) -> bool {
         self.enabled && !self.broken.get() && self.written.get() + ROOM_MARGIN > self.zeroed.get()
     }
 
-    /// Zeroes and syncs the next [`ROOM`] past the records. Between groups, never during
-    /// one: no record is being written while this writes. A failure only means later
+    /// Zeroes and syncs the next [`ROOM`] past the records, while no record is in flight
+    /// (the commit loop waits for them): no record is being written while this writes. A failure only means later
     /// records append (slower syncs); it is reported, and the next call tries again.
     pub async fn make_room(&self) {
         let file = self.file.borrow().clone();
