@@ -622,6 +622,35 @@ fn handlers_reach_other_nodes_only_through_the_owner_path() {
     );
 }
 
+/// A value made on another thread reaches a shard's task through `reply` (the segfault of
+/// issue 20: glommio 0.9's wakers are not safe to wake or drop from another thread). A
+/// oneshot is made only where both ends stay on one thread (the commit loop's waiters)
+/// or its receiver is not a shard's task (the NATS bridge's tokio side), and in `reply`;
+/// an `AtomicWaker` only in `reply` and the inbox, whose woken tasks are never joined.
+#[test]
+fn results_from_other_threads_come_back_through_reply() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let oneshot_ok = ["reply.rs", "store/commit.rs", "cluster/bridge.rs"];
+    let waker_ok = ["reply.rs", "shard/inbox.rs"];
+    let mut found = Vec::new();
+    for f in files(&root) {
+        let rel = f.path.strip_prefix(&root).unwrap_or(&f.path);
+        let ok = |list: &[&str]| list.iter().any(|a| rel == Path::new(a));
+        for (i, line) in f.code.lines().enumerate() {
+            if (line.contains("oneshot") && !ok(&oneshot_ok))
+                || (line.contains("AtomicWaker") && !ok(&waker_ok))
+            {
+                found.push(format!("{}:{}: {}", f.path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a cross-thread wake-up outside crate::reply:\n{}",
+        found.join("\n")
+    );
+}
+
 /// The house, bottom up: a module may import modules of its own layer and of the layers
 /// below, never above (and, by the test above, never in a circle). A module's layer is
 /// that of the longest entry its path starts with.
