@@ -22,6 +22,11 @@ pub struct Commit {
     window: Duration,
     waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
     running: Cell<bool>,
+    /// Journal records written and fdatasynced, and the waiters they released
+    /// (`/metrics`: `shardcast_group_commits_total`, `shardcast_group_commit_writes_total`;
+    /// their ratio is the mean group size).
+    records: Cell<u64>,
+    released: Cell<u64>,
 }
 
 impl Commit {
@@ -32,6 +37,8 @@ impl Commit {
             window,
             waiting: RefCell::new(Vec::new()),
             running: Cell::new(false),
+            records: Cell::new(0),
+            released: Cell::new(0),
         })
     }
 
@@ -39,6 +46,11 @@ impl Commit {
     /// so no blocking write outlives the shard).
     pub fn is_running(&self) -> bool {
         self.running.get()
+    }
+
+    /// Group commits done so far and the waiters they released (for `/metrics`).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.records.get(), self.released.get())
     }
 
     pub fn journal(&self) -> &super::journal::Journal {
@@ -102,6 +114,8 @@ impl Commit {
                 Ok(()) => self.journal.commit().await,
                 Err(e) => Err(e),
             };
+            crate::metrics::bump(&self.records, 1);
+            crate::metrics::bump(&self.released, batch.len() as u64);
             for tx in batch {
                 let _ = tx.send(result.clone());
             }

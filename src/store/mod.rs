@@ -133,6 +133,11 @@ impl Store {
 
     /// Flushes everything (shutdown): sled flushed and synced holds every write, so the
     /// journals are deleted.
+    /// Group commits done and the writes they acknowledged (`/metrics`).
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.commit.counts()
+    }
+
     pub fn flush(&self) -> Result<(), Error> {
         files::sync_partition(&self.db, &self.sync_file, self.commit.journal().dir())
             .map_err(|e| Error::from(sled::Error::Io(e)))?;
