@@ -22,9 +22,9 @@ pub struct Commit {
     window: Duration,
     waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
     running: Cell<bool>,
-    /// Journal records written and fdatasynced, and the waiters they released
-    /// (`/metrics`: `shardcast_group_commits_total`, `shardcast_group_commit_writes_total`;
-    /// their ratio is the mean group size).
+    /// Group commits done (journal records written and fdatasynced, failed ones too) and
+    /// the waiters they answered (`/metrics`: `shardcast_group_commits_total`,
+    /// `shardcast_group_commit_writes_total`; their ratio is the mean group size).
     records: Cell<u64>,
     released: Cell<u64>,
 }
