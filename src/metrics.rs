@@ -149,6 +149,8 @@ impl Metrics {
             delivery: self.delivery.snapshot(),
             retention_removed: std::array::from_fn(|i| self.retention_removed[i].get()),
             refusals: std::array::from_fn(|i| self.refusals[i].get()),
+            group_commits: 0,
+            group_commit_writes: 0,
         }
     }
 }
@@ -181,6 +183,9 @@ pub struct Snapshot {
     pub delivery: HistogramSnapshot,
     pub retention_removed: [u64; 5],
     pub refusals: [u64; 6],
+    /// Filled in by the shard from its store's group commit (not counters of [`Metrics`]).
+    pub group_commits: u64,
+    pub group_commit_writes: u64,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -237,7 +242,7 @@ type Series = (
     fn(&Snapshot) -> u64,
 );
 
-const SERIES: [Series; 11] = [
+const SERIES: [Series; 13] = [
     ("messages_received_total", "counter", "Client WebSocket messages received.", |s| s.messages_received),
     ("messages_delivered_total", "counter", "Frames of notifications and chat messages queued to connections.", |s| s.messages_delivered),
     ("pushes_total", "counter", "POST /push calls served.", |s| s.pushes),
@@ -248,6 +253,8 @@ const SERIES: [Series; 11] = [
     ("cross_shard_hops_total", "counter", "Envelopes sent to another shard's inbox.", |s| s.cross_shard_hops),
     ("store_errors_total", "counter", "Store (sled) errors; the first one makes /healthz answer 503 for the shard.", |s| s.store_errors),
     ("overloaded_total", "counter", "Work refused with 1009 for a full inbox or max_inflight_writes.", |s| s.overloaded),
+    ("group_commits_total", "counter", "Group commits: journal records written and fdatasynced, one per group (sync and group durability; a failed one counts too).", |s| s.group_commits),
+    ("group_commit_writes_total", "counter", "Writes whose acknowledgement waited for one of those group commits; divided by group_commits_total it is the mean group size.", |s| s.group_commit_writes),
     ("inbox_depth", "gauge", "Envelopes waiting in the shard's inbox.", |s| s.inbox_depth as u64),
 ];
 
@@ -423,5 +430,15 @@ mod tests {
         assert!(text
             .contains("shardcast_refusals_total{shard=\"0\",reason=\"admin_key_other_domain\"} 1"));
         assert!(text.contains("shardcast_refusals_total{shard=\"0\",reason=\"sign\"} 0"));
+    }
+
+    #[test]
+    fn group_commit_counts_come_from_the_snapshot() {
+        let mut snap = Metrics::default().snapshot(1, 0, 0, 0);
+        (snap.group_commits, snap.group_commit_writes) = (3, 7);
+        let text = render(&[snap]);
+        assert!(text.contains("# TYPE shardcast_group_commits_total counter"));
+        assert!(text.contains("shardcast_group_commits_total{shard=\"1\"} 3"));
+        assert!(text.contains("shardcast_group_commit_writes_total{shard=\"1\"} 7"));
     }
 }

@@ -263,12 +263,14 @@ impl Shard {
     /// This shard's numbers for `/metrics`.
     pub fn snapshot(&self) -> crate::metrics::Snapshot {
         let s = self.sessions.borrow();
-        self.metrics.snapshot(
+        let mut snap = self.metrics.snapshot(
             self.id,
             s.notify_count(),
             s.count() - s.notify_count(),
             self.inbox_probe.len(),
-        )
+        );
+        (snap.group_commits, snap.group_commit_writes) = self.store.commit_counts();
+        snap
     }
 
     pub fn is_stopping(&self) -> bool {

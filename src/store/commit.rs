@@ -28,6 +28,11 @@ pub struct Commit {
     running: Cell<bool>,
     /// The commit loop, while it waits for a record with room for another in flight.
     arrival: RefCell<Option<Waker>>,
+    /// Group commits done (journal records written and fdatasynced, failed ones too) and
+    /// the waiters they answered (`/metrics`: `shardcast_group_commits_total`,
+    /// `shardcast_group_commit_writes_total`; their ratio is the mean group size).
+    records: Cell<u64>,
+    released: Cell<u64>,
 }
 
 impl Commit {
@@ -39,6 +44,8 @@ impl Commit {
             waiting: RefCell::new(Vec::new()),
             running: Cell::new(false),
             arrival: RefCell::new(None),
+            records: Cell::new(0),
+            released: Cell::new(0),
         })
     }
 
@@ -46,6 +53,16 @@ impl Commit {
     /// so no blocking write outlives the shard).
     pub fn is_running(&self) -> bool {
         self.running.get()
+    }
+
+    fn count(&self, records: u64, waiters: usize) {
+        crate::metrics::bump(&self.records, records);
+        crate::metrics::bump(&self.released, waiters as u64);
+    }
+
+    /// Group commits done so far and the waiters they released (for `/metrics`).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.records.get(), self.released.get())
     }
 
     pub fn journal(&self) -> &super::journal::Journal {
@@ -168,6 +185,7 @@ impl Commit {
             };
             match result {
                 Ok(()) => {
+                    self.count(1, group.waiters.len());
                     for tx in group.waiters {
                         let _ = tx.send(Ok(()));
                     }
@@ -177,6 +195,7 @@ impl Commit {
                     // reachable by replay, so none is acknowledged.
                     let e = self.journal.failed(e);
                     for g in std::mem::take(&mut inflight).into_iter().chain([group]) {
+                        self.count(1, g.waiters.len());
                         for tx in g.waiters {
                             let _ = tx.send(Err(e.clone()));
                         }

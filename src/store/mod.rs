@@ -131,6 +131,11 @@ impl Store {
         }
     }
 
+    /// Group commits done and the writes they acknowledged (`/metrics`).
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.commit.counts()
+    }
+
     /// Flushes everything (shutdown): sled flushed and synced holds every write, so the
     /// journals are deleted.
     pub fn flush(&self) -> Result<(), Error> {
