@@ -146,7 +146,7 @@ fn hop_inbox(items: u64, batch: u64) -> std::time::Duration {
     consumer.join().expect("consumer").duration_since(start)
 }
 
-/// The same hop through glommio's own shared channel (the alternative DESIGN.md names).
+/// The same hop through glommio's own shared channel (the alternative docs/architecture.md names).
 fn hop_glommio(items: u64) -> std::time::Duration {
     let (tx, rx) = glommio::channels::shared_channel::new_bounded::<u64>(4096);
     let consumer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)

@@ -1,4 +1,4 @@
-//! Signs, tokens and admin keys (PROTOCOL.md §1): every credential check of the broker
+//! Signs, tokens and admin keys (docs/protocol.md §1): every credential check of the broker
 //! is a function of this module.
 //!
 //! Invariants: every secret comparison is constant-time; a sign binds its domain (v2: a
@@ -39,7 +39,7 @@ pub fn sign(uid: &str, timestamp: &str, secret: &str) -> [u8; 32] {
     sign_of(&[uid, timestamp, secret])
 }
 
-/// The sign a token request for `(domain, uid)` must carry (PROTOCOL.md §1, v2): the
+/// The sign a token request for `(domain, uid)` must carry (docs/protocol.md §1, v2): the
 /// original formula with the top-level secret for the default domain, with the domain's
 /// own secret for a declared domain, and with `hex(MD5(domain))` appended for any other
 /// domain, so a sign never carries over from one domain to another.
@@ -75,7 +75,7 @@ pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// What an admin key may act on (PROTOCOL.md §1, v2).
+/// What an admin key may act on (docs/protocol.md §1, v2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
     /// The top-level `admin_key`: every domain.
@@ -180,7 +180,7 @@ pub struct Token(pub [u8; 16]);
 
 impl Token {
     /// The token of a signed request: the same `(domain, uid, timestamp)` always gives the
-    /// same token (PROTOCOL.md §1 v2: a replayed sign creates no new state), another
+    /// same token (docs/protocol.md §1 v2: a replayed sign creates no new state), another
     /// timestamp another one.
     pub fn derive(key: &TokenKey, slot: u16, domain: &str, uid: &str, timestamp: &str) -> Token {
         let mac = key.mac(&[

@@ -78,7 +78,7 @@ struct File {
     cluster: Option<ClusterFile>,
 }
 
-/// `[cluster]` (DESIGN.md "a cluster on NATS"): every key is required, so that two
+/// `[cluster]` (docs/cluster.md): every key is required, so that two
 /// nodes cannot silently disagree about a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,7 +172,7 @@ struct DomainFile {
     admin_key: String,
 }
 
-/// A declared domain's credentials (PROTOCOL.md §1, v2).
+/// A declared domain's credentials (docs/protocol.md §1, v2).
 #[derive(Clone)]
 pub struct DomainKeys {
     /// Signs this domain's token requests (the original formula).
@@ -195,7 +195,7 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// When a write is acknowledged (PROTOCOL.md §5, DESIGN.md "Storage").
+/// When a write is acknowledged (docs/protocol.md §5, docs/architecture.md "Storage").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     Sync,
@@ -218,7 +218,7 @@ pub struct Runtime {
     pub utc_offset_secs: i64,
     pub token_ttl_secs: u64,
     pub sign_window_secs: u64,
-    /// How long an `Idempotency-Key` is remembered (PROTOCOL.md §6).
+    /// How long an `Idempotency-Key` is remembered (docs/protocol.md §6).
     pub idempotency_window_secs: u64,
     pub durability: Durability,
     pub group_commit: Duration,

@@ -1,5 +1,5 @@
 //! The one protocol-visible error type. `code()`, `http_status()` and `close_code()` are
-//! the tables of PROTOCOL.md §2, §3 and §5, written once; everything that answers a
+//! the tables of docs/protocol.md §2, §3 and §5, written once; everything that answers a
 //! client converts through here. "Need more bytes" is never an error (parsers return
 //! `Ok(None)`), and no error here ends a shard: it ends at most one request or connection.
 
@@ -13,7 +13,7 @@ pub enum Error {
     /// 1001 / 400: missing or invalid parameter; the text names it.
     #[error("missing or invalid parameter: {0}")]
     BadParam(Cow<'static, str>),
-    /// 1001 / 411: chunked request bodies are not supported (PROTOCOL.md §2).
+    /// 1001 / 411: chunked request bodies are not supported (docs/protocol.md §2).
     #[error("chunked request bodies are not supported; send Content-Length")]
     LengthRequired,
     /// 1002 / 401.
@@ -28,7 +28,7 @@ pub enum Error {
     /// 1005 / 403.
     #[error("admin key missing or wrong")]
     BadAdminKey,
-    /// 1005 / 403: a declared domain's admin key used on another domain (PROTOCOL.md §1).
+    /// 1005 / 403: a declared domain's admin key used on another domain (docs/protocol.md §1).
     #[error("this admin key does not act on that domain")]
     AdminOtherDomain,
     /// 1006 / 404.
@@ -57,7 +57,7 @@ pub enum Error {
         stored: usize,
         failed: usize,
     },
-    /// 1010 / 403 (PROTOCOL.md §2 v3): a valid credential used beyond what it grants,
+    /// 1010 / 403 (docs/protocol.md §2 v3): a valid credential used beyond what it grants,
     /// such as a user's token for another user's history.
     #[error("credential does not grant this")]
     NotGranted,
@@ -85,7 +85,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The protocol `code` (PROTOCOL.md §2 and §3).
+    /// The protocol `code` (docs/protocol.md §2 and §3).
     pub fn code(&self) -> u16 {
         match self {
             Error::Partly { cause, .. } => cause.code(),
@@ -109,7 +109,7 @@ impl Error {
         }
     }
 
-    /// The HTTP status that goes with `code()` (PROTOCOL.md §2).
+    /// The HTTP status that goes with `code()` (docs/protocol.md §2).
     pub fn http_status(&self) -> u16 {
         match self {
             Error::Partly { cause, .. } => cause.http_status(),
@@ -129,7 +129,7 @@ impl Error {
         }
     }
 
-    /// The WebSocket close code when this error ends a connection (PROTOCOL.md §5), or
+    /// The WebSocket close code when this error ends a connection (docs/protocol.md §5), or
     /// `None` when the connection stays open after the error is reported.
     pub fn close_code(&self) -> Option<u16> {
         match self {
@@ -176,7 +176,7 @@ impl From<sled::Error> for Error {
 
 /// The health of the store of the shard whose thread this is (each shard is one thread,
 /// and store errors only happen on shard threads): the first failure is kept for
-/// `/healthz` (PROTOCOL.md §2 v2: 503 naming the shard, until restarted) and counted for
+/// `/healthz` (docs/protocol.md §2 v2: 503 naming the shard, until restarted) and counted for
 /// `/metrics`, and errors are logged at most once per 10 s with the count in between, so
 /// a failed disk cannot flood the log.
 pub mod store_health {
@@ -223,7 +223,7 @@ pub mod store_health {
     }
 }
 
-/// WebSocket close codes of PROTOCOL.md §5.
+/// WebSocket close codes of docs/protocol.md §5.
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;

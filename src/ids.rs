@@ -1,4 +1,4 @@
-//! Message ids and times: the ObjectId layout of PROTOCOL.md §3 and `create_time`.
+//! Message ids and times: the ObjectId layout of docs/protocol.md §3 and `create_time`.
 //!
 //! Layout (12 bytes, shown as 24 lowercase hex): 4-byte big-endian unix seconds, then 64
 //! bits: 20 bits of microseconds within the second, 8 bits of shard, 12 bits drawn at

@@ -44,7 +44,7 @@ pub fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(n.to_string().as_bytes());
 }
 
-/// The success envelope of PROTOCOL.md §2 around an already-encoded `content` object.
+/// The success envelope of docs/protocol.md §2 around an already-encoded `content` object.
 pub fn ok_envelope(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 40);
     out.extend_from_slice(br#"{"code":0,"msg":"SUCCESS","content":"#);
@@ -53,7 +53,7 @@ pub fn ok_envelope(content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The error envelope of PROTOCOL.md §2.
+/// The error envelope of docs/protocol.md §2.
 pub fn error_envelope(e: &crate::Error) -> Vec<u8> {
     match e {
         crate::Error::Partly { stored, failed, .. } => envelope(

@@ -122,6 +122,13 @@ fn main() -> ExitCode {
         }
     };
     let shards = config.shards;
+    // The human line names the scheme; the machine-read `shardcast listening on <addr>`
+    // line below stays as it is (tests, kit/, bench/ and clients/js parse it).
+    let (scheme, tls) = if config.tls.is_some() {
+        ("wss", "TLS on")
+    } else {
+        ("ws", "TLS off")
+    };
     let server = match shardcast::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -130,7 +137,7 @@ fn main() -> ExitCode {
         }
     };
     log::info!(
-        "{shards} shards serving on {} (mimalloc {})",
+        "{shards} shards serving on {scheme}://{} ({tls}, mimalloc {})",
         server.addr,
         shardcast::allocator_version()
     );

@@ -17,7 +17,7 @@ pub const BUCKETS_US: [u64; 12] = [
 /// Close codes counted one by one; anything else is counted as "other".
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1008, 1009, 1011, 1013, 4000];
 
-/// Error codes of PROTOCOL.md.
+/// Error codes of docs/protocol.md.
 pub const ERROR_CODES: [u16; 16] = [
     1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 2000, 2001, 2002, 2003, 2004, 2005,
 ];

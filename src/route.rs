@@ -1,5 +1,5 @@
 //! Ownership: which slot a user is in and which node and shard own a slot. This is the
-//! only routing function (DESIGN.md "Ownership", "a cluster on NATS"): `slot → (node,
+//! only routing function (docs/architecture.md "Ownership", "a cluster on NATS"): `slot → (node,
 //! shard)`, here and nowhere else.
 //!
 //! Invariants: `slot_of` is stable forever (FNV-1a, persisted keys start with the slot),

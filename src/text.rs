@@ -1,5 +1,5 @@
 //! Small text and byte rules shared from the bottom of the house up: the name rule of
-//! PROTOCOL.md (uids, domains, resources, chat names) and lowercase hex. Imports nothing of
+//! docs/protocol.md (uids, domains, resources, chat names) and lowercase hex. Imports nothing of
 //! the crate, so the configuration, ids, JSON and tokens can all use it.
 
 /// uid, domain, resource and name rule: 1..=128 bytes of UTF-8, no control characters.

@@ -1,4 +1,4 @@
-//! The chat dialect (PROTOCOL.md §4) and its HTTP calls (`/message`, `/message-log`) end
+//! The chat dialect (docs/protocol.md §4) and its HTTP calls (`/message`, `/message-log`) end
 //! to end on the real broker.
 
 mod common;
@@ -307,7 +307,7 @@ fn message_log_auth_rules() {
     // The admin key.
     let (s, v) = log(&server, &format!("domain={D}&toId=rita"), Some(ADMIN));
     assert!(ok(s, &v), "{v}");
-    // A valid token of someone else does not grant this history: 1010 (PROTOCOL.md §2 v3).
+    // A valid token of someone else does not grant this history: 1010 (docs/protocol.md §2 v3).
     for query in [
         format!("domain={D}&toId=rita&token={quinn}"),
         format!("domain={D}&toId=rita&token={stranger}"),

@@ -1,4 +1,4 @@
-//! A cluster on NATS (DESIGN.md "a cluster on NATS"): a real `nats-server` and three real
+//! A cluster on NATS (docs/cluster.md): a real `nats-server` and three real
 //! broker processes on loopback. What crosses nodes in this version: token issuance,
 //! `/push` (one request per owner node), `/broadcast` (every node), `/presence`, `/kick`,
 //! `/message`, `/message-log`, chat sends; and what does not yet (a WebSocket on a
@@ -231,7 +231,7 @@ fn a_notify_connection_on_a_node_that_does_not_own_the_user_is_served_by_the_own
         assert_eq!(ws.recv()["data"]["msg"]["content"], format!("live {via}"));
     }
     ws.expect_silence(300);
-    // A second device, on the third node, is kicked through node 2 (PROTOCOL.md: 4001).
+    // A second device, on the third node, is kicked through node 2 (docs/protocol.md: 4001).
     let mut other = Ws::connect(&nodes[2].url(&format!("/?token={token}")));
     assert_eq!(other.recv()["event"], 2);
     let (status, v) = nodes[2].admin_post("/kick", &json!({"uid": uid, "code": 4001}));
@@ -428,7 +428,7 @@ fn chat_between_users_of_different_nodes_is_stored_delivered_and_queued() {
     let (status, v) = nodes[2].get(&format!(
         "/message-log?domain={D}&toId={b}&fromId={a}&token={token_c}"
     ));
-    // A valid token of someone else: it does not grant this history (PROTOCOL.md §2 v3).
+    // A valid token of someone else: it does not grant this history (docs/protocol.md §2 v3).
     assert_eq!((status, v["code"].as_i64()), (403, Some(1010)), "{v}");
 }
 

@@ -1,4 +1,4 @@
-//! RFC 6455 conformance (PROTOCOL.md §5 v2): Autobahn|Testsuite cases 1–10 against the
+//! RFC 6455 conformance (docs/protocol.md §5 v2): Autobahn|Testsuite cases 1–10 against the
 //! real broker — the full profile on the conformance echo (`conformance_echo`, the same
 //! frame and connection code as both dialects), and the no-echo profile on a logged-in
 //! chat connection, over `ws://` and over `wss://` (native TLS). Every case must be OK,

@@ -1,4 +1,4 @@
-//! Nothing acknowledged is lost (PROTOCOL.md §5, DESIGN.md targets): the broker runs as a
+//! Nothing acknowledged is lost (docs/protocol.md §5, docs/architecture.md targets): the broker runs as a
 //! child process under load from several keep-alive clients, is killed with SIGKILL
 //! mid-stream, and restarted on the same data directory; every push and chat message that
 //! was acknowledged before the kill must be found in unread lists, offline queues and

@@ -1,8 +1,15 @@
-//! Drift check between the English operator documents and their Chinese versions.
+//! Drift check between the operator documents, the code, and their Chinese versions.
 //!
-//! Plain file reading (no broker): every configuration key and every HTTP endpoint that
-//! `README.md` documents must also appear in `README.zh-CN.md`, and likewise for
-//! `tuning/README.md` and `tuning/README.zh-CN.md`.
+//! Plain file reading (no broker):
+//!
+//! - the documents together name every configuration key, `docs/protocol.md` names every
+//!   HTTP route and every error and close code (with each error's HTTP status), and
+//!   `README.md`'s API table names the routes a newcomer calls;
+//! - every configuration key, HTTP endpoint and error code that an English document names
+//!   is also named by its Chinese version (`README.md` and `README.zh-CN.md`,
+//!   `tuning/README.md` and `tuning/README.zh-CN.md`, `docs/<name>.md` and
+//!   `docs/<name>.zh-CN.md`), and each links the other;
+//! - no document links outside the repository, and every relative link resolves.
 //!
 //! - A *configuration key* is any key of `tuning/default.toml` or `tuning/cluster.toml`,
 //!   top level or inside a table, commented-out example keys included (`# node = 0`), plus
@@ -14,6 +21,9 @@
 //!   router checks); it is *documented* when an inline code span holds it as a word that
 //!   starts with `/` (`` `GET /message-log?domain=` `` documents `/message-log`, not
 //!   `/message`).
+//! - An *error code* is a number that `Error::code()` in `src/error.rs` returns, or a
+//!   constant of its `close` module; it is *documented* when it stands as a word in the
+//!   document's text.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -86,6 +96,123 @@ fn routes() -> BTreeSet<String> {
         "ROUTES parsed into something that is not its paths: {routes:?}"
     );
     routes
+}
+
+/// The English operator documents, each beside its Chinese version.
+const PAIRS: [(&str, &str); 11] = [
+    ("README.md", "README.zh-CN.md"),
+    ("tuning/README.md", "tuning/README.zh-CN.md"),
+    ("docs/protocol.md", "docs/protocol.zh-CN.md"),
+    ("docs/configuration.md", "docs/configuration.zh-CN.md"),
+    ("docs/operations.md", "docs/operations.zh-CN.md"),
+    ("docs/durability.md", "docs/durability.zh-CN.md"),
+    ("docs/tls.md", "docs/tls.zh-CN.md"),
+    ("docs/cluster.md", "docs/cluster.zh-CN.md"),
+    ("docs/benchmarks.md", "docs/benchmarks.zh-CN.md"),
+    ("docs/testing.md", "docs/testing.zh-CN.md"),
+    ("docs/architecture.md", "docs/architecture.zh-CN.md"),
+];
+
+/// Files that documents link to and that other changes of issue 24 add (the OpenAPI
+/// description, the Grafana dashboard, the web example): a link to one of them may point
+/// nowhere until that change is in.
+const ADDED_ELSEWHERE: [&str; 3] = [
+    "docs/openapi.yaml",
+    "tuning/grafana/shardcast.json",
+    "examples/web/README.md",
+];
+
+/// The body of the first `fn <name>` or `mod <name>` item of `src`: from its opening
+/// brace to the matching closing one.
+fn item_body<'a>(src: &'a str, head: &str) -> &'a str {
+    let start = src
+        .find(head)
+        .unwrap_or_else(|| panic!("src/error.rs no longer has `{head}`: update tests/docs.rs"));
+    let open = start + src[start..].find('{').expect("item without a body");
+    let mut depth = 0usize;
+    for (i, c) in src[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &src[open..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces after `{head}`")
+}
+
+/// For each variant name of `Error`, what one `match self` of `src/error.rs` maps it to
+/// (the number at the end of its arm).
+fn arms(body: &str) -> Vec<(Vec<String>, u16)> {
+    let mut out = Vec::new();
+    // Split at `=>`: each piece ends with an arm's patterns and the next starts with its
+    // value (`1001,` or `{ 400 }`).
+    for arm in body.split("=>").collect::<Vec<_>>().windows(2) {
+        let variants: Vec<String> = arm[0]
+            .split("Error::")
+            .skip(1)
+            .map(|v| {
+                v.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+            })
+            .collect();
+        let value: String = arm[1]
+            .trim_start_matches(|c: char| c == '{' || c.is_whitespace())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(value) = value.parse() {
+            out.push((variants, value));
+        }
+    }
+    out
+}
+
+/// The protocol's error codes, each with the HTTP statuses it is answered with, and the
+/// WebSocket close codes, as `src/error.rs` defines them.
+fn error_codes() -> (Vec<(u16, BTreeSet<u16>)>, BTreeSet<u16>) {
+    let src = read("src/error.rs");
+    let codes = arms(item_body(&src, "pub fn code("));
+    let statuses = arms(item_body(&src, "pub fn http_status("));
+    let mut table: Vec<(u16, BTreeSet<u16>)> = Vec::new();
+    for (variants, code) in &codes {
+        for variant in variants {
+            let status = statuses
+                .iter()
+                .find(|(vs, _)| vs.contains(variant))
+                .map(|(_, s)| *s)
+                .unwrap_or_else(|| panic!("Error::{variant} has a code but no HTTP status"));
+            match table.iter_mut().find(|(c, _)| c == code) {
+                Some((_, set)) => {
+                    set.insert(status);
+                }
+                None => table.push((*code, BTreeSet::from([status]))),
+            }
+        }
+    }
+    let close: BTreeSet<u16> = item_body(&src, "pub mod close")
+        .lines()
+        .filter_map(|l| l.split('=').nth(1))
+        .filter_map(|v| v.trim().trim_end_matches(';').parse().ok())
+        .collect();
+    assert!(
+        table.len() >= 16 && close.len() >= 8 && table.iter().any(|(c, _)| *c == 1010),
+        "src/error.rs parsed into something that is not its codes: {table:?} {close:?}"
+    );
+    (table, close)
+}
+
+/// The whole words of a text that are numbers.
+fn numbers(text: &str) -> BTreeSet<u16> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| w.parse().ok())
+        .collect()
 }
 
 /// What a Markdown text shows as code: its inline code spans and the lines of its
@@ -201,6 +328,14 @@ fn drift(english: &str, chinese: &str) -> Vec<String> {
             "endpoint `{route}`: documented in {english}, not in {chinese}"
         ));
     }
+    let (errors, close) = error_codes();
+    let all: BTreeSet<u16> = errors.iter().map(|(c, _)| *c).chain(close).collect();
+    let (en_numbers, zh_numbers) = (numbers(&read(english)), numbers(&read(chinese)));
+    for code in all.intersection(&en_numbers) {
+        if !zh_numbers.contains(code) {
+            missing.push(format!("code {code}: named in {english}, not in {chinese}"));
+        }
+    }
     missing
 }
 
@@ -245,23 +380,34 @@ fn extraction_finds_the_known_keys_and_routes() {
             "route {route} not extracted: {routes:?}"
         );
     }
-    // README.md documents most of them, so the comparison below cannot pass vacuously.
-    let readme = code_of(&read("README.md"));
-    let documented = documented_keys(&readme, &keys);
+    // The documents name most of them, so the comparisons below cannot pass vacuously.
+    let configuration = code_of(&read("docs/configuration.md"));
+    let documented = documented_keys(&configuration, &keys);
     assert!(
         documented.len() >= 40,
-        "README.md documents only {} keys: {documented:?}",
+        "docs/configuration.md documents only {} keys: {documented:?}",
         documented.len()
     );
+    let readme = code_of(&read("README.md"));
     let endpoints = documented_endpoints(&readme, &routes);
     assert!(
         endpoints.len() >= 9,
-        "README.md documents only {} endpoints: {endpoints:?}",
+        "README.md's API table documents only {} endpoints: {endpoints:?}",
         endpoints.len()
     );
     let tuning = code_of(&read("tuning/README.md"));
     assert!(documented_keys(&tuning, &keys).len() >= 10);
     assert!(documented_endpoints(&tuning, &routes).contains("/metrics"));
+    let (errors, close) = error_codes();
+    for (code, status) in [(1001, 411), (1009, 429), (1009, 503), (2001, 400)] {
+        assert!(
+            errors
+                .iter()
+                .any(|(c, s)| *c == code && s.contains(&status)),
+            "error {code} / HTTP {status} not extracted: {errors:?}"
+        );
+    }
+    assert!(close.contains(&1013) && close.contains(&4000), "{close:?}");
 }
 
 #[test]
@@ -287,38 +433,151 @@ fn extraction_rules() {
 }
 
 #[test]
-fn readme_zh_cn_has_every_key_and_endpoint_of_readme() {
-    let missing = drift("README.md", "README.zh-CN.md");
+fn every_config_key_is_documented() {
+    let keys = config_keys();
+    let mut documented = BTreeSet::new();
+    for (english, _) in PAIRS {
+        documented.extend(documented_keys(&code_of(&read(english)), &keys));
+    }
+    let missing: Vec<_> = keys.difference(&documented).collect();
     assert!(
         missing.is_empty(),
-        "README.zh-CN.md drifted:\n{}",
-        missing.join("\n")
+        "config keys no English document names (docs/configuration.md is their place): {missing:?}"
     );
 }
 
 #[test]
-fn tuning_readme_zh_cn_has_every_key_and_endpoint_of_tuning_readme() {
-    let missing = drift("tuning/README.md", "tuning/README.zh-CN.md");
+fn protocol_documents_every_route_and_code() {
+    let text = read("docs/protocol.md");
+    let code = code_of(&text);
+    let routes = routes();
+    let documented = documented_endpoints(&code, &routes);
+    let missing: Vec<_> = routes.difference(&documented).collect();
     assert!(
         missing.is_empty(),
-        "tuning/README.zh-CN.md drifted:\n{}",
+        "routes of src/net/api/mod.rs that docs/protocol.md does not name: {missing:?}"
+    );
+    let (errors, close) = error_codes();
+    let words = numbers(&text);
+    let mut wrong = Vec::new();
+    for code in errors.iter().map(|(c, _)| *c).chain(close) {
+        if !words.contains(&code) {
+            wrong.push(format!("code {code} is not named"));
+        }
+    }
+    // The HTTP error table: a row `| code | statuses | … |` for each code below 2000 that
+    // names every status src/error.rs answers it with.
+    for (code, statuses) in errors.iter().filter(|(c, _)| *c < 2000) {
+        let row = text.lines().find_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() > 3 && cells[1] == code.to_string()).then(|| numbers(cells[2]))
+        });
+        match row {
+            None => wrong.push(format!("no table row for error {code}")),
+            Some(row) if !statuses.is_subset(&row) => wrong.push(format!(
+                "error {code}: the table says HTTP {row:?}, src/error.rs answers {statuses:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "docs/protocol.md:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_chinese_document_has_the_keys_endpoints_and_codes_of_its_english_one() {
+    let mut missing = Vec::new();
+    for (english, chinese) in PAIRS {
+        missing.extend(drift(english, chinese));
+    }
+    assert!(
+        missing.is_empty(),
+        "Chinese documents drifted:\n{}",
         missing.join("\n")
     );
 }
 
 #[test]
 fn english_and_chinese_documents_link_each_other() {
-    for (english, chinese) in [
-        ("README.md", "README.zh-CN.md"),
-        ("tuning/README.md", "tuning/README.zh-CN.md"),
-    ] {
+    let name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    for (english, chinese) in PAIRS {
         assert!(
-            read(english).contains("](README.zh-CN.md)"),
-            "{english} does not link README.zh-CN.md"
+            read(english).contains(&format!("]({})", name(chinese))),
+            "{english} does not link {chinese}"
         );
         assert!(
-            read(chinese).contains("](README.md)"),
-            "{chinese} does not link README.md"
+            read(chinese).contains(&format!("]({})", name(english))),
+            "{chinese} does not link {english}"
         );
     }
+}
+
+/// The relative link targets of a Markdown text (`[text](target)`, `src="target"`),
+/// without their `#anchor`.
+fn relative_links(markdown: &str) -> Vec<String> {
+    let mut links = Vec::new();
+    for (open, close) in [("](", ')'), ("src=\"", '"')] {
+        for piece in markdown.split(open).skip(1) {
+            let Some(end) = piece.find(close) else {
+                continue;
+            };
+            let target = piece[..end].split('#').next().unwrap_or("");
+            if !target.is_empty() && !target.contains("://") && !target.starts_with("mailto:") {
+                links.push(target.to_string());
+            }
+        }
+    }
+    links
+}
+
+/// `target` as seen from the repository directory `dir`, resolved lexically; `None` when
+/// it leaves the repository.
+fn resolve(dir: &Path, target: &str) -> Option<String> {
+    let mut parts: Vec<String> = dir
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p.to_string()),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[test]
+fn documents_link_only_inside_the_repository_and_every_link_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut wrong = Vec::new();
+    for doc in PAIRS.iter().flat_map(|(en, zh)| [*en, *zh]) {
+        let text = read(doc);
+        for stale in ["shared/spec", "PROTOCOL.md", "DESIGN.md"] {
+            if text.contains(stale) {
+                wrong.push(format!(
+                    "{doc} names {stale}: link docs/protocol.md or docs/architecture.md"
+                ));
+            }
+        }
+        let dir = Path::new(doc).parent().unwrap_or(Path::new(""));
+        for target in relative_links(&text) {
+            match resolve(dir, &target) {
+                None => wrong.push(format!("{doc}: link to {target}, outside the repository")),
+                Some(path) if ADDED_ELSEWHERE.contains(&path.as_str()) => {}
+                Some(path) if !root.join(&path).exists() => {
+                    wrong.push(format!("{doc}: link to {target}, which does not exist"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

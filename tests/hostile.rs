@@ -1,4 +1,4 @@
-//! Hostile clients, through the real broker with raw sockets (PROTOCOL.md §5 v2): nothing
+//! Hostile clients, through the real broker with raw sockets (docs/protocol.md §5 v2): nothing
 //! is held by a client that has not earned it, and the broker keeps serving.
 
 mod common;
@@ -290,7 +290,7 @@ fn a_large_offline_queue_is_written_in_pages_within_the_outbound_bound() {
     assert!(growth < 6144, "RSS grew {growth} KiB");
     drop(stalled);
     // A reading client gets the rest, oldest first, each once, with no gap: what the
-    // stalled one was sent left the queue once written to its socket (PROTOCOL.md §4:
+    // stalled one was sent left the queue once written to its socket (docs/protocol.md §4:
     // "an entry leaves the queue only once written"; it stays in history), no more.
     let mut ws = common::Ws::connect(&server.url(&target));
     let index = |m: &serde_json::Value| -> usize {

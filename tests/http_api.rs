@@ -1,4 +1,4 @@
-//! The HTTP API of PROTOCOL.md §2: token issuance and its errors, admin auth, routing
+//! The HTTP API of docs/protocol.md §2: token issuance and its errors, admin auth, routing
 //! errors, body limits, keep-alive and pipelining, health.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Idempotent backend calls (PROTOCOL.md §6): `POST /push` and `POST /message` with an
+//! Idempotent backend calls (docs/protocol.md §6): `POST /push` and `POST /message` with an
 //! `Idempotency-Key` are done once per admin scope within `idempotency_window_secs`; a
 //! retry gets the first answer and stores and sends nothing again, across a restart too.
 

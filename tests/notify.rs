@@ -1,4 +1,4 @@
-//! The notify dialect (PROTOCOL.md §3) end to end: event 2 on connect, event 1 on push to
+//! The notify dialect (docs/protocol.md §3) end to end: event 2 on connect, event 1 on push to
 //! users on every shard and every device, read reports, error events, the bad-token flow,
 //! and unread lists and tokens surviving a restart.
 

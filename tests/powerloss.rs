@@ -1,4 +1,4 @@
-//! Acknowledged means durable across a power cut, not only across `kill -9` (DESIGN.md
+//! Acknowledged means durable across a power cut, not only across `kill -9` (docs/architecture.md
 //! "Storage"): the broker runs on a file layer (`tests/powerloss/shim.c`, LD_PRELOAD) that
 //! journals every write under the data directory and every fsync/fdatasync; it is killed
 //! under load, every write that no later sync of its file covered is undone (what a power

@@ -1,4 +1,4 @@
-//! Connection rules of PROTOCOL.md §5 on the real broker: graceful shutdown, heartbeats
+//! Connection rules of docs/protocol.md §5 on the real broker: graceful shutdown, heartbeats
 //! and the idle timeout, slow consumers, and each configurable limit.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Domains are tenants (PROTOCOL.md §1 v2): a sign binds its domain, a declared domain has
+//! Domains are tenants (docs/protocol.md §1 v2): a sign binds its domain, a declared domain has
 //! its own secret and admin key, a replayed sign creates nothing, and one user holds at
 //! most `max_connections_per_user` connections (§5).
 

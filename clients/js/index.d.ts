@@ -24,7 +24,7 @@ export class ShardcastError extends Error {
   constructor(kind: ErrorKind, code: number, message: string, options?: { cause?: unknown });
   readonly name: "ShardcastError";
   readonly kind: ErrorKind;
-  /** A broker error code (PROTOCOL.md §2–4), a close code, an HTTP status, or 0. */
+  /** A broker error code (docs/protocol.md §2–4), a close code, an HTTP status, or 0. */
   readonly code: number;
 }
 
@@ -120,7 +120,7 @@ declare abstract class BaseClient<Events extends BaseEvents> {
   once<K extends keyof Events>(type: K, listener: (value: Events[K]) => void): () => void;
 }
 
-/** A notification (PROTOCOL.md §3). */
+/** A notification (docs/protocol.md §3). */
 export interface Notification {
   /** 24 lowercase hex characters. */
   _id: string;
@@ -151,7 +151,7 @@ export class NotifyClient extends BaseClient<NotifyEvents> {
 /** 10 text, 20 image, 30 voice, 40 audio/video (100, system, arrives but cannot be sent). */
 export type ChatType = 10 | 20 | 30 | 40;
 
-/** A chat message (PROTOCOL.md §4). */
+/** A chat message (docs/protocol.md §4). */
 export interface ChatMessage {
   id: string;
   fromId: string;

@@ -3,7 +3,7 @@
 //!
 //! It owns the client side of the wire, written independently of the broker's code so
 //! that it can serve as the tests' oracle (it does not depend on the `shardcast` crate):
-//! - [`sign`]: the sign of PROTOCOL.md §1 (MD5), the only copy on the client side;
+//! - [`sign`]: the sign of docs/protocol.md §1 (MD5), the only copy on the client side;
 //! - [`http`]: HTTP/1.1 requests and reading responses, one-shot or keep-alive;
 //! - [`ws`]: the raw WebSocket upgrade request and its 101, client frames, server frames;
 //! - [`net`]: TCP connections, the TLS client configuration and handshake, a socket that is

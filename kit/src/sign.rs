@@ -1,4 +1,4 @@
-//! The sign of PROTOCOL.md §1 that a client computes for `GET /auth/websocket`, with the
+//! The sign of docs/protocol.md §1 that a client computes for `GET /auth/websocket`, with the
 //! `md-5` crate and nothing of the broker's, so a test that compares the two compares two
 //! implementations.
 

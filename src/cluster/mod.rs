@@ -1,4 +1,4 @@
-//! The cluster on NATS (DESIGN.md "a cluster on NATS"): the transport between nodes,
+//! The cluster on NATS (docs/cluster.md): the transport between nodes,
 //! beside the inbox that is the transport between shards. It knows nothing of what runs a
 //! call: the owner path ([`crate::owner`]) decides what goes to which node, and the top of
 //! the house ([`crate::serve::peer`]) runs what arrives.

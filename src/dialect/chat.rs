@@ -1,4 +1,4 @@
-//! The chat dialect (PROTOCOL.md §4): login with id/name/domain/resource, messages to a
+//! The chat dialect (docs/protocol.md §4): login with id/name/domain/resource, messages to a
 //! user id on any shard, offline queue, acknowledgements; shared with `POST /message`.
 //!
 //! Invariants: a message is appended to the recipient's history on the recipient's owner
@@ -56,7 +56,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
     queue_offline_page(shard, conn, None).map(|_| ())
 }
 
-/// The offline queue is written a page at a time (PROTOCOL.md §4 v2): at most half of
+/// The offline queue is written a page at a time (docs/protocol.md §4 v2): at most half of
 /// `max_outbound_bytes` is read from the store and queued, the next page only once that
 /// one is written. A page leaves the store once written, not before: a connection that
 /// dies first leaves it for the next login (at least once, never lost).
@@ -117,7 +117,7 @@ pub async fn deliver(shard: Rc<Shard>, msg: Arc<ChatMessage>) -> Result<bool, Er
     Ok(offline)
 }
 
-/// [`deliver`] at most once per `Idempotency-Key` (PROTOCOL.md §6, `POST /message`):
+/// [`deliver`] at most once per `Idempotency-Key` (docs/protocol.md §6, `POST /message`):
 /// the answer (the message object with its `offline` flag) is remembered in the same
 /// turn as the message is stored, so a retry gets that answer and nothing is stored or
 /// sent again.

@@ -1,6 +1,6 @@
 //! The two WebSocket dialects over one core: [`notify`] (events 0–3) and [`chat`]
 //! (user-to-user messages). Each parses a client message, applies it, and replies in its
-//! own error format; neither ever closes a connection for a bad message (PROTOCOL.md §3,
+//! own error format; neither ever closes a connection for a bad message (docs/protocol.md §3,
 //! §4: "the connection stays open").
 
 pub mod chat;
@@ -13,7 +13,7 @@ use crate::shard::Shard;
 use crate::ws::frame;
 use crate::Error;
 
-/// An `Idempotency-Key` of a backend call (PROTOCOL.md §6) as the owner shards see it:
+/// An `Idempotency-Key` of a backend call (docs/protocol.md §6) as the owner shards see it:
 /// remembered per admin scope, at `slot`, until `expire` (unix seconds).
 #[derive(Clone, Debug)]
 pub struct Idempotency {

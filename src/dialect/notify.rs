@@ -1,4 +1,4 @@
-//! The notify dialect (PROTOCOL.md §3): event 2 (unread list) on connect, event 1 for each
+//! The notify dialect (docs/protocol.md §3): event 2 (unread list) on connect, event 1 for each
 //! push, event 3 read reports, event 0 errors.
 //!
 //! Invariants: a [`Notification`] is encoded once ([`crate::message`]): its msg object is
@@ -39,7 +39,7 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
     )?;
     shard.sessions.borrow_mut().add(conn.clone());
     // Written straight into the frame (header, then the list): built once, bounded by
-    // `max_unread_bytes` (PROTOCOL.md §3 v2).
+    // `max_unread_bytes` (docs/protocol.md §3 v2).
     const HEAD: &[u8] = b"{\"event\":2,\"data\":{\"msg_list\":[";
     const TAIL: &[u8] = b"]}}";
     let len = HEAD.len() + TAIL.len() + list.iter().map(|m| m.len() + 1).sum::<usize>()
@@ -138,7 +138,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result
 /// Parses a client frame of the notify dialect into the ids of a read report (the only
 /// client event), or the error event to answer with. Pure, so it is unit-tested and
 /// fuzzed on its own.
-/// Most ids one read report may carry (PROTOCOL.md §3: more is 2003), so that one frame
+/// Most ids one read report may carry (docs/protocol.md §3: more is 2003), so that one frame
 /// costs a bounded number of store removes.
 pub const MAX_READ_IDS: usize = 100;
 
@@ -153,7 +153,7 @@ pub fn parse_read_report(payload: &mut [u8], max_ids: usize) -> Result<Vec<MsgId
         .filter(|d| d.is_object())
         .ok_or(Error::BadFrame)?;
     let is_report = data.get("msg_id").is_some() || data.get("msg_ids").is_some();
-    // PROTOCOL.md §3 (decision): the original document's example sends read reports as
+    // docs/protocol.md §3 (decision): the original document's example sends read reports as
     // event 2, so event 2 carrying msg_id/msg_ids is a read report too.
     if !(event == 3 || (event == 2 && is_report)) {
         return Err(Error::NoSuchEvent);

@@ -1,4 +1,4 @@
-//! Accepting on the shared port and reading request heads (DESIGN.md "Accept and
+//! Accepting on the shared port and reading request heads (docs/architecture.md "Accept and
 //! hand-off"). Every shard accepts on the same port (SO_REUSEPORT); each connection
 //! starts here as HTTP. An API request is served in place (per-user work goes to the
 //! owner through [`crate::owner`]); a WebSocket upgrade goes to the shard that owns its
@@ -209,7 +209,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
 }
 
 /// Paths that accept a WebSocket upgrade: `/ws` (chat) and everything that is not an HTTP
-/// API path (notify), PROTOCOL.md §3.
+/// API path (notify), docs/protocol.md §3.
 fn is_upgrade_path(path: &str) -> bool {
     path == "/ws" || !super::api::is_api_path(path)
 }
@@ -266,7 +266,7 @@ async fn upgrade(
     };
     if owner.node != shard.node() {
         // A socket cannot move between hosts: this node holds it and relays its bytes,
-        // the owner node runs the connection (DESIGN.md "a cluster on NATS").
+        // the owner node runs the connection (docs/cluster.md).
         let attach = crate::ws::remote::Attach {
             owner,
             accept: up.accept,

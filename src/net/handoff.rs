@@ -1,5 +1,5 @@
 //! Moving an accepted socket whose request head was already read to the shard that owns
-//! its user (DESIGN.md "Accept and hand-off", STYLE.md pitfall 3).
+//! its user (docs/architecture.md "Accept and hand-off", STYLE.md pitfall 3).
 //!
 //! Invariant: the socket crosses as an `OwnedFd` (a dup), so it is closed on every path
 //! that drops the envelope, and the accepting shard's own fd is closed when its stream

@@ -21,7 +21,7 @@ pub struct Request {
     /// HTTP/1.0: keep-alive must be confirmed with `Connection: keep-alive`.
     pub http10: bool,
     pub authorization: Option<String>,
-    /// `Idempotency-Key` of `POST /push` and `POST /message` (PROTOCOL.md §6), as sent.
+    /// `Idempotency-Key` of `POST /push` and `POST /message` (docs/protocol.md §6), as sent.
     pub idempotency_key: Option<String>,
     /// Set only on a call forwarded by another node of the cluster, which checked the
     /// admin key itself: what that key may act on (the key never crosses nodes).

@@ -21,7 +21,7 @@ use crate::task::supervise;
 
 /// Pings every connection each `ping_interval` (one shared frame per shard) and closes,
 /// with 1001, those from which nothing arrived for `idle_timeout`, and with 1008 those
-/// whose frame or fragmented message is unfinished after `request_timeout` (PROTOCOL.md §5).
+/// whose frame or fragmented message is unfinished after `request_timeout` (docs/protocol.md §5).
 /// The scan is per tick, not per message.
 async fn heartbeat(shard: Rc<Shard>) {
     let (ping_every, idle) = (shard.config.ping_interval, shard.config.idle_timeout);
@@ -145,7 +145,7 @@ pub async fn run(seed: Seed, listener: OwnedFd) {
         return;
     }
 
-    // Shutdown (PROTOCOL.md §5): close every connection with 1001, give them a moment to
+    // Shutdown (docs/protocol.md §5): close every connection with 1001, give them a moment to
     // flush, then make everything durable.
     for conn in shard.sessions.borrow().all() {
         conn.close(crate::error::close::GOING_AWAY);

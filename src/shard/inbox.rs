@@ -1,4 +1,4 @@
-//! A shard's inbox: how work crosses shards (DESIGN.md "Cross-shard delivery").
+//! A shard's inbox: how work crosses shards (docs/architecture.md "Cross-shard delivery").
 //!
 //! An [`Envelope`] is a `Send` closure run on the owner shard; it carries only `Send`
 //! data (owned strings, `Arc` payloads, an owned fd) and typically spawns a local task.

@@ -235,7 +235,7 @@ impl Shard {
         (before < self.config.max_connections).then_some(permit)
     }
 
-    /// Rate limit of PROTOCOL.md §5 / error 2005: at most `max_messages_per_sec` client
+    /// Rate limit of docs/protocol.md §5 / error 2005: at most `max_messages_per_sec` client
     /// messages and `max_inbound_bytes_per_sec` bytes of them per connection in each
     /// one-second window. The byte budget is what keeps one flooding sender (200 chat
     /// messages of 64 KiB a second is 12.8 MB/s of history) from filling the shard's

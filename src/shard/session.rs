@@ -47,7 +47,7 @@ pub struct Conn {
     pub offline_keys: RefCell<Vec<sled::IVec>>,
     pub offline_after: RefCell<Option<sled::IVec>>,
     /// Shard clock (ms) when the oldest unfinished frame or fragmented message began:
-    /// it must be complete within `request_timeout_secs` (PROTOCOL.md §5 v2).
+    /// it must be complete within `request_timeout_secs` (docs/protocol.md §5 v2).
     pub partial_since_ms: Cell<Option<u64>>,
     /// Chat messages sent on this connection still waiting for their outcome.
     pub sends_in_flight: Cell<u32>,

@@ -1,4 +1,4 @@
-//! Group commit: the moment an acknowledgement may be sent (PROTOCOL.md §5, DESIGN.md
+//! Group commit: the moment an acknowledgement may be sent (docs/protocol.md §5, docs/architecture.md
 //! "Storage").
 //!
 //! Invariants: a waiter is released only once the journal record holding its writes, and

@@ -9,7 +9,7 @@
 use crate::config::Runtime;
 
 /// sled 0.34 ends its flush in `sync_file_range`, which flushes neither the drive's cache
-/// nor the file's metadata: not a power-loss durability point (DESIGN.md "Storage").
+/// nor the file's metadata: not a power-loss durability point (docs/architecture.md "Storage").
 /// Wherever sled's own files must be durable (a journal checkpoint, the shutdown flush,
 /// each resharding step), sled's flush is followed by an fdatasync of its log file
 /// (`shard-<i>/db`) through this second handle on it.

@@ -1,4 +1,4 @@
-//! The durability point of `group` and `sync` (DESIGN.md "Storage"): every write a shard's
+//! The durability point of `group` and `sync` (docs/architecture.md "Storage"): every write a shard's
 //! store makes is also appended, in order, to the shard's journal
 //! (`shard-<i>/journal.<generation>`); a group commit writes what accumulated since the last
 //! one as one record and fdatasyncs it. sled is updated in memory at once and written out

@@ -12,7 +12,7 @@
 //! slot f user(to) user(from)                → last fseq (u64)
 //! slot g user                               → first retained history seq (absent: 1)
 //! slot e user(to) user(from)                → first retained fseq (absent: 1)
-//! slot I slen scope klen key               → expire(8) answer (an idempotent call, PROTOCOL.md §6)
+//! slot I slen scope klen key               → expire(8) answer (an idempotent call, docs/protocol.md §6)
 //! slot i slen scope klen key               → expire(8) online(8) (this shard's part of a push)
 //! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
 //! ```

@@ -1,4 +1,4 @@
-//! The data directory's layout record and resharding (DESIGN.md "Config"; STYLE.md rule 4).
+//! The data directory's layout record and resharding (docs/architecture.md "Config"; STYLE.md rule 4).
 //!
 //! `data_dir/shardcast.meta` records the format, `SLOTS` and the shard count the data was
 //! written with (and, in a cluster, the node count and this node's index: a start with

@@ -289,7 +289,7 @@ impl Store {
     }
 
     /// Queues a chat message for its offline recipient (after `append_chat`), keeping at
-    /// most `max` queued (PROTOCOL.md §4 v2): past it the oldest leaves the queue (it
+    /// most `max` queued (docs/protocol.md §4 v2): past it the oldest leaves the queue (it
     /// stays in history). Returns how many were dropped that way. The count is a stored
     /// counter, so the bound costs two reads and a write, whatever the queue's length.
     pub fn queue_offline(&self, slot: u16, msg: &ChatMessage, max: u64) -> Result<u64, Error> {

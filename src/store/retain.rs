@@ -1,4 +1,4 @@
-//! Retention, run by each shard in the background (DESIGN.md "Storage"): expired tokens,
+//! Retention, run by each shard in the background (docs/architecture.md "Storage"): expired tokens,
 //! the `max_unread` cap, history by age and by count, the offline-queue TTL.
 //!
 //! Invariants: work is done in steps that visit or remove about `STEP` keys (history

@@ -156,7 +156,7 @@ pub async fn run(
 }
 
 /// Closing: write what is queued (ending with the close frame), then half-close and wait
-/// for the peer to finish, within `CLOSE_GRACE` (PROTOCOL.md §5: a refused login is
+/// for the peer to finish, within `CLOSE_GRACE` (docs/protocol.md §5: a refused login is
 /// dropped within 2 s; every other closing connection gets the same, so that a client
 /// that goes on trickling bytes after its close frame cannot hold the socket).
 async fn finish_close(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Stream) {

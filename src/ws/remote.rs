@@ -1,4 +1,4 @@
-//! Remote sessions (DESIGN.md "a cluster on NATS"): a WebSocket whose user another node
+//! Remote sessions (docs/cluster.md): a WebSocket whose user another node
 //! owns. A socket cannot move between hosts, so the node that accepted it (the *holder*)
 //! keeps it and relays its bytes, and the owner node runs the connection itself — login,
 //! greeting, frames, dialect, heartbeats, limits — on a session whose socket is NATS.

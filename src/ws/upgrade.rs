@@ -3,7 +3,7 @@
 //! dialect's greeting (event 2 / offline queue), then run the connection.
 //!
 //! Invariants: a failed login still completes the upgrade, then gets its error object and
-//! close 1008 (PROTOCOL.md §3, §4); the greeting is queued in the same turn as the
+//! close 1008 (docs/protocol.md §3, §4); the greeting is queued in the same turn as the
 //! connection joins the session table, so no live message can overtake it.
 
 use std::cell::{Cell, RefCell};
@@ -61,7 +61,7 @@ pub struct Upgrade {
 }
 
 /// The login of an upgrade request's query. The notify dialect knows one login error
-/// (PROTOCOL.md §3): a query it cannot read is a token it cannot read, 1004.
+/// (docs/protocol.md §3): a query it cannot read is a token it cannot read, 1004.
 pub fn login_of(query: &str, chat: bool) -> Result<Login, Error> {
     match crate::net::http::parse_query(query) {
         Ok(q) => login(&q, chat),
@@ -238,7 +238,7 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
 }
 
 /// Whether `(domain, uid)` already holds `max_connections_per_user` live connections
-/// (PROTOCOL.md §5, v2). A chat login that will replace its resource's connection does
+/// (docs/protocol.md §5, v2). A chat login that will replace its resource's connection does
 /// not count that one, and connections already closing do not count.
 fn holds_max_connections(shard: &Shard, login: &Login, domain: &str, uid: &str) -> bool {
     let resource = match login {

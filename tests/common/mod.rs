@@ -252,7 +252,7 @@ impl Server {
         self.http("POST", path, Some(ADMIN), Some(&body.to_string()))
     }
 
-    /// [`Server::admin_post`] with an `Idempotency-Key` (PROTOCOL.md §6).
+    /// [`Server::admin_post`] with an `Idempotency-Key` (docs/protocol.md §6).
     pub fn admin_post_once(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
         let req = http::request(
             "POST",

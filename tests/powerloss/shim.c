@@ -4,7 +4,7 @@
 // SIGKILL the test undoes, file by file, every write not covered by a later sync: what a
 // power cut does to data that reached the page cache but not the disk. sync_file_range
 // is passed through unmarked: it neither flushes the drive's cache nor the metadata, so
-// it is not a durability point (DESIGN.md "Storage").
+// it is not a durability point (docs/architecture.md "Storage").
 //
 // Journal records (little-endian): 'W' u32 path_len path u64 offset u64 old_size
 // u64 old_len old_bytes | 'S' u32 path_len path.

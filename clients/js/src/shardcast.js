@@ -1,4 +1,4 @@
-// shardcast JavaScript client: the notify and chat dialects of PROTOCOL.md, with token
+// shardcast JavaScript client: the notify and chat dialects of docs/protocol.md, with token
 // refresh and reconnection. One self-contained ES module with no imports, so that the
 // broker can serve this very file to its console (GET /console/shardcast.js) and a page
 // can load it without a build step.
@@ -381,7 +381,7 @@ class BaseClient extends Emitter {
   _lost() {}
 }
 
-/** The notify dialect (PROTOCOL.md §3): unread list, new notifications, read reports. */
+/** The notify dialect (docs/protocol.md §3): unread list, new notifications, read reports. */
 export class NotifyClient extends BaseClient {
   constructor(options) {
     super(options);
@@ -437,7 +437,7 @@ export class NotifyClient extends BaseClient {
   }
 }
 
-/** The chat dialect (PROTOCOL.md §4): messages between users, acks, history. */
+/** The chat dialect (docs/protocol.md §4): messages between users, acks, history. */
 export class ChatClient extends BaseClient {
   constructor(options) {
     super(options);

@@ -1,6 +1,6 @@
 // Test harness: runs the real shardcast binary (SHARDCAST_BIN, default
 // <repo>/target/debug/shardcast) on a loopback port with a temporary data directory and
-// config, issues tokens with the sign of PROTOCOL.md §1, and bounds every wait.
+// config, issues tokens with the sign of docs/protocol.md §1, and bounds every wait.
 
 import { spawn } from "node:child_process";
 import http from "node:http";
@@ -19,7 +19,7 @@ const BIN = process.env.SHARDCAST_BIN || join(repo, "target/debug/shardcast");
 
 const md5 = (s) => createHash("md5").update(s, "utf8").digest("hex");
 
-/** The sign of PROTOCOL.md §1 for the top-level secret (domain-bound unless default). */
+/** The sign of docs/protocol.md §1 for the top-level secret (domain-bound unless default). */
 export function sign(uid, timestamp, secret, domain = "default") {
   const parts = md5(uid) + md5(timestamp) + md5(secret);
   return md5(domain === "default" ? parts : parts + md5(domain));

@@ -85,7 +85,7 @@ async function eventually(f, ms = 5000) {
   }
 }
 
-test("the sign matches PROTOCOL.md's test vectors", () => {
+test("the sign matches docs/protocol.md's test vectors", () => {
   assert.equal(sign("user_1", "1630485655", "s3cr3t"), "f91db928eb8e4f0c849d762a4e8f0e52");
   assert.equal(sign("用户_7", "1700000000", "change-me"), "2132f2f8202eb9869032107dde219f84");
   assert.equal(sign("user_1", "1630485655", "s3cr3t", "shop"), "e325db92fcc0abc4bc694aeadb7060cc");

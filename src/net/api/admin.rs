@@ -1,4 +1,4 @@
-//! Admin calls of PROTOCOL.md §2 (admin key): `GET /presence` and `POST /kick`, answered by
+//! Admin calls of docs/protocol.md §2 (admin key): `GET /presence` and `POST /kick`, answered by
 //! the user's owner shard, and `POST /broadcast` — event 1 to every online notify
 //! connection of a domain, encoded once, sent on every shard, NOT persisted (no unread
 //! entry, by contract).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::shard::Shard;
 use crate::Error;
 
-/// How long `/healthz` waits for a shard before calling it unhealthy (PROTOCOL.md §2 v2).
+/// How long `/healthz` waits for a shard before calling it unhealthy (docs/protocol.md §2 v2).
 const SHARD_ANSWER: Duration = Duration::from_secs(1);
 
 /// `(HTTP status, envelope)`: 200 with `{"shards","connections"}` (and `"cluster"` in a

@@ -1,4 +1,4 @@
-//! `POST /message`: a backend sends a chat or system message (PROTOCOL.md §2); stored and
+//! `POST /message`: a backend sends a chat or system message (docs/protocol.md §2); stored and
 //! delivered exactly like a client's chat message.
 
 use std::rc::Rc;

@@ -1,5 +1,5 @@
 //! `GET /message-log`: a page of chat history, newest first, read on the recipient's owner
-//! shard. Private (PROTOCOL.md §2 decision): an admin key that acts on the domain, a token
+//! shard. Private (docs/protocol.md §2 decision): an admin key that acts on the domain, a token
 //! of `toId`, or a token of `fromId` when filtering by it.
 
 use std::rc::Rc;

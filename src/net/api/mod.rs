@@ -1,4 +1,4 @@
-//! The HTTP API of PROTOCOL.md §2: the table of routes ([`ROUTES`]: path, method, whether
+//! The HTTP API of docs/protocol.md §2: the table of routes ([`ROUTES`]: path, method, whether
 //! the admin key is checked before the body, whose call it is), the JSON envelope, and the
 //! admin-key check. In a cluster a request about a user of another node is forwarded whole
 //! to that node through the owner path, with only what its credentials grant. Handlers
@@ -64,7 +64,7 @@ const USER_IN_QUERY: User = User::Query {
     domain_required: false,
 };
 
-/// The API (PROTOCOL.md §2), one line a call; [`serve_here`] and [`dispatch`] run each.
+/// The API (docs/protocol.md §2), one line a call; [`serve_here`] and [`dispatch`] run each.
 const ROUTES: [Route; 12] = [
     route("/console", "GET", false, User::Nobody),
     route("/console/shardcast.js", "GET", false, User::Nobody),
@@ -99,7 +99,7 @@ pub fn is_api_path(path: &str) -> bool {
 }
 
 /// Serves one request: `(status, content type, body)`. In a cluster, a request about one
-/// user owned by another node is served by that node (DESIGN.md "a cluster on NATS").
+/// user owned by another node is served by that node (docs/cluster.md).
 pub async fn serve(
     shard: &Rc<Shard>,
     req: &Request,
@@ -297,7 +297,7 @@ fn domain_in_scope(
     Ok(domain.to_string())
 }
 
-/// 1005 unless `scope` acts on `domain` (PROTOCOL.md §1 v2), counted by reason.
+/// 1005 unless `scope` acts on `domain` (docs/protocol.md §1 v2), counted by reason.
 fn in_scope(shard: &Shard, scope: &AdminScope, domain: &str) -> Result<(), Error> {
     scope
         .allow(domain)

@@ -2,7 +2,7 @@
 //! (one envelope per shard, however many of its users), stored as unread and delivered
 //! there, answered once every owner has made it durable.
 //!
-//! With an `Idempotency-Key` (PROTOCOL.md §6) the push is coordinated by the owner of the
+//! With an `Idempotency-Key` (docs/protocol.md §6) the push is coordinated by the owner of the
 //! key's slot (another node's call is forwarded there whole): that shard remembers the
 //! notification's `_id` durably before any part is sent, and the answer once every part
 //! is done; each owner shard remembers its own part. A retry within
@@ -24,14 +24,14 @@ use crate::route;
 use crate::shard::Shard;
 use crate::Error;
 
-/// Largest accepted title, bytes (PROTOCOL.md §2).
+/// Largest accepted title, bytes (docs/protocol.md §2).
 const MAX_TITLE_BYTES: usize = 1024;
 
 /// Keys of keyed pushes are placed as a user of this domain would be: a name no user can
 /// have (a control character), so the placement is that of a slot and nothing else.
 pub(super) const KEY_DOMAIN: &str = "\u{1}idempotency";
 
-/// Longest `Idempotency-Key`, bytes (PROTOCOL.md §6).
+/// Longest `Idempotency-Key`, bytes (docs/protocol.md §6).
 const MAX_KEY_BYTES: usize = 64;
 
 /// The `Idempotency-Key` of a call by `scope`, checked, placed at the slot of `placed`

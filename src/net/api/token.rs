@@ -2,7 +2,7 @@
 //! issue the token on the user's owner shard and store it there before answering (tokens
 //! survive restarts; see `issue_for` for why a token does not wait for a disk flush).
 //!
-//! Invariant (PROTOCOL.md §1 v2): a replayed `(domain, uid, timestamp, sign)` returns the
+//! Invariant (docs/protocol.md §1 v2): a replayed `(domain, uid, timestamp, sign)` returns the
 //! token it returned the first time and writes nothing.
 
 use std::rc::Rc;
