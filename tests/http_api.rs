@@ -196,6 +196,35 @@ fn admin_routing_and_limit_errors() {
     assert_eq!((s, v["content"]["shards"].as_i64()), (200, Some(2)));
 }
 
+/// RFC 9110 §15.5.6: a 405 names the methods the path answers (schemathesis found 405s
+/// without `Allow`).
+#[test]
+fn method_not_allowed_names_the_allowed_methods() {
+    let server = Server::start(&[]);
+    for (method, path, allow) in [
+        ("GET", "/push", "POST"),
+        ("DELETE", "/message", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("PUT", "/message-log", "GET"),
+        ("OPTIONS", "/auth/websocket", "GET"),
+        ("TRACE", "/metrics", "GET"),
+    ] {
+        let r = server.response(method, path, None);
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+        assert_eq!(
+            common::header(&r, "Allow").as_deref(),
+            Some(allow),
+            "{method} {path}: {}",
+            r.text()
+        );
+        let v: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON");
+        assert_eq!(v["code"], 1007, "{v}");
+    }
+    // Other answers carry no Allow.
+    let r = server.response("GET", "/healthz", None);
+    assert_eq!((r.status, common::header(&r, "Allow")), (200, None));
+}
+
 #[test]
 fn keep_alive_and_pipelining() {
     let server = Server::start(&[]);
