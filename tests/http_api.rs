@@ -225,6 +225,46 @@ fn method_not_allowed_names_the_allowed_methods() {
     assert_eq!((r.status, common::header(&r, "Allow")), (200, None));
 }
 
+/// JSON Schema's `integer` admits `4001.0`, and some encoders write integers so: a kick's
+/// `code` and a message's `type` written that way are those integers (schemathesis found
+/// `{"uid": …, "code": 3265.0}` refused with 400).
+#[test]
+fn integral_numbers_are_integers() {
+    let server = Server::start(&[]);
+    let (s, v) = server.admin_post("/kick", &json!({"uid": "u1", "code": 3265.0}));
+    assert_eq!((s, v["content"]["closed"].as_i64()), (200, Some(0)), "{v}");
+    let (s, v) = server.http(
+        "POST",
+        "/message",
+        Some(ADMIN),
+        Some(r#"{"toId": "u2", "type": 1e1, "content": "hi"}"#),
+    );
+    assert_eq!((s, v["content"]["type"].as_i64()), (200, Some(10)), "{v}");
+    for bad in [json!(3265.5), json!("3265"), json!(1e300)] {
+        let (s, v) = server.admin_post("/kick", &json!({"uid": "u1", "code": bad}));
+        assert_eq!((s, v["code"].as_i64()), (400, Some(1001)), "{bad}: {v}");
+    }
+}
+
+/// A body is JSON (RFC 8259), whose integers have no size limit: an unknown field holding
+/// one beyond 64 bits is ignored like any unknown field, and such a number where an
+/// integer is expected is a bad parameter (schemathesis found the whole body refused).
+#[test]
+fn big_numbers_are_json_too() {
+    let server = Server::start(&[]);
+    let big = "1247808004910295741798285312";
+    let body = format!(r#"{{"toId": "u2", "type": 10, "content": "hi", "x": [-{big}]}}"#);
+    let (s, v) = server.http("POST", "/message", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let body = format!(r#"{{"uids": ["a"], "title": "t", "content": "c", "n": {big}}}"#);
+    let (s, v) = server.http("POST", "/push", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let body = format!(r#"{{"uid": "u1", "code": {big}}}"#);
+    let (s, v) = server.http("POST", "/kick", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (400, Some(1001)), "{v}");
+    assert!(v["msg"].as_str().unwrap_or("").contains("code"), "{v}");
+}
+
 #[test]
 fn keep_alive_and_pipelining() {
     let server = Server::start(&[]);
