@@ -265,6 +265,24 @@ fn big_numbers_are_json_too() {
     assert!(v["msg"].as_str().unwrap_or("").contains("code"), "{v}");
 }
 
+/// RFC 9110 §9.3.2: an answer to HEAD has no body, so on a keep-alive connection the
+/// next answer is read whole (the 405 to HEAD used to carry its JSON body).
+#[test]
+fn head_answers_carry_no_body() {
+    let server = Server::start(&[]);
+    let raw = server.raw(
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&raw);
+    let second = text.find("HTTP/1.1 404").expect("the second answer");
+    let first = &text[..second];
+    assert!(first.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(first.contains("Allow: GET\r\n"), "{text}");
+    assert!(first.ends_with("\r\n\r\n"), "a body after the head: {text}");
+    let (s, v) = common::parse_response(text[second..].as_bytes());
+    assert_eq!((s, v["code"].as_i64()), (404, Some(1006)), "{text}");
+}
+
 #[test]
 fn keep_alive_and_pipelining() {
     let server = Server::start(&[]);

@@ -194,7 +194,12 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
                 extra.push_str(&format!("Allow: {allow}\r\n"));
             }
         }
-        let resp = http::response(status, content_type, &out, req.keep_alive, &extra);
+        let mut resp = http::response(status, content_type, &out, req.keep_alive, &extra);
+        if req.method == "HEAD" {
+            // RFC 9110 §9.3.2: the answer to HEAD is the head alone (its Content-Length
+            // still says what GET would carry); a body would be read as the next answer.
+            resp.truncate(resp.len() - out.len());
+        }
         if !req.keep_alive {
             return http::answer_and_close(&mut stream, &resp).await;
         }
