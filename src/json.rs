@@ -135,6 +135,19 @@ pub fn str_of<'v>(v: &'v BorrowedValue<'_>, key: &str) -> Option<&'v str> {
     v.get(key).and_then(|x| x.as_str())
 }
 
+/// An integer: a JSON integer, or a number with no fractional part (`4001.0`, `1e3`),
+/// which JSON Schema's `integer` also admits and which some encoders write for integers.
+/// `None` for anything else, or one outside `i64`.
+pub fn integer(v: &BorrowedValue<'_>) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    // Display writes an integral f64 as its digits (no exponent, no ".0"), so parsing
+    // it back is exact and never truncates.
+    let f = v.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0)?;
+    f.to_string().parse().ok()
+}
+
 /// An optional name field (domain, fromId, …): absent → `default`; present, it must be a
 /// valid name, else `err`.
 pub fn name_or<'v>(
@@ -178,6 +191,26 @@ mod tests {
         // Brackets inside strings do not count.
         let s = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
         assert!(parse(&mut s.into_bytes()).is_some());
+    }
+
+    #[test]
+    fn integers_include_integral_numbers() {
+        let rows: [(&str, Option<i64>); 9] = [
+            ("4001", Some(4001)),
+            ("-3", Some(-3)),
+            ("4001.0", Some(4001)),
+            ("1e3", Some(1000)),
+            ("-0.0", Some(0)),
+            ("4001.5", None),
+            ("1e300", None),
+            ("\"4001\"", None),
+            ("18446744073709551615", None),
+        ];
+        for (text, want) in rows {
+            let mut buf = text.as_bytes().to_vec();
+            let v = parse(&mut buf).expect("JSON");
+            assert_eq!(integer(&v), want, "{text}");
+        }
     }
 
     #[test]

@@ -196,6 +196,93 @@ fn admin_routing_and_limit_errors() {
     assert_eq!((s, v["content"]["shards"].as_i64()), (200, Some(2)));
 }
 
+/// RFC 9110 §15.5.6: a 405 names the methods the path answers (schemathesis found 405s
+/// without `Allow`).
+#[test]
+fn method_not_allowed_names_the_allowed_methods() {
+    let server = Server::start(&[]);
+    for (method, path, allow) in [
+        ("GET", "/push", "POST"),
+        ("DELETE", "/message", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("PUT", "/message-log", "GET"),
+        ("OPTIONS", "/auth/websocket", "GET"),
+        ("TRACE", "/metrics", "GET"),
+    ] {
+        let r = server.response(method, path, None);
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+        assert_eq!(
+            common::header(&r, "Allow").as_deref(),
+            Some(allow),
+            "{method} {path}: {}",
+            r.text()
+        );
+        let v: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON");
+        assert_eq!(v["code"], 1007, "{v}");
+    }
+    // Other answers carry no Allow.
+    let r = server.response("GET", "/healthz", None);
+    assert_eq!((r.status, common::header(&r, "Allow")), (200, None));
+}
+
+/// JSON Schema's `integer` admits `4001.0`, and some encoders write integers so: a kick's
+/// `code` and a message's `type` written that way are those integers (schemathesis found
+/// `{"uid": …, "code": 3265.0}` refused with 400).
+#[test]
+fn integral_numbers_are_integers() {
+    let server = Server::start(&[]);
+    let (s, v) = server.admin_post("/kick", &json!({"uid": "u1", "code": 3265.0}));
+    assert_eq!((s, v["content"]["closed"].as_i64()), (200, Some(0)), "{v}");
+    let (s, v) = server.http(
+        "POST",
+        "/message",
+        Some(ADMIN),
+        Some(r#"{"toId": "u2", "type": 1e1, "content": "hi"}"#),
+    );
+    assert_eq!((s, v["content"]["type"].as_i64()), (200, Some(10)), "{v}");
+    for bad in [json!(3265.5), json!("3265"), json!(1e300)] {
+        let (s, v) = server.admin_post("/kick", &json!({"uid": "u1", "code": bad}));
+        assert_eq!((s, v["code"].as_i64()), (400, Some(1001)), "{bad}: {v}");
+    }
+}
+
+/// A body is JSON (RFC 8259), whose integers have no size limit: an unknown field holding
+/// one beyond 64 bits is ignored like any unknown field, and such a number where an
+/// integer is expected is a bad parameter (schemathesis found the whole body refused).
+#[test]
+fn big_numbers_are_json_too() {
+    let server = Server::start(&[]);
+    let big = "1247808004910295741798285312";
+    let body = format!(r#"{{"toId": "u2", "type": 10, "content": "hi", "x": [-{big}]}}"#);
+    let (s, v) = server.http("POST", "/message", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let body = format!(r#"{{"uids": ["a"], "title": "t", "content": "c", "n": {big}}}"#);
+    let (s, v) = server.http("POST", "/push", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let body = format!(r#"{{"uid": "u1", "code": {big}}}"#);
+    let (s, v) = server.http("POST", "/kick", Some(ADMIN), Some(&body));
+    assert_eq!((s, v["code"].as_i64()), (400, Some(1001)), "{v}");
+    assert!(v["msg"].as_str().unwrap_or("").contains("code"), "{v}");
+}
+
+/// RFC 9110 §9.3.2: an answer to HEAD has no body, so on a keep-alive connection the
+/// next answer is read whole (the 405 to HEAD used to carry its JSON body).
+#[test]
+fn head_answers_carry_no_body() {
+    let server = Server::start(&[]);
+    let raw = server.raw(
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&raw);
+    let second = text.find("HTTP/1.1 404").expect("the second answer");
+    let first = &text[..second];
+    assert!(first.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(first.contains("Allow: GET\r\n"), "{text}");
+    assert!(first.ends_with("\r\n\r\n"), "a body after the head: {text}");
+    let (s, v) = common::parse_response(text[second..].as_bytes());
+    assert_eq!((s, v["code"].as_i64()), (404, Some(1006)), "{text}");
+}
+
 #[test]
 fn keep_alive_and_pipelining() {
     let server = Server::start(&[]);

@@ -184,12 +184,22 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: Stream, permit: ConnPerm
         }
         let (status, content_type, out) = super::api::serve(&shard, &req, &mut body).await;
         // HTTP/1.0 closes by default: its keep-alive must be confirmed (RFC 9112 §9.3).
-        let extra = if req.http10 && req.keep_alive {
-            "Connection: keep-alive\r\n"
-        } else {
-            ""
-        };
-        let resp = http::response(status, content_type, &out, req.keep_alive, extra);
+        let mut extra = String::new();
+        if req.http10 && req.keep_alive {
+            extra.push_str("Connection: keep-alive\r\n");
+        }
+        // RFC 9110 §15.5.6: a 405 says which methods the path does answer.
+        if status == 405 {
+            if let Some(allow) = super::api::allowed_methods(&req.path) {
+                extra.push_str(&format!("Allow: {allow}\r\n"));
+            }
+        }
+        let mut resp = http::response(status, content_type, &out, req.keep_alive, &extra);
+        if req.method == "HEAD" {
+            // RFC 9110 §9.3.2: the answer to HEAD is the head alone (its Content-Length
+            // still says what GET would carry); a body would be read as the next answer.
+            resp.truncate(resp.len() - out.len());
+        }
         if !req.keep_alive {
             return http::answer_and_close(&mut stream, &resp).await;
         }

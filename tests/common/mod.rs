@@ -226,6 +226,21 @@ impl Server {
         parse_response(&self.raw(req.as_bytes()))
     }
 
+    /// One HTTP request on a fresh connection, the response whole (head and body).
+    pub fn response(&self, method: &str, target: &str, auth: Option<&str>) -> http::Response {
+        let req = http::request(
+            method,
+            target,
+            "test",
+            &[("Connection", "close")],
+            auth,
+            None,
+        );
+        let raw = self.raw(req.as_bytes());
+        http::Response::parse(&raw)
+            .unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(&raw)))
+    }
+
     /// Sends raw bytes on a fresh connection and returns everything until the server
     /// closes (or the wait runs out).
     pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
@@ -356,6 +371,16 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
         .filter(|l| l.starts_with(&prefix) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// The value of header `name` (any case) in a response head, trimmed.
+pub fn header(r: &http::Response, name: &str) -> Option<String> {
+    r.head().lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
 }
 
 /// Percent-encodes a query value.

@@ -174,8 +174,7 @@ pub async fn kick(
     // Codes an application may send (RFC 6455 §7.4): 1000, or 3000–4999.
     let code = match v.get("code") {
         None => 4001,
-        Some(c) => c
-            .as_u64()
+        Some(c) => json::integer(c)
             .and_then(|c| u16::try_from(c).ok())
             .filter(|c| *c == 1000 || (3000..=4999).contains(c))
             .ok_or(Error::param("code"))?,

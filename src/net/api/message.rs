@@ -30,7 +30,7 @@ pub async fn message(
     let from_resource = json::name_or(&v, "fromResource", "system", Error::param("fromResource"))?;
     let kind = v
         .get("type")
-        .and_then(|t| t.as_i64())
+        .and_then(json::integer)
         .filter(|t| CLIENT_TYPES.contains(t) || *t == SYSTEM_TYPE)
         .ok_or(Error::param("type"))?;
     let content = json::str_of(&v, "content").ok_or(Error::param("content"))?;

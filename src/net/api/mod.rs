@@ -9,6 +9,7 @@ mod console;
 mod health;
 mod message;
 mod message_log;
+mod openapi;
 mod push;
 mod token;
 
@@ -65,7 +66,7 @@ const USER_IN_QUERY: User = User::Query {
 };
 
 /// The API (docs/protocol.md §2), one line a call; [`serve_here`] and [`dispatch`] run each.
-const ROUTES: [Route; 12] = [
+const ROUTES: [Route; 13] = [
     route("/console", "GET", false, User::Nobody),
     route("/console/shardcast.js", "GET", false, User::Nobody),
     route("/console/dev-token", "GET", false, USER_IN_QUERY),
@@ -86,6 +87,7 @@ const ROUTES: [Route; 12] = [
     ),
     route("/healthz", "GET", false, User::Nobody),
     route("/metrics", "GET", false, User::Nobody),
+    route("/openapi.yaml", "GET", false, User::Nobody),
 ];
 
 fn route_of(req: &Request) -> Option<&'static Route> {
@@ -94,8 +96,25 @@ fn route_of(req: &Request) -> Option<&'static Route> {
         .find(|r| r.path == req.path && r.method == req.method)
 }
 
+/// Every `(path, method)` of [`ROUTES`], in table order (`docs/openapi.yaml` lists the
+/// same calls; `tests/openapi.rs` compares them).
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().map(|r| (r.path, r.method))
+}
+
 pub fn is_api_path(path: &str) -> bool {
     ROUTES.iter().any(|r| r.path == path)
+}
+
+/// The methods `path` answers, as an `Allow` value (RFC 9110 §15.5.6: a 405 carries it);
+/// `None` for a path that is not an API path.
+pub fn allowed_methods(path: &str) -> Option<String> {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
 }
 
 /// Serves one request: `(status, content type, body)`. In a cluster, a request about one
@@ -209,6 +228,13 @@ pub async fn serve_here(
     if req.path == "/console/shardcast.js" && req.method == "GET" {
         let js = console::CLIENT.as_bytes().to_vec();
         return (200, "text/javascript; charset=utf-8", js);
+    }
+    if req.path == "/openapi.yaml" && req.method == "GET" {
+        return (
+            200,
+            openapi::CONTENT_TYPE,
+            openapi::SPEC.as_bytes().to_vec(),
+        );
     }
     if req.path == "/healthz" && req.method == "GET" {
         let (status, body) = health::healthz(shard).await;
