@@ -41,6 +41,7 @@ struct File {
     idempotency_window_secs: u64,
     durability: String,
     group_commit_ms: u64,
+    group_commit_depth: usize,
     store_cache_bytes: u64,
     max_push_uids: usize,
     max_message_bytes: usize,
@@ -222,6 +223,8 @@ pub struct Runtime {
     pub idempotency_window_secs: u64,
     pub durability: Durability,
     pub group_commit: Duration,
+    /// Journal records in flight at once (store::commit's pipeline).
+    pub group_commit_depth: usize,
     pub store_cache_bytes: u64,
     pub max_push_uids: usize,
     pub max_message_bytes: usize,
@@ -284,7 +287,7 @@ impl Runtime {
         let mut text = format!(
             "listen = {:?}\ndata_dir = {:?}\nshards = {}\npin_cpus = {}\nring_depth = {}\nsecret = {:?}\nadmin_key = {:?}\n\
              profile = {:?}\ndefault_domain = {:?}\nutc_offset = {offset:?}\ntoken_ttl_secs = {}\n\
-             sign_window_secs = {}\nidempotency_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\n\
+             sign_window_secs = {}\nidempotency_window_secs = {}\ndurability = {durability:?}\ngroup_commit_ms = {}\ngroup_commit_depth = {}\n\
              store_cache_bytes = {}\nmax_push_uids = {}\nmax_message_bytes = {}\nmax_unread = {}\n\
              max_unread_bytes = {}\nmax_offline_per_user = {}\n\
              max_frame_bytes = {}\nmax_head_bytes = {}\nmax_headers = {}\nmax_body_bytes = {}\n\
@@ -307,6 +310,7 @@ impl Runtime {
             self.sign_window_secs,
             self.idempotency_window_secs,
             self.group_commit.as_millis(),
+            self.group_commit_depth,
             self.store_cache_bytes,
             self.max_push_uids,
             self.max_message_bytes,
@@ -527,8 +531,9 @@ fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
 /// least and most it may be.
 type Range = (&'static str, fn(&File) -> u64, u64, u64);
 
-const RANGES: [Range; 20] = [
+const RANGES: [Range; 21] = [
     ("group_commit_ms", |f| f.group_commit_ms, 0, 1000),
+    ("group_commit_depth", |f| f.group_commit_depth as u64, 1, 4),
     ("max_push_uids", |f| f.max_push_uids as u64, 1, u64::MAX),
     (
         "max_message_bytes",
@@ -772,6 +777,7 @@ fn validate(f: File) -> Result<Runtime, ConfigError> {
         idempotency_window_secs: f.idempotency_window_secs,
         durability,
         group_commit: Duration::from_millis(f.group_commit_ms),
+        group_commit_depth: f.group_commit_depth,
         store_cache_bytes: f.store_cache_bytes,
         max_push_uids: f.max_push_uids,
         max_message_bytes: f.max_message_bytes,

@@ -5,7 +5,7 @@
 //! every record before that one, is written and fdatasynced, so its writes are on disk
 //! and replay reaches them ([`super::journal`]); one record serves every waiter that
 //! registered before it was taken (in `group` mode after waiting `group_commit` for
-//! company); at most [`DEPTH`] records are in flight, released in journal order; a failed
+//! company); at most `group_commit_depth` records are in flight, released in journal order; a failed
 //! record fails every later one in flight; `async` never waits. Single-threaded: lives
 //! inside one shard.
 
@@ -24,6 +24,9 @@ pub struct Commit {
     mode: Durability,
     journal: super::journal::Journal,
     window: Duration,
+    /// Records in flight at most (`group_commit_depth`): one being synced while the next
+    /// is written when 2 or more.
+    depth: usize,
     waiting: RefCell<Vec<oneshot::Sender<Result<(), Error>>>>,
     running: Cell<bool>,
     /// The commit loop, while it waits for a record with room for another in flight.
@@ -36,11 +39,17 @@ pub struct Commit {
 }
 
 impl Commit {
-    pub fn new(mode: Durability, window: Duration, journal: super::journal::Journal) -> Rc<Commit> {
+    pub fn new(
+        mode: Durability,
+        window: Duration,
+        depth: usize,
+        journal: super::journal::Journal,
+    ) -> Rc<Commit> {
         Rc::new(Commit {
             mode,
             journal,
             window,
+            depth: depth.max(1),
             waiting: RefCell::new(Vec::new()),
             running: Cell::new(false),
             arrival: RefCell::new(None),
@@ -106,7 +115,7 @@ impl Commit {
 
     /// Leader/follower, pipelined: the first waiter starts a group at once; whoever
     /// arrives while it is written forms the next group, whose record is written beside
-    /// it ([`DEPTH`] records in flight at most). Waiters are released strictly in
+    /// it (`group_commit_depth` records in flight at most). Waiters are released strictly in
     /// journal order: a group only after every earlier one, so an acknowledgement never
     /// rests on a record that replay could not reach. Nothing sleeps unless
     /// `group_commit_ms` > 0 asks the leader to wait that long for company. Rotation and
@@ -138,7 +147,7 @@ impl Commit {
             // From here to the record's take: no await. With the zeroed space short, the
             // records in flight end first (then new space is made, or, if that failed,
             // records append).
-            if inflight.is_empty() || (inflight.len() < DEPTH && !self.journal.wants_room()) {
+            if inflight.is_empty() || (inflight.len() < self.depth && !self.journal.wants_room()) {
                 let waiters = std::mem::take(&mut *self.waiting.borrow_mut());
                 // The durability point: one journal record holding every write of the
                 // group, written and fdatasynced off the shard thread.
@@ -161,7 +170,7 @@ impl Commit {
                 }
             }
             // The oldest record's end, or a new waiter that can start the next group.
-            let room = inflight.len() < DEPTH && !self.journal.wants_room();
+            let room = inflight.len() < self.depth && !self.journal.wants_room();
             let Some(front) = inflight.front_mut() else {
                 continue;
             };
@@ -206,9 +215,6 @@ impl Commit {
     }
 }
 
-/// Records in flight at once: one being synced while the next is written.
-const DEPTH: usize = 2;
-
 /// A group of waiters and the write of the record that holds their writes.
 struct Group {
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
@@ -232,7 +238,7 @@ mod tests {
             .spawn(move || async move {
                 let file = File::create(path.join("journal.0000000000000000")).expect("file");
                 let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
-                let commit = Commit::new(Durability::Group, Duration::ZERO, journal);
+                let commit = Commit::new(Durability::Group, Duration::ZERO, 2, journal);
                 let db = sled::Config::new()
                     .temporary(true)
                     .path(path.join("db"))

@@ -53,8 +53,15 @@ pub fn sync_partition(
 }
 
 /// Opens shard `i`'s partition (called on the main thread, so a failure stops start-up).
+/// In `group` and `sync` the journal is the durability point and its checkpoints flush
+/// sled, so sled's flusher thread (a wake-up every 500 ms, and writes racing the
+/// journal's syncs for the disk) is left out; in `async` it is what makes writes durable.
 pub fn open_db(config: &Runtime, shard: usize) -> Result<sled::Db, String> {
-    open_db_with(config, shard, Some(500))
+    let flusher = match config.durability {
+        crate::config::Durability::Async => Some(500),
+        crate::config::Durability::Group | crate::config::Durability::Sync => None,
+    };
+    open_db_with(config, shard, flusher)
 }
 
 /// Start-up passes (journal replay, resharding) open a partition briefly and flush it

@@ -76,7 +76,12 @@ impl Store {
         Store {
             db: files.db,
             sync_file: std::sync::Arc::new(files.sync_file),
-            commit: commit::Commit::new(config.durability, config.group_commit, journal),
+            commit: commit::Commit::new(
+                config.durability,
+                config.group_commit,
+                config.group_commit_depth,
+                journal,
+            ),
             unread_touched: std::cell::RefCell::new(retain::Touched::new()),
         }
     }
