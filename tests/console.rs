@@ -12,18 +12,9 @@ use common::{Server, ADMIN};
 
 #[test]
 fn console_connects_shows_a_push_marks_it_read_and_chats_in_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
-    if !ready {
-        let how = "install Debian's chromium and run `npm install` in tests/console (see .ci/run)";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "browser test cannot run: {how}"
-        );
-        eprintln!("SKIPPED console browser test: {how}");
+    let Some((dir, chromium)) = common::browser("console browser test") else {
         return;
-    }
+    };
     let server = Server::start(&[]);
     let (alice, bob) = (server.token("alice"), server.token("bob"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");

@@ -62,18 +62,9 @@ fn start_example(root: &Path, server: &Server) -> (Killed, String) {
 #[test]
 fn the_web_example_shows_a_push_and_a_chat_message_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("tests/console");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
-    if !ready {
-        let how = "install Debian's chromium and run `npm install` in tests/console (see .ci/run)";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "browser test cannot run: {how}"
-        );
-        eprintln!("SKIPPED web example browser test: {how}");
+    let Some((dir, chromium)) = common::browser("web example browser test") else {
         return;
-    }
+    };
     let server = Server::start(&[]);
     let (_example, url) = start_example(root, &server);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-example");

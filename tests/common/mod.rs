@@ -215,28 +215,12 @@ impl Server {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let req = http::request(
-            method,
-            target,
-            "test",
-            &[("Connection", "close")],
-            auth,
-            body,
-        );
-        parse_response(&self.raw(req.as_bytes()))
+        parse_response(&self.raw(closing(method, target, auth, body).as_bytes()))
     }
 
     /// One HTTP request on a fresh connection, the response whole (head and body).
     pub fn response(&self, method: &str, target: &str, auth: Option<&str>) -> http::Response {
-        let req = http::request(
-            method,
-            target,
-            "test",
-            &[("Connection", "close")],
-            auth,
-            None,
-        );
-        let raw = self.raw(req.as_bytes());
+        let raw = self.raw(closing(method, target, auth, None).as_bytes());
         http::Response::parse(&raw)
             .unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(&raw)))
     }
@@ -356,6 +340,37 @@ impl Drop for Server {
 }
 
 /// A whole response as `(status, JSON body)`; the body is `Null` when it is not JSON.
+/// A request that asks the server to close the connection after answering.
+fn closing(method: &str, target: &str, auth: Option<&str>, body: Option<&str>) -> String {
+    http::request(
+        method,
+        target,
+        "test",
+        &[("Connection", "close")],
+        auth,
+        body,
+    )
+}
+
+/// Where the browser tests' driver lives (`tests/console`, playwright-core) and the
+/// Chromium it drives; `None` (the test then skips, outside CI only) when either is
+/// missing. `.ci/run` installs both.
+pub fn browser(what: &str) -> Option<(std::path::PathBuf, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if std::path::Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists()
+    {
+        return Some((dir, chromium));
+    }
+    let how = "install Debian's chromium and run `npm install` in tests/console (see .ci/run)";
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "browser test cannot run: {how}"
+    );
+    eprintln!("SKIPPED {what}: {how}");
+    None
+}
+
 pub fn parse_response(raw: &[u8]) -> (u16, Value) {
     let r = http::Response::parse(raw)
         .unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(raw)));
