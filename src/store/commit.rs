@@ -144,10 +144,11 @@ impl Commit {
                     return;
                 }
             }
-            // From here to the record's take: no await. With the zeroed space short, the
-            // records in flight end first (then new space is made, or, if that failed,
-            // records append).
-            if inflight.is_empty() || (inflight.len() < self.depth && !self.journal.wants_room()) {
+            // From here to the record's take: no await. With the zeroed space short or a
+            // rotation due, the records in flight end first (then new space is made, or,
+            // if that failed, records append; or the journal rotates).
+            let quiet = self.journal.wants_room() || self.journal.rotation_due();
+            if inflight.is_empty() || (inflight.len() < self.depth && !quiet) {
                 let waiters = std::mem::take(&mut *self.waiting.borrow_mut());
                 // The durability point: one journal record holding every write of the
                 // group, written and fdatasynced off the shard thread.
@@ -170,7 +171,9 @@ impl Commit {
                 }
             }
             // The oldest record's end, or a new waiter that can start the next group.
-            let room = inflight.len() < self.depth && !self.journal.wants_room();
+            let room = inflight.len() < self.depth
+                && !self.journal.wants_room()
+                && !self.journal.rotation_due();
             let Some(front) = inflight.front_mut() else {
                 continue;
             };
@@ -273,5 +276,48 @@ mod tests {
             let v = db.get(format!("k{i}").as_bytes()).expect("get");
             assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "k{i}");
         }
+    }
+
+    /// With two records in flight and writers that never stop, the pipeline need not
+    /// empty by itself; a rotation that is due still happens (the loop lets the records in
+    /// flight end first), so the journal keeps its bound.
+    #[test]
+    fn a_busy_pipeline_still_rotates_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let generation = glommio::LocalExecutorBuilder::default()
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(3))
+            .spawn(move || async move {
+                let file = File::create(path.join("journal.0000000000000000")).expect("file");
+                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
+                journal.checkpoint_after(2048);
+                let commit = Commit::new(Durability::Group, Duration::ZERO, 2, journal);
+                let db = sled::Config::new()
+                    .path(path.join("db"))
+                    .flush_every_ms(None)
+                    .open()
+                    .expect("db");
+                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let mut tasks = Vec::new();
+                for w in 0..8u32 {
+                    let (commit, db, sync) = (commit.clone(), db.clone(), sync.clone());
+                    tasks.push(glommio::spawn_local(async move {
+                        for i in 0..150u32 {
+                            let key = format!("w{w}-{i}");
+                            commit.journal().put(key.as_bytes(), &[7; 64]);
+                            assert_eq!(commit.durable(&db, &sync).await, Ok(()));
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+                commit.journal().generation()
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+        // ~110 KiB of records against a checkpoint every 2 KiB.
+        assert!(generation >= 5, "rotated {generation} times");
     }
 }

@@ -275,6 +275,9 @@ pub struct Journal {
     /// The last write or sync failed: rotate before the next record.
     broken: Cell<bool>,
     checkpointing: Rc<Cell<bool>>,
+    /// Journal bytes after which a checkpoint is due ([`CHECKPOINT_BYTES`]; smaller in
+    /// tests).
+    checkpoint_bytes: Cell<u64>,
 }
 
 impl Journal {
@@ -291,6 +294,9 @@ impl Journal {
             zeroed: Cell::new(0),
             broken: Cell::new(false),
             checkpointing: Rc::new(Cell::new(false)),
+            checkpoint_bytes: Cell::new(
+                crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES),
+            ),
         }
     }
 
@@ -338,11 +344,28 @@ impl Journal {
     /// replay reads after the torn end of this one). Called before a group is taken, so
     /// that a group and its record are taken at the same moment.
     pub async fn prepare(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
-        let limit = crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES);
-        if self.broken.get() || (self.written.get() >= limit && !self.checkpointing.get()) {
+        if self.rotation_due() {
             self.rotate(db, db_file).await?;
         }
         Ok(())
+    }
+
+    /// Whether the next [`Journal::prepare`] rotates (the commit loop then lets the
+    /// records in flight end first, so that a rotation is never put off by a pipeline
+    /// that never empties).
+    pub fn rotation_due(&self) -> bool {
+        self.broken.get()
+            || (self.written.get() >= self.checkpoint_bytes.get() && !self.checkpointing.get())
+    }
+
+    /// The journal generation records go to now.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    #[cfg(test)]
+    pub fn checkpoint_after(&self, bytes: u64) {
+        self.checkpoint_bytes.set(bytes);
     }
 
     /// Takes everything recorded so far as one record and starts writing and fdatasyncing
