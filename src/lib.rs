@@ -195,8 +195,8 @@ pub fn start(config: Runtime) -> Result<Server, String> {
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
             .ring_depth(config.ring_depth)
-            // Two threads for the store's blocking work: two journal records in flight
-            // (store::commit's pipeline), and a checkpoint never holds up a group.
+            // Two threads for the store's blocking work: a checkpoint never holds up a
+            // group, and with group_commit_depth 2 two journal records sync at once.
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || async move {
                 let _notice = notice;

@@ -2,8 +2,9 @@
 //! store makes is also appended, in order, to the shard's journal
 //! (`shard-<i>/journal.<generation>`); a group commit writes what accumulated since the last
 //! one as one record and fdatasyncs it. sled is updated in memory at once and written out
-//! lazily (its flusher, and a checkpoint every [`CHECKPOINT_BYTES`] of journal); at start
-//! the journals are replayed into sled before anything else opens it.
+//! lazily (as its log buffers fill, and at a checkpoint every [`CHECKPOINT_BYTES`] of
+//! journal; its periodic flusher does not run in these modes, [`super::files::open_db`]);
+//! at start the journals are replayed into sled before anything else opens it.
 //!
 //! Why not sled's own flush per group: it re-serializes and writes page fragments, ~250 µs
 //! of CPU per push at 16 publishers, and still needs an fdatasync after it (sled 0.34 ends
