@@ -10,7 +10,10 @@
 //! - `die_on_push=<uid>` — the owner shard of a `/push` to `uid` dies (its thread ends),
 //!   so the process must flush the other shards and exit 1;
 //! - `checkpoint_bytes=N` — the journal checkpoints after N bytes instead of 64 MiB (so a
-//!   test sees rotations and deleted journals).
+//!   test sees rotations and deleted journals);
+//! - `observed_journal` — the journal writes its blocks with `pwritev2` on a descriptor
+//!   opened through libc instead of through io_uring, so a file layer loaded with
+//!   LD_PRELOAD sees them (the power-loss test).
 //!
 //! Invariant: without the variable, every check is one branch on a value read once.
 
@@ -26,6 +29,7 @@ mod enabled {
         panics: Vec<String>,
         die_on_push: Option<String>,
         checkpoint_bytes: Option<u64>,
+        observed_journal: bool,
     }
 
     fn faults() -> &'static Faults {
@@ -40,6 +44,7 @@ mod enabled {
                     Some(("panic", point)) => f.panics.push(point.to_string()),
                     Some(("die_on_push", uid)) => f.die_on_push = Some(uid.to_string()),
                     Some(("checkpoint_bytes", n)) => f.checkpoint_bytes = n.parse().ok(),
+                    None if item == "observed_journal" => f.observed_journal = true,
                     _ => eprintln!("SHARDCAST_FAULTS: unknown fault {item:?}"),
                 }
             }
@@ -86,6 +91,12 @@ mod enabled {
     pub fn checkpoint_bytes() -> Option<u64> {
         faults().checkpoint_bytes
     }
+
+    /// The journal's writes go through `pwritev2`, where a preloaded file layer sees them
+    /// (not a fault: the power-loss test's lens).
+    pub fn observed_journal() -> bool {
+        faults().observed_journal
+    }
 }
 
 #[cfg(not(debug_assertions))]
@@ -112,6 +123,13 @@ mod enabled {
     pub fn checkpoint_bytes() -> Option<u64> {
         None
     }
+
+    #[inline(always)]
+    pub fn observed_journal() -> bool {
+        false
+    }
 }
 
-pub use enabled::{checkpoint_bytes, dies_on_push, flush_delay, panic_point, store_write};
+pub use enabled::{
+    checkpoint_bytes, dies_on_push, flush_delay, observed_journal, panic_point, store_write,
+};

@@ -2,7 +2,7 @@
 //! "Storage").
 //!
 //! Invariants: a waiter is released only once the journal record holding its writes, and
-//! every record before that one, is written and fdatasynced, so its writes are on disk
+//! every record before that one, is written durably, so its writes are on disk
 //! and replay reaches them ([`super::journal`]); one record serves every waiter that
 //! registered before it was taken (in `group` mode after waiting `group_commit` for
 //! company); at most `group_commit_depth` records are in flight, released in journal order; a failed
@@ -31,7 +31,7 @@ pub struct Commit {
     running: Cell<bool>,
     /// The commit loop, while it waits for a record with room for another in flight.
     arrival: RefCell<Option<Waker>>,
-    /// Group commits done (journal records written and fdatasynced, failed ones too) and
+    /// Group commits done (journal records written durably, failed ones too) and
     /// the waiters they answered (`/metrics`: `shardcast_group_commits_total`,
     /// `shardcast_group_commit_writes_total`; their ratio is the mean group size).
     records: Cell<u64>,
@@ -45,6 +45,9 @@ impl Commit {
         depth: usize,
         journal: super::journal::Journal,
     ) -> Rc<Commit> {
+        if depth > 1 {
+            journal.pad_records();
+        }
         Rc::new(Commit {
             mode,
             journal,
@@ -118,15 +121,14 @@ impl Commit {
     /// it (`group_commit_depth` records in flight at most). Waiters are released strictly in
     /// journal order: a group only after every earlier one, so an acknowledgement never
     /// rests on a record that replay could not reach. Nothing sleeps unless
-    /// `group_commit_ms` > 0 asks the leader to wait that long for company. Rotation and
-    /// new zeroed space wait until no record is in flight (they change where records go).
+    /// `group_commit_ms` > 0 asks the leader to wait that long for company. New zeroed
+    /// space is written beside the records; a rotation waits until no record and no
+    /// zeroing is in flight (it changes where both go).
     async fn flush_loop(self: Rc<Self>, db: sled::Db, file: std::sync::Arc<std::fs::File>) {
         let mut inflight: VecDeque<Group> = VecDeque::new();
+        let mut room: Option<super::journal::RoomWrite> = None;
         loop {
-            if inflight.is_empty() {
-                if self.journal.wants_room() {
-                    self.journal.make_room().await;
-                }
+            if inflight.is_empty() && room.is_none() {
                 if self.mode == Durability::Group && !self.window.is_zero() {
                     glommio::timer::sleep(self.window).await;
                 }
@@ -144,17 +146,21 @@ impl Commit {
                     return;
                 }
             }
-            // From here to the record's take: no await. With the zeroed space short or a
-            // rotation due, the records in flight end first (then new space is made, or,
-            // if that failed, records append; or the journal rotates).
-            let quiet = self.journal.wants_room() || self.journal.rotation_due();
-            if inflight.is_empty() || (inflight.len() < self.depth && !quiet) {
+            if room.is_none() && self.journal.wants_room() {
+                room = self.journal.start_room();
+            }
+            // From here to the record's take: no await. With a rotation due, the records
+            // and the zeroing in flight end first; a record that would reach the space
+            // being zeroed waits for that write.
+            let quiet = self.journal.rotation_due();
+            let idle = inflight.is_empty() && room.is_none();
+            if self.journal.may_take() && (idle || (inflight.len() < self.depth && !quiet)) {
                 let waiters = std::mem::take(&mut *self.waiting.borrow_mut());
                 // The durability point: one journal record holding every write of the
-                // group, written and fdatasynced off the shard thread.
+                // group, written on the shard's ring and durable when that write ends.
                 match self.journal.take_record() {
                     Some(write) => inflight.push_back(Group { waiters, write }),
-                    None if waiters.is_empty() && inflight.is_empty() => {
+                    None if waiters.is_empty() && idle => {
                         self.running.set(false);
                         return;
                     }
@@ -170,52 +176,80 @@ impl Commit {
                     },
                 }
             }
-            // The oldest record's end, or a new waiter that can start the next group.
-            let room = inflight.len() < self.depth
-                && !self.journal.wants_room()
-                && !self.journal.rotation_due();
-            let Some(front) = inflight.front_mut() else {
-                continue;
-            };
-            let done = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = front.write.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
+            // The oldest record's end, the zeroing's end, or a new waiter that can start
+            // the next group.
+            let event = std::future::poll_fn(|cx| {
+                if let Some(front) = inflight.front_mut() {
+                    if let Poll::Ready(r) = front.write.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Record(r));
+                    }
                 }
-                if room && !self.waiting.borrow().is_empty() {
-                    return Poll::Ready(None);
+                if let Some(zeroing) = room.as_mut() {
+                    if let Poll::Ready((at, r)) = zeroing.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Room(at, r));
+                    }
+                }
+                let j = &self.journal;
+                let can_take = if inflight.is_empty() {
+                    room.is_none() || (j.may_take() && !j.rotation_due())
+                } else {
+                    inflight.len() < self.depth && j.may_take() && !j.rotation_due()
+                };
+                if (can_take && !self.waiting.borrow().is_empty())
+                    || (inflight.is_empty() && room.is_none())
+                {
+                    return Poll::Ready(Event::Arrival);
                 }
                 *self.arrival.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             })
             .await;
             self.arrival.borrow_mut().take();
-            let Some(result) = done else {
-                continue;
-            };
-            let Some(group) = inflight.pop_front() else {
-                continue;
-            };
-            match result {
-                Ok(()) => {
-                    self.count(1, group.waiters.len());
-                    for tx in group.waiters {
-                        let _ = tx.send(Ok(()));
-                    }
+            match event {
+                Event::Arrival => {}
+                Event::Room(at, r) => {
+                    room = None;
+                    self.journal.room_made(at, r);
                 }
-                Err(e) => {
-                    // Every later record in flight follows the torn one: none of them is
-                    // reachable by replay, so none is acknowledged.
-                    let e = self.journal.failed(e);
-                    for g in std::mem::take(&mut inflight).into_iter().chain([group]) {
-                        self.count(1, g.waiters.len());
-                        for tx in g.waiters {
-                            let _ = tx.send(Err(e.clone()));
-                        }
+                Event::Record(result) => {
+                    let Some(group) = inflight.pop_front() else {
+                        continue;
+                    };
+                    self.release(group, result, &mut inflight);
+                }
+            }
+        }
+    }
+
+    /// The oldest record in flight ended: its waiters learn how.
+    fn release(&self, group: Group, result: std::io::Result<()>, inflight: &mut VecDeque<Group>) {
+        match result {
+            Ok(()) => {
+                self.count(1, group.waiters.len());
+                for tx in group.waiters {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Every later record in flight follows the torn one: none of them is
+                // reachable by replay, so none is acknowledged.
+                let e = self.journal.failed(e);
+                for g in std::iter::once(group).chain(std::mem::take(inflight)) {
+                    self.count(1, g.waiters.len());
+                    for tx in g.waiters {
+                        let _ = tx.send(Err(e.clone()));
                     }
                 }
             }
         }
     }
+}
+
+/// What the commit loop waits for.
+enum Event {
+    Record(std::io::Result<()>),
+    Room(u64, std::io::Result<()>),
+    Arrival,
 }
 
 /// A group of waiters and the write of the record that holds their writes.

@@ -4,10 +4,16 @@
 // SIGKILL the test undoes, file by file, every write not covered by a later sync: what a
 // power cut does to data that reached the page cache but not the disk. sync_file_range
 // is passed through unmarked: it neither flushes the drive's cache nor the metadata, so
-// it is not a durability point (docs/architecture.md "Storage").
+// it is not a durability point (docs/architecture.md "Storage"). A write to a descriptor
+// opened O_DSYNC (or O_SYNC), or a pwritev2 with RWF_DSYNC/RWF_SYNC, is durable when it
+// returns: it is marked as such and never undone. The broker's journal writes through
+// io_uring, which this layer cannot see; the test runs it with the fault
+// `observed_journal`, which makes it write the same blocks with pwritev2 on a descriptor
+// opened here.
 //
 // Journal records (little-endian): 'W' u32 path_len path u64 offset u64 old_size
-// u64 old_len old_bytes | 'S' u32 path_len path.
+// u64 old_len old_bytes | 'S' u32 path_len path | 'D' u32 path_len path u64 offset
+// u64 len (a durable write).
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -27,6 +33,7 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char *paths[MAX_FDS];
+static char durable[MAX_FDS];  // opened O_DSYNC or O_SYNC
 static int journal = -1;
 static const char *dir;
 static size_t dir_len;
@@ -34,6 +41,7 @@ static size_t dir_len;
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_write)(int, const void *, size_t);
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
+static ssize_t (*real_pwritev2)(int, const struct iovec *, int, off_t, int);
 static int (*real_open)(const char *, int, ...);
 static int (*real_openat)(int, const char *, int, ...);
 static int (*real_close)(int);
@@ -44,6 +52,7 @@ __attribute__((constructor)) static void init(void) {
   real_pwrite = dlsym(RTLD_NEXT, "pwrite64");
   real_write = dlsym(RTLD_NEXT, "write");
   real_pwritev = dlsym(RTLD_NEXT, "pwritev64");
+  real_pwritev2 = dlsym(RTLD_NEXT, "pwritev64v2");
   real_open = dlsym(RTLD_NEXT, "open64");
   real_openat = dlsym(RTLD_NEXT, "openat64");
   real_close = dlsym(RTLD_NEXT, "close");
@@ -65,7 +74,7 @@ static void put(const void *p, size_t n) {
   }
 }
 
-static void track(int fd, const char *path, int dirfd) {
+static void track(int fd, const char *path, int dirfd, int flags) {
   if (fd < 0 || fd >= MAX_FDS || journal < 0 || !path) return;
   char full[PATH_MAX];
   if (path[0] != '/') {
@@ -86,7 +95,20 @@ static void track(int fd, const char *path, int dirfd) {
   pthread_mutex_lock(&lock);
   free(paths[fd]);
   paths[fd] = strdup(path);
+  durable[fd] = (flags & O_DSYNC) != 0;  // O_SYNC includes O_DSYNC's bit
   pthread_mutex_unlock(&lock);
+}
+
+// A write that was durable when it returned (called after it, with its result).
+static void durable_write(int fd, off_t offset, ssize_t n) {
+  if (n <= 0 || fd < 0 || fd >= MAX_FDS || !paths[fd]) return;
+  uint32_t plen = (uint32_t)strlen(paths[fd]);
+  uint64_t off = (uint64_t)offset, len = (uint64_t)n;
+  put("D", 1);
+  put(&plen, 4);
+  put(paths[fd], plen);
+  put(&off, 8);
+  put(&len, 8);
 }
 
 // Journals what [offset, offset + len) of fd's file holds now.
@@ -127,10 +149,14 @@ static void synced(int fd) {
   put(paths[fd], plen);
 }
 
+static int is_durable(int fd) { return fd >= 0 && fd < MAX_FDS && durable[fd]; }
+
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
   pthread_mutex_lock(&lock);
-  before_write(fd, off, n);
+  int d = is_durable(fd);
+  if (!d) before_write(fd, off, n);
   ssize_t r = real_pwrite(fd, buf, n, off);
+  if (d) durable_write(fd, off, r);
   pthread_mutex_unlock(&lock);
   return r;
 }
@@ -140,19 +166,45 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off) {
   size_t n = 0;
   for (int i = 0; i < cnt; i++) n += iov[i].iov_len;
   pthread_mutex_lock(&lock);
-  before_write(fd, off, n);
+  int d = is_durable(fd);
+  if (!d) before_write(fd, off, n);
   ssize_t r = real_pwritev(fd, iov, cnt, off);
+  if (d) durable_write(fd, off, r);
   pthread_mutex_unlock(&lock);
   return r;
 }
 ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) { return pwritev64(fd, iov, cnt, off); }
 
+#ifndef RWF_DSYNC
+#define RWF_DSYNC 0x00000002
+#endif
+#ifndef RWF_SYNC
+#define RWF_SYNC 0x00000004
+#endif
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  size_t n = 0;
+  for (int i = 0; i < cnt; i++) n += iov[i].iov_len;
+  pthread_mutex_lock(&lock);
+  int d = is_durable(fd) || (flags & (RWF_DSYNC | RWF_SYNC)) != 0;
+  if (!d) before_write(fd, off, n);
+  ssize_t r = real_pwritev2(fd, iov, cnt, off, flags);
+  if (d) durable_write(fd, off, r);
+  pthread_mutex_unlock(&lock);
+  return r;
+}
+ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  return pwritev64v2(fd, iov, cnt, off, flags);
+}
+
 ssize_t write(int fd, const void *buf, size_t n) {
   if (fd < 0 || fd >= MAX_FDS || !paths[fd]) return real_write(fd, buf, n);
   pthread_mutex_lock(&lock);
   off_t at = lseek(fd, 0, SEEK_CUR);
-  if (at >= 0) before_write(fd, at, n);
+  int d = is_durable(fd);
+  if (at >= 0 && !d) before_write(fd, at, n);
   ssize_t r = real_write(fd, buf, n);
+  if (at >= 0 && d) durable_write(fd, at, r);
   pthread_mutex_unlock(&lock);
   return r;
 }
@@ -163,7 +215,7 @@ int open64(const char *path, int flags, ...) {
   mode_t mode = (flags & O_CREAT) ? va_arg(ap, mode_t) : 0;
   va_end(ap);
   int fd = real_open(path, flags, mode);
-  track(fd, path, AT_FDCWD);
+  track(fd, path, AT_FDCWD, flags);
   return fd;
 }
 int open(const char *path, int flags, ...) {
@@ -180,7 +232,7 @@ int openat64(int dirfd, const char *path, int flags, ...) {
   mode_t mode = (flags & O_CREAT) ? va_arg(ap, mode_t) : 0;
   va_end(ap);
   int fd = real_openat(dirfd, path, flags, mode);
-  track(fd, path, dirfd);
+  track(fd, path, dirfd, flags);
   return fd;
 }
 int openat(int dirfd, const char *path, int flags, ...) {
@@ -196,6 +248,7 @@ int close(int fd) {
     pthread_mutex_lock(&lock);
     free(paths[fd]);
     paths[fd] = NULL;
+    durable[fd] = 0;
     pthread_mutex_unlock(&lock);
   }
   return real_close(fd);
