@@ -505,9 +505,10 @@ impl Journal {
     /// zeroed (it waits for that write to end, which is rare: the zeroing starts
     /// [`ROOM_MARGIN`] ahead).
     pub fn may_take(&self) -> bool {
-        self.zeroing
-            .get()
-            .is_none_or(|from| self.pending_end() <= from)
+        match self.zeroing.get() {
+            Some(from) => self.pending_end() <= from,
+            None => true,
+        }
     }
 
     /// Takes everything recorded so far as one record and starts writing it, with the
