@@ -195,9 +195,9 @@ pub fn start(config: Runtime) -> Result<Server, String> {
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
             .ring_depth(config.ring_depth)
-            // Two threads for the store's blocking work: a checkpoint never holds up a
-            // group, and with group_commit_depth 2 two journal records sync at once.
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+            // The store's blocking work is a checkpoint's sled flush and the creation of
+            // a journal file at rotation (records are written on the ring): one thread.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 let _notice = notice;
                 serve::run(seed, listener).await;

@@ -253,7 +253,7 @@ const SERIES: [Series; 13] = [
     ("cross_shard_hops_total", "counter", "Envelopes sent to another shard's inbox.", |s| s.cross_shard_hops),
     ("store_errors_total", "counter", "Store (sled) errors; the first one makes /healthz answer 503 for the shard.", |s| s.store_errors),
     ("overloaded_total", "counter", "Work refused with 1009 for a full inbox or max_inflight_writes.", |s| s.overloaded),
-    ("group_commits_total", "counter", "Group commits: journal records written and fdatasynced, one per group (sync and group durability; a failed one counts too).", |s| s.group_commits),
+    ("group_commits_total", "counter", "Group commits: journal records written durably (O_DSYNC), one per group (sync and group durability; a failed one counts too).", |s| s.group_commits),
     ("group_commit_writes_total", "counter", "Writes whose acknowledgement waited for one of those group commits; divided by group_commits_total it is the mean group size.", |s| s.group_commit_writes),
     ("inbox_depth", "gauge", "Envelopes waiting in the shard's inbox.", |s| s.inbox_depth as u64),
 ];

@@ -374,6 +374,11 @@ pub struct Journal {
     /// The last write failed: rotate before the next record.
     broken: Cell<bool>,
     checkpointing: Rc<Cell<bool>>,
+    /// The next generation's file, created and its first [`ROOM`] zeroed ahead of the
+    /// rotation that starts it (so a rotation only swaps files), and whether that is
+    /// under way.
+    next: Rc<RefCell<Option<Next>>>,
+    preparing: Rc<Cell<bool>>,
     /// Journal bytes after which a checkpoint is due ([`CHECKPOINT_BYTES`]; smaller in
     /// tests).
     checkpoint_bytes: Cell<u64>,
@@ -403,6 +408,8 @@ impl Journal {
             padded: Cell::new(false),
             broken: Cell::new(false),
             checkpointing: Rc::new(Cell::new(false)),
+            next: Rc::new(RefCell::new(None)),
+            preparing: Rc::new(Cell::new(false)),
             checkpoint_bytes: Cell::new(
                 crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES),
             ),
@@ -446,7 +453,7 @@ impl Journal {
 
     /// Whether a checkpoint is running (shutdown waits for it).
     pub fn is_checkpointing(&self) -> bool {
-        self.checkpointing.get()
+        self.checkpointing.get() || self.preparing.get()
     }
 
     pub fn has_pending(&self) -> bool {
@@ -562,6 +569,9 @@ impl Journal {
         tail.clear();
         tail.extend_from_slice(&bytes[(align_down(end) - start) as usize..used]);
         self.written.set(end);
+        if end >= self.checkpoint_bytes.get() / 2 {
+            self.prepare_next();
+        }
         record.clear();
         if record.capacity() > ROOM {
             // After a very large record: do not keep its space.
@@ -618,22 +628,23 @@ impl Journal {
     /// fdatasync of its log (both starting now, after every write the older journals hold),
     /// then the older journals are deleted.
     async fn rotate(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
+        // Two creators of one file would truncate each other's records: a preparation
+        // still running (it started half a checkpoint ago) ends first.
+        while self.preparing.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let next = self.generation.get() + 1;
-        let dir = self.dir.clone();
-        let created = glommio::executor()
-            .spawn_blocking(move || create(&dir, next))
-            .await
-            .map_err(io)?;
-        let sink = if crate::fault::observed_journal() {
-            Sink::Observed(created)
-        } else {
-            Sink::Ring(Rc::new(open_on_ring(&self.dir, next).await.map_err(io)?))
+        let ready = self.next.borrow_mut().take();
+        let (sink, zeroed) = match ready {
+            Some(ready) if ready.generation == next => (ready.sink, ready.zeroed),
+            // Not ready yet (or it failed): made here, on the group path this once.
+            _ => (Rc::new(new_sink(&self.dir, next).await.map_err(io)?), 0),
         };
-        *self.sink.borrow_mut() = Some(Rc::new(sink));
+        *self.sink.borrow_mut() = Some(sink);
         self.generation.set(next);
         self.written.set(0);
         self.tail.borrow_mut().clear();
-        self.zeroed.set(0);
+        self.zeroed.set(zeroed);
         self.broken.set(false);
         self.checkpointing.set(true);
         let (db, db_file, dir, busy) = (
@@ -660,10 +671,67 @@ impl Journal {
         Ok(())
     }
 
+    /// Starts making the next generation's file in the background, once (a rotation
+    /// takes it: [`Journal::rotate`]). An empty, zeroed journal is harmless if the broker
+    /// stops first: replay finds no record in it, and the next start removes it.
+    fn prepare_next(&self) {
+        if self.preparing.get() || self.next.borrow().is_some() || self.broken.get() {
+            return;
+        }
+        self.preparing.set(true);
+        let generation = self.generation.get() + 1;
+        let (dir, next, preparing) = (self.dir.clone(), self.next.clone(), self.preparing.clone());
+        glommio::spawn_local(async move {
+            let made = async {
+                let sink = Rc::new(new_sink(&dir, generation).await?);
+                let mut zeros = glommio::allocate_dma_buffer(ROOM);
+                zeros.as_bytes_mut().fill(0);
+                sink.write(zeros, 0).await?;
+                Ok::<_, std::io::Error>(sink)
+            };
+            match made.await {
+                Ok(sink) => {
+                    *next.borrow_mut() = Some(Next {
+                        sink,
+                        generation,
+                        zeroed: ROOM as u64,
+                    })
+                }
+                // Counted and logged; the rotation then makes the file itself.
+                Err(e) => {
+                    let _ = io(e);
+                }
+            }
+            preparing.set(false);
+        })
+        .detach();
+    }
+
     /// Clean shutdown: sled flushed and synced (by the caller) covers every write, so the
     /// journals go.
     pub fn remove_all(&self) -> Result<(), Error> {
         remove_before(&self.dir, u64::MAX).map_err(io)
+    }
+}
+
+/// A journal file made ahead of its rotation.
+struct Next {
+    sink: Rc<Sink>,
+    generation: u64,
+    zeroed: u64,
+}
+
+/// Creates generation `generation`'s file (its name made durable, on the blocking pool)
+/// and opens it for the journal's writes.
+async fn new_sink(dir: &Path, generation: u64) -> std::io::Result<Sink> {
+    let at = dir.to_path_buf();
+    let created = glommio::executor()
+        .spawn_blocking(move || create(&at, generation))
+        .await?;
+    if crate::fault::observed_journal() {
+        Ok(Sink::Observed(created))
+    } else {
+        Ok(Sink::Ring(Rc::new(open_on_ring(dir, generation).await?)))
     }
 }
 
