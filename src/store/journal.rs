@@ -368,6 +368,9 @@ pub struct Journal {
     zeroed: Cell<u64>,
     /// Where the zeroing in flight starts, if one is: no record may reach it.
     zeroing: Cell<Option<u64>>,
+    /// A zeroing failed: records append to this file (slower, still durable) and the
+    /// next file tries again, rather than a failing write being retried in a loop.
+    no_room: Cell<bool>,
     /// Each record ends on a block boundary (`group_commit_depth` > 1: two records in
     /// flight never write the same block).
     padded: Cell<bool>,
@@ -405,6 +408,7 @@ impl Journal {
             tail: RefCell::new(Vec::with_capacity(BLOCK)),
             zeroed: Cell::new(0),
             zeroing: Cell::new(None),
+            no_room: Cell::new(false),
             padded: Cell::new(false),
             broken: Cell::new(false),
             checkpointing: Rc::new(Cell::new(false)),
@@ -594,6 +598,7 @@ impl Journal {
         self.enabled
             && !self.broken.get()
             && self.zeroing.get().is_none()
+            && !self.no_room.get()
             && self.sink.borrow().is_some()
             && self.written.get() + ROOM_MARGIN > self.zeroed.get()
     }
@@ -612,13 +617,14 @@ impl Journal {
         Some(Box::pin(async move { (at, write.await) }))
     }
 
-    /// The zeroing from `at` ended. A failure only means later records append (slower
-    /// writes); it is reported, and the next one tries again.
+    /// The zeroing from `at` ended. A failure only means later records of this file
+    /// append (slower writes); it is reported, and the next file tries again.
     pub fn room_made(&self, at: u64, done: std::io::Result<()>) {
         self.zeroing.set(None);
         match done {
             Ok(()) => self.zeroed.set(at + ROOM as u64),
             Err(e) => {
+                self.no_room.set(true);
                 let _ = io(e);
             }
         }
@@ -645,6 +651,7 @@ impl Journal {
         self.written.set(0);
         self.tail.borrow_mut().clear();
         self.zeroed.set(zeroed);
+        self.no_room.set(false);
         self.broken.set(false);
         self.checkpointing.set(true);
         let (db, db_file, dir, busy) = (
