@@ -426,4 +426,41 @@ mod tests {
             );
         }
     }
+
+    /// A record larger than one write (a wide fan-out) is written in pieces after the
+    /// records before it in its first block, and the records after it follow it: all of
+    /// them replay whole.
+    #[test]
+    fn a_record_larger_than_one_write_replays_whole_between_small_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let big: Vec<u8> = (0..9_500_000u32).map(|i| (i % 251) as u8).collect();
+        let value = big.clone();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let file = File::create(path.join("journal.0000000000000000")).expect("file");
+                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
+                let commit = Commit::new(Durability::Group, Duration::ZERO, 1, journal);
+                let db = sled::Config::new()
+                    .temporary(true)
+                    .path(path.join("db"))
+                    .open()
+                    .expect("db");
+                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                for (k, v) in [(&b"a"[..], &b"1"[..]), (b"big", &value), (b"b", b"2")] {
+                    commit.journal().put(k, v);
+                    assert_eq!(commit.durable(&db, &sync).await, Ok(()));
+                }
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+        let bytes = std::fs::read(dir.path().join("journal.0000000000000000")).expect("read");
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let (records, torn) = super::super::journal::replay(&bytes, &db).expect("replay");
+        assert_eq!((records, torn), (3, 0));
+        assert_eq!(db.get(b"a").expect("get").as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get(b"big").expect("get").as_deref(), Some(&big[..]));
+        assert_eq!(db.get(b"b").expect("get").as_deref(), Some(&b"2"[..]));
+    }
 }

@@ -56,6 +56,9 @@ const ROOM_MARGIN: u64 = 256 << 10;
 /// with it, on the ring and on the tests' observed path alike.
 const DURABLE: i32 = libc::O_DSYNC;
 
+/// Most bytes one journal write carries: a larger record is written in pieces of this.
+const PIECE: usize = 4 << 20;
+
 /// The unit of a journal write (direct I/O needs aligned blocks; 4 KiB is a multiple of
 /// every logical block size).
 const BLOCK: usize = 4096;
@@ -325,6 +328,22 @@ impl Sink {
     }
 }
 
+/// Fills `out` with the bytes from `from` on of `head`, then `record`, then zeros.
+fn fill(out: &mut [u8], from: usize, head: &[u8], record: &[u8]) {
+    let mut at = 0;
+    for part in [head, record] {
+        let skip = from.saturating_sub(at).min(part.len());
+        let written = at.saturating_sub(from);
+        if written < out.len() && skip < part.len() {
+            let n = (part.len() - skip).min(out.len() - written);
+            out[written..written + n].copy_from_slice(&part[skip..skip + n]);
+        }
+        at += part.len();
+    }
+    let filled = at.saturating_sub(from).min(out.len());
+    out[filled..].fill(0);
+}
+
 fn whole(n: usize, len: usize) -> std::io::Result<()> {
     if n == len {
         Ok(())
@@ -562,26 +581,40 @@ impl Journal {
         let crc = crc32fast::hash(&record[HEADER..]);
         record[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
         record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-        let used = tail.len() + record.len();
+        // The blocks written: the earlier records' bytes in the first block (`head`), the
+        // record, zeros to the block's end.
+        let head = std::mem::take(&mut *tail);
+        let used = head.len() + record.len();
         let size = align_up(used as u64) as usize;
-        let mut buf = glommio::allocate_dma_buffer(size);
-        let bytes = buf.as_bytes_mut();
-        bytes[..tail.len()].copy_from_slice(&tail);
-        bytes[tail.len()..used].copy_from_slice(&record);
-        bytes[used..].fill(0);
         let end = at + record.len() as u64;
-        tail.clear();
-        tail.extend_from_slice(&bytes[(align_down(end) - start) as usize..used]);
+        let last = (align_down(end) - start) as usize;
+        tail.resize(used - last, 0);
+        fill(&mut tail, last, &head, &record);
         self.written.set(end);
         if end >= self.checkpoint_bytes.get() / 2 {
             self.prepare_next();
         }
-        record.clear();
-        if record.capacity() > ROOM {
-            // After a very large record: do not keep its space.
-            record.shrink_to(ROOM);
+        if size <= PIECE {
+            let mut buf = glommio::allocate_dma_buffer(size);
+            fill(buf.as_bytes_mut(), 0, &head, &record);
+            record.clear();
+            return Some(sink.write(buf, start));
         }
-        Some(sink.write(buf, start))
+        // A very large record (a wide fan-out): written a piece at a time, so that its
+        // aligned copy never doubles it in memory; durable once the last piece is. Its
+        // own memory goes with the write and is not kept for the next record.
+        let record = std::mem::take(&mut *record);
+        Some(Box::pin(async move {
+            let mut from = 0;
+            while from < size {
+                let n = PIECE.min(size - from);
+                let mut buf = glommio::allocate_dma_buffer(n);
+                fill(buf.as_bytes_mut(), from, &head, &record);
+                sink.write(buf, start + from as u64).await?;
+                from += n;
+            }
+            Ok(())
+        }))
     }
 
     /// A record's write failed: the file's tail is unknown, so records taken after it are
@@ -808,5 +841,18 @@ mod tests {
         bad[last] ^= 1;
         assert_eq!(replay(&bad, &db), Ok((0, bad.len())));
         assert_eq!(db.get(b"d").expect("get"), None);
+    }
+
+    #[test]
+    fn fill_takes_any_window_of_head_record_and_zeros() {
+        let (head, record) = (b"abc".as_slice(), b"defgh".as_slice());
+        let all = b"abcdefgh\0\0\0\0";
+        for from in 0..all.len() {
+            for len in 0..=all.len() - from {
+                let mut out = vec![9u8; len];
+                fill(&mut out, from, head, record);
+                assert_eq!(out, &all[from..from + len], "from {from} len {len}");
+            }
+        }
     }
 }
