@@ -1,7 +1,8 @@
 //! `chat`: N pairs of chat users on `/ws`, each sending to its partner; msgs/s and
 //! end-to-end latency, history persisted (shardcast only). Closed loop: each sender keeps
 //! at most `--window` messages waiting for their ack; open loop: one writer at `--rate`.
-//! The load side is blocking (a thread per sender in closed loop, one reader thread); the
+//! The load side is `chat_loop`'s event loop (one thread); `--blocking` keeps the old one
+//! (a thread per sender in closed loop, one reader thread) to compare with. The
 //! generator's own CPU per message is reported beside the server's.
 
 use std::io::{Read, Write};
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use shardcast_kit::net::Sock;
-use shardcast_kit::ws::{self, client_text};
+use shardcast_kit::ws::client_text;
 
 use crate::client::{ws_open, Http};
 use crate::evloop::self_cpu_us;
@@ -48,6 +49,37 @@ pub fn run(t: &Target, o: &Opts) {
     }
     let seen = Seen::new(messages);
     let stop = Arc::new(AtomicBool::new(false));
+    let blocking = o.flag("--blocking");
+    if !blocking {
+        let cpu_before = (t.cpu_us(), self_cpu_us());
+        let plan = crate::chat_loop::Plan {
+            pairs,
+            messages,
+            rate,
+            window,
+            t0: now_ns(),
+        };
+        let (sent, lat) = crate::chat_loop::run(senders, receivers, &plan, &seen, &stop);
+        let outcome = finish(
+            t,
+            &seen,
+            &stop,
+            vec![std::thread::spawn(move || lat)],
+            sent,
+            cpu_before,
+        );
+        report(
+            t,
+            &seen,
+            plan.t0,
+            outcome,
+            pairs,
+            rate,
+            window,
+            "event loop, 1 thread",
+        );
+        return;
+    }
     let readers = spawn_readers(receivers, 1, &seen, &stop);
     let cpu_before = (t.cpu_us(), self_cpu_us());
     let t0 = now_ns();
@@ -102,6 +134,22 @@ pub fn run(t: &Target, o: &Opts) {
                 .unwrap_or_else(|e| die(&format!("send: {e}")));
         }
     }
+    let outcome = finish(t, &seen, &stop, readers, messages, cpu_before);
+    let generator = format!("blocking, {} threads", if closed { pairs + 1 } else { 2 });
+    report(t, &seen, t0, outcome, pairs, rate, window, &generator);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    t: &Target,
+    seen: &Seen,
+    t0: u64,
+    outcome: Outcome,
+    pairs: usize,
+    rate: u64,
+    window: usize,
+    generator: &str,
+) {
     let Outcome {
         lat,
         delivered,
@@ -109,7 +157,7 @@ pub fn run(t: &Target, o: &Opts) {
         cpu_us: cpu,
         gen_cpu_us,
         ..
-    } = finish(t, &seen, &stop, readers, messages, cpu_before);
+    } = outcome;
     let span_s = seen
         .last_ns
         .load(Ordering::Relaxed)
@@ -123,14 +171,13 @@ pub fn run(t: &Target, o: &Opts) {
         format!("closed loop, window {window}")
     };
     println!(
-        "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg; generator (blocking, {} threads) CPU {:.1} µs/msg",
+        "chat [{mode}]: {pairs} pairs, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}; server CPU {:.1} µs/msg; generator ({generator}) CPU {:.1} µs/msg",
         delivered as f64 / span_s,
         cpu as f64 / delivered.max(1) as f64,
-        if closed { pairs + 1 } else { 2 },
         gen_cpu_us as f64 / delivered.max(1) as f64
     );
     println!(
-        "{{\"scenario\":\"chat\",\"target\":\"shardcast\",\"shards\":{},\"mode\":\"{mode}\",\"pairs\":{pairs},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"server_cpu_us_per_msg\":{:.1},\"generator\":\"blocking\",\"gen_cpu_us_per_msg\":{:.1}}}",
+        "{{\"scenario\":\"chat\",\"target\":\"shardcast\",\"shards\":{},\"mode\":\"{mode}\",\"pairs\":{pairs},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"server_cpu_us_per_msg\":{:.1},\"generator\":\"{generator}\",\"gen_cpu_us_per_msg\":{:.1}}}",
         t.shards,
         delivered as f64 / span_s,
         cpu as f64 / delivered.max(1) as f64,
@@ -148,26 +195,5 @@ fn read_acks(s: &mut Sock, buf: &mut Vec<u8>) -> usize {
         Ok(n) => buf.extend_from_slice(&chunk[..n]),
         Err(e) => die(&format!("waiting for acks: {e}")),
     }
-    let mut acks = 0;
-    let mut pos = 0;
-    loop {
-        if buf.get(pos + 1).is_some_and(|b| b & 0x7f == 127) {
-            die("an unexpected 64-bit frame");
-        }
-        let Some(f) = ws::server_frame(&buf[pos..]) else {
-            break;
-        };
-        let payload = f.payload(&buf[pos..]);
-        if payload.starts_with(b"{\"ack\"") {
-            acks += 1;
-        } else if f.opcode() == 1 {
-            die(&format!(
-                "a chat sender got {}",
-                String::from_utf8_lossy(payload)
-            ));
-        }
-        pos += f.size();
-    }
-    buf.drain(..pos);
-    acks
+    crate::chat_loop::take_acks(buf)
 }

@@ -195,6 +195,45 @@ impl Conn {
         self.flush()
     }
 
+    /// [`Conn::send`] on a connection `ep` watches as `token`: what the socket does not
+    /// take now goes out when it is writable ([`Conn::ready`]). A failure ends the run
+    /// (`what` names the side).
+    pub fn send_on(&mut self, ep: &Epoll, token: u64, bytes: &[u8], what: &str) {
+        match self.send(bytes) {
+            Ok(true) => {}
+            Ok(false) => ep.modify(self.fd(), token, IN | OUT),
+            Err(e) => die(&format!("{what}: {e}")),
+        }
+    }
+
+    /// A readiness report of a connection that writes and reads (a publisher, a chat
+    /// sender): writes what waits, then reads what arrived onto `inb`; `false` when there
+    /// was nothing to read. A closed connection or a failure ends the run.
+    pub fn ready(
+        &mut self,
+        ep: &Epoll,
+        token: u64,
+        events: u32,
+        chunk: &mut [u8],
+        what: &str,
+    ) -> bool {
+        if events & OUT != 0 {
+            match self.flush() {
+                Ok(true) => ep.modify(self.fd(), token, IN),
+                Ok(false) => {}
+                Err(e) => die(&format!("{what}: {e}")),
+            }
+        }
+        if events & (IN | GONE) == 0 {
+            return false;
+        }
+        match self.fill(chunk) {
+            Ok(true) => true,
+            Ok(false) => die(&format!("{what}: the connection closed")),
+            Err(e) => die(&format!("{what}: {e}")),
+        }
+    }
+
     /// Writes what is queued; `true` once nothing is.
     pub fn flush(&mut self) -> io::Result<bool> {
         let mut at = 0;

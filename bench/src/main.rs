@@ -24,23 +24,24 @@
 //! `localhost` and every connection of the run is TLS (`benches/tls.sh` makes one).
 //! Loopback only; every loop is bounded in count and time.
 //!
-//! The load side of `push` and `storm` is event-driven: `--gen-threads N` (default 1)
+//! The load side of `push`, `storm` and `chat` is event-driven: `--gen-threads N` (default 1)
 //! epoll loops drive all their sockets, so that the generator's own context switches do
 //! not fall on the latencies it measures (on 2 cores ~20 blocking threads understated
 //! the broker 2–3×). Their figures carry the generator's own CPU per message or
 //! handshake beside the server's. `--blocking` runs the old thread-per-connection load
 //! side instead, to compare with; `--tls` always does (the event loops are plain TCP
-//! only). `idle` and `chat` are blocking as before; connection setup (tokens, upgrades)
-//! is too, outside the measured phase of `push`.
+//! only). `idle` is blocking as before; connection setup (tokens, upgrades) is too,
+//! outside the measured phase of `push`.
 //!
 //! Here: the options and the dispatch. `target` is the broker under test, `client` the
 //! generator's connections, `subscribers` who subscribes, `readers` the receiving side
 //! and its counts, `stats` the percentiles, `evloop` the event loops' epoll, timer and
-//! non-blocking connections; one module per scenario (`push_loop` and `storm_loop` their
-//! event-driven load sides). The wire itself (HTTP, the sign, the upgrade, TLS, /proc) is
+//! non-blocking connections; one module per scenario (`push_loop`, `storm_loop` and `chat_loop`
+//! their event-driven load sides). The wire itself (HTTP, the sign, the upgrade, TLS, /proc) is
 //! `shardcast-kit`'s, shared with the tests.
 
 mod chat;
+mod chat_loop;
 mod client;
 mod evloop;
 mod idle;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use shardcast_kit::http;
 use shardcast_kit::net::Sock;
 
-use crate::evloop::{Conn, Epoll, Timer, GONE, IN, OUT};
+use crate::evloop::{Conn, Epoll, Timer, IN};
 use crate::readers::{marker, record, Seen};
 use crate::subscribers::{channel, user_id};
 use crate::target::Kind;
@@ -175,12 +175,8 @@ fn drive(
                 idle.pop();
                 busy[p] = true;
                 in_flight += 1;
-                let c = &mut pubs[p];
-                match c.send(&request(plan, seq, sent, &mut rng)) {
-                    Ok(true) => {}
-                    Ok(false) => ep.modify(c.fd(), PUB | p as u64, IN | OUT),
-                    Err(e) => die(&format!("publish: {e}")),
-                }
+                let bytes = request(plan, seq, sent, &mut rng);
+                pubs[p].send_on(&ep, PUB | p as u64, &bytes, "publish");
             }
             if exhausted && in_flight == 0 {
                 publishing = false;
@@ -206,20 +202,8 @@ fn drive(
                 }
                 _ => {
                     let c = &mut pubs[i];
-                    if events & OUT != 0 {
-                        match c.flush() {
-                            Ok(true) => ep.modify(c.fd(), PUB | i as u64, IN),
-                            Ok(false) => {}
-                            Err(e) => die(&format!("publish: {e}")),
-                        }
-                    }
-                    if events & (IN | GONE) == 0 {
+                    if !c.ready(&ep, PUB | i as u64, events, &mut chunk, "publish") {
                         continue;
-                    }
-                    match c.fill(&mut chunk) {
-                        Ok(true) => {}
-                        Ok(false) => die("a publisher's connection closed"),
-                        Err(e) => die(&format!("publish: {e}")),
                     }
                     while let Some(r) = http::take_response(&mut c.inb) {
                         let r = r.unwrap_or_else(|e| die(&format!("publish: {e}")));

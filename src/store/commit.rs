@@ -263,6 +263,29 @@ mod tests {
     use super::*;
     use std::fs::File;
 
+    /// A commit loop over generation 0 of a journal in `path` (`group`, no window,
+    /// `depth` records in flight, a checkpoint after `checkpoint` bytes if given), its
+    /// sled partition (no flusher, as in `group`) and the handle checkpoints sync.
+    fn parts(
+        path: &std::path::Path,
+        depth: usize,
+        checkpoint: Option<u64>,
+    ) -> (Rc<Commit>, sled::Db, std::sync::Arc<File>) {
+        let file = File::create(path.join("journal.0000000000000000")).expect("file");
+        let journal = super::super::journal::Journal::new(path.to_path_buf(), file, 0, true);
+        if let Some(bytes) = checkpoint {
+            journal.checkpoint_after(bytes);
+        }
+        let commit = Commit::new(Durability::Group, Duration::ZERO, depth, journal);
+        let db = sled::Config::new()
+            .path(path.join("db"))
+            .flush_every_ms(None)
+            .open()
+            .expect("db");
+        let sync = std::sync::Arc::new(File::open(path).expect("dir"));
+        (commit, db, sync)
+    }
+
     /// Writers arriving while records are in flight form further records beside them: every
     /// writer is released with success, and the file replays every write, so no two
     /// records were given the same place.
@@ -273,15 +296,7 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || async move {
-                let file = File::create(path.join("journal.0000000000000000")).expect("file");
-                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
-                let commit = Commit::new(Durability::Group, Duration::ZERO, 2, journal);
-                let db = sled::Config::new()
-                    .temporary(true)
-                    .path(path.join("db"))
-                    .open()
-                    .expect("db");
-                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let (commit, db, sync) = parts(&path, 2, None);
                 let mut tasks = Vec::new();
                 for i in 0..300u32 {
                     let (commit, db, sync) = (commit.clone(), db.clone(), sync.clone());
@@ -322,16 +337,7 @@ mod tests {
         let generation = glommio::LocalExecutorBuilder::default()
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(3))
             .spawn(move || async move {
-                let file = File::create(path.join("journal.0000000000000000")).expect("file");
-                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
-                journal.checkpoint_after(2048);
-                let commit = Commit::new(Durability::Group, Duration::ZERO, 2, journal);
-                let db = sled::Config::new()
-                    .path(path.join("db"))
-                    .flush_every_ms(None)
-                    .open()
-                    .expect("db");
-                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let (commit, db, sync) = parts(&path, 2, Some(2048));
                 let mut tasks = Vec::new();
                 for w in 0..8u32 {
                     let (commit, db, sync) = (commit.clone(), db.clone(), sync.clone());
@@ -364,16 +370,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         let seen = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let file = File::create(path.join("journal.0000000000000000")).expect("file");
-                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
-                journal.checkpoint_after(64 << 10);
-                let commit = Commit::new(Durability::Group, Duration::ZERO, 1, journal);
-                let db = sled::Config::new()
-                    .path(path.join("db"))
-                    .flush_every_ms(None)
-                    .open()
-                    .expect("db");
-                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let (commit, db, sync) = parts(&path, 1, Some(64 << 10));
                 let next = path.join("journal.0000000000000001");
                 let mut made_ahead = None;
                 for i in 0..400u32 {
@@ -438,15 +435,7 @@ mod tests {
         let value = big.clone();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let file = File::create(path.join("journal.0000000000000000")).expect("file");
-                let journal = super::super::journal::Journal::new(path.clone(), file, 0, true);
-                let commit = Commit::new(Durability::Group, Duration::ZERO, 1, journal);
-                let db = sled::Config::new()
-                    .temporary(true)
-                    .path(path.join("db"))
-                    .open()
-                    .expect("db");
-                let sync = std::sync::Arc::new(File::open(&path).expect("dir"));
+                let (commit, db, sync) = parts(&path, 1, None);
                 for (k, v) in [(&b"a"[..], &b"1"[..]), (b"big", &value), (b"b", b"2")] {
                     commit.journal().put(k, v);
                     assert_eq!(commit.durable(&db, &sync).await, Ok(()));
