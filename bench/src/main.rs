@@ -8,6 +8,8 @@
 //!   delivery latency p50/p99/p999/max (from the *scheduled* send time in open loop, so
 //!   queueing is not hidden), lost and duplicated messages (every subscriber checks each
 //!   message addressed to it arrives exactly once), server CPU µs per delivered message.
+//!   `--fanout K` (workload F, shardcast only): each push names K distinct online users,
+//!   and the figures are per delivery.
 //! - `chat`:  N pairs of chat users on `/ws`, each sending to its partner; msgs/s and
 //!   end-to-end latency, history persisted (shardcast only). Closed loop: each sender
 //!   keeps at most `--window` (default 1) messages waiting for their ack; open loop: one

@@ -1,5 +1,5 @@
 //! `push`: N online subscribers and P keep-alive publishers pushing to random single
-//! users, closed loop or open loop at `--rate`; throughput, delivery latency, lost,
+//! users (or to `--fanout` users each: workload F), closed loop or open loop at `--rate`; throughput, delivery latency, lost,
 //! duplicated and misdelivered messages, server CPU and the generator's own CPU per
 //! delivered message.
 //!
@@ -30,8 +30,14 @@ pub fn run(t: &Target, o: &Opts) {
     let publish_addr = o.get("--publish-addr").unwrap_or(&t.addr).to_string();
     let threads = o.num("--gen-threads", 1).clamp(1, 64) as usize;
     let blocking = o.flag("--blocking") || o.get("--tls").is_some();
+    // Workload F: each push to `--fanout` distinct online users (one /push naming them
+    // all); rates and CPU are then per delivery.
+    let fanout = o.num("--fanout", 1).max(1) as usize;
+    if fanout > 1 && (blocking || t.kind != Kind::Shardcast || fanout > subs) {
+        die("--fanout K: shardcast only, the event-driven generator, and K <= --conns");
+    }
     let socks = open_subscribers(t, &logins(t, subs));
-    let seen = Seen::new(messages);
+    let seen = Seen::fanout(messages, fanout, subs);
     let stop = Arc::new(AtomicBool::new(false));
     let pad = "x".repeat(size.saturating_sub(40));
     // (t0, end of publishing) on the run's clock.
@@ -100,6 +106,7 @@ pub fn run(t: &Target, o: &Opts) {
             rate,
             t0: now_ns(),
             pad,
+            seen: seen.clone(),
             next: AtomicUsize::new(0),
         });
         let readers = push_loop::spawn(socks, pubs, threads, &plan, &seen, &stop, &tx);
@@ -140,14 +147,14 @@ pub fn run(t: &Target, o: &Opts) {
         "closed loop".to_string()
     };
     println!(
-        "push [{}, {mode}]: {subs} subscribers, {publishers} publishers, {sent} sent, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; \
+        "push [{}, {mode}]: {subs} subscribers, {publishers} publishers, {sent} sent to {fanout} user(s) each, {delivered} delivered in {span_s:.2} s = {:.0} msg/s; \
          latency ms p50 {p50:.3} p99 {p99:.3} p999 {p999:.3} max {max:.3}; lost {lost}, duplicated {dup}, misdelivered {}; server CPU {cpu_per_msg:.1} µs/msg; generator ({generator}) CPU {gen_per_msg:.1} µs/msg",
         t.name(),
         delivered as f64 / span_s,
         seen.wrong_user.load(Ordering::Relaxed)
     );
     println!(
-        "{{\"scenario\":\"push\",\"target\":\"{}\",\"shards\":{},\"mode\":\"{mode}\",\"subscribers\":{subs},\"publishers\":{publishers},\"sent\":{sent},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"duplicated\":{dup},\"server_cpu_us_per_msg\":{cpu_per_msg:.1},\"generator\":\"{generator}\",\"gen_cpu_us_per_msg\":{gen_per_msg:.1}}}",
+        "{{\"scenario\":\"push\",\"target\":\"{}\",\"shards\":{},\"mode\":\"{mode}\",\"subscribers\":{subs},\"publishers\":{publishers},\"fanout\":{fanout},\"sent\":{sent},\"delivered\":{delivered},\"msgs_per_s\":{:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p999_ms\":{p999:.3},\"max_ms\":{max:.3},\"lost\":{lost},\"duplicated\":{dup},\"server_cpu_us_per_msg\":{cpu_per_msg:.1},\"generator\":\"{generator}\",\"gen_cpu_us_per_msg\":{gen_per_msg:.1}}}",
         t.name(),
         t.shards,
         delivered as f64 / span_s

@@ -34,6 +34,8 @@ pub struct Plan {
     pub rate: u64,
     pub t0: u64,
     pub pad: String,
+    /// The readers' counts: also who each message goes to ([`Seen::recipients`]).
+    pub seen: Arc<Seen>,
     /// The next sequence number to send; ends at the number sent.
     pub next: AtomicUsize,
 }
@@ -92,17 +94,24 @@ fn request(plan: &Plan, seq: usize, sent: u64, rng: &mut u64) -> Vec<u8> {
     let user = (*rng % plan.subs as u64) as usize;
     let m = format!("{}{}", marker(seq as u64, user, sent), plan.pad);
     match plan.kind {
-        Kind::Shardcast => http::request(
-            "POST",
-            "/push",
-            "b",
-            &[],
-            Some(ADMIN),
-            Some(&format!(
-                "{{\"uids\":[\"{}\"],\"title\":\"b\",\"content\":\"{m}\"}}",
-                user_id(user)
-            )),
-        ),
+        Kind::Shardcast => {
+            let uids: Vec<String> = plan
+                .seen
+                .recipients(user)
+                .map(|u| format!("\"{}\"", user_id(u)))
+                .collect();
+            http::request(
+                "POST",
+                "/push",
+                "b",
+                &[],
+                Some(ADMIN),
+                Some(&format!(
+                    "{{\"uids\":[{}],\"title\":\"b\",\"content\":\"{m}\"}}",
+                    uids.join(",")
+                )),
+            )
+        }
         Kind::Nchan => http::request(
             "POST",
             &format!("/pub/{}", channel(user)),

@@ -48,8 +48,13 @@ fn parse_marker(p: &[u8]) -> Option<(u64, usize, u64)> {
 
 /// What the readers saw.
 pub struct Seen {
-    /// Per sequence number: how many times it arrived.
+    /// Per sequence number and recipient (`seq * fanout + i`): how many times it arrived.
     pub counts: Vec<AtomicU8>,
+    /// Recipients per message: message `seq` with first user `u` goes to users
+    /// `u + i * stride` (mod `subs`), `i < fanout`.
+    pub fanout: usize,
+    stride: usize,
+    subs: usize,
     pub wrong_user: AtomicUsize,
     pub received: AtomicUsize,
     pub last_ns: AtomicU64,
@@ -57,12 +62,38 @@ pub struct Seen {
 
 impl Seen {
     pub fn new(messages: usize) -> Arc<Seen> {
+        Seen::fanout(messages, 1, 1)
+    }
+
+    /// Each message to `fanout` of `subs` users ([`Seen::recipients`]).
+    pub fn fanout(messages: usize, fanout: usize, subs: usize) -> Arc<Seen> {
+        let fanout = fanout.max(1);
         Arc::new(Seen {
-            counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
+            counts: (0..messages * fanout).map(|_| AtomicU8::new(0)).collect(),
+            fanout,
+            stride: (subs / fanout).max(1),
+            subs: subs.max(1),
             wrong_user: AtomicUsize::new(0),
             received: AtomicUsize::new(0),
             last_ns: AtomicU64::new(0),
         })
+    }
+
+    /// The users message `seq` with first user `first` goes to (distinct while
+    /// `fanout` ≤ `subs`).
+    pub fn recipients(&self, first: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.fanout).map(move |i| (first + i * self.stride) % self.subs)
+    }
+
+    /// Where the arrival of message `seq` (first user `first`) at user `idx` counts, or
+    /// `None` when `idx` is not one of its recipients.
+    fn slot(&self, seq: usize, first: usize, idx: usize) -> Option<usize> {
+        if self.fanout == 1 {
+            return (first == idx).then_some(seq);
+        }
+        let d = (idx + self.subs - first % self.subs) % self.subs;
+        (d % self.stride == 0 && d / self.stride < self.fanout)
+            .then(|| seq * self.fanout + d / self.stride)
     }
 }
 
@@ -89,7 +120,8 @@ pub fn finish(
     (cpu_before, gen_cpu_before): (u64, u64),
 ) -> Outcome {
     let wait_end = Instant::now() + Duration::from_secs(5);
-    while seen.received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
+    let expected = sent * seen.fanout;
+    while seen.received.load(Ordering::Relaxed) < expected && Instant::now() < wait_end {
         std::thread::sleep(Duration::from_millis(5));
     }
     let cpu_us = t.cpu_us() - cpu_before;
@@ -99,7 +131,7 @@ pub fn finish(
         .into_iter()
         .flat_map(|h| h.join().unwrap_or_default())
         .collect();
-    let counts = &seen.counts[..sent];
+    let counts = &seen.counts[..expected.min(seen.counts.len())];
     Outcome {
         delivered: lat.len(),
         lost: counts
@@ -126,11 +158,16 @@ pub fn record(buf: &[u8], idx: usize, now: u64, seen: &Seen, lat: &mut Vec<u64>)
     while let Some(f) = ws::server_frame(&buf[at..]) {
         if f.opcode() == 1 {
             if let Some((seq, user, sent)) = parse_marker(f.payload(&buf[at..])) {
-                if let Some(c) = seen.counts.get(usize::try_from(seq).unwrap_or(usize::MAX)) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                if user != idx {
-                    seen.wrong_user.fetch_add(1, Ordering::Relaxed);
+                let seq = usize::try_from(seq).unwrap_or(usize::MAX);
+                match seen.slot(seq, user, idx) {
+                    Some(i) => {
+                        if let Some(c) = seen.counts.get(i) {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        seen.wrong_user.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 seen.received.fetch_add(1, Ordering::Relaxed);
                 lat.push(now.saturating_sub(sent));

@@ -286,6 +286,15 @@ mod tests {
         (commit, db, sync)
     }
 
+    /// Generation 0's journal in `dir` replayed into a fresh database: it, the records
+    /// and the bytes of torn tail.
+    fn replayed(dir: &std::path::Path) -> (sled::Db, u64, usize) {
+        let bytes = std::fs::read(dir.join("journal.0000000000000000")).expect("read");
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let (records, torn) = super::super::journal::replay(&bytes, &db).expect("replay");
+        (db, records, torn)
+    }
+
     /// Writers arriving while records are in flight form further records beside them: every
     /// writer is released with success, and the file replays every write, so no two
     /// records were given the same place.
@@ -316,9 +325,7 @@ mod tests {
             .expect("executor")
             .join()
             .expect("no panic");
-        let bytes = std::fs::read(dir.path().join("journal.0000000000000000")).expect("read");
-        let db = sled::Config::new().temporary(true).open().expect("db");
-        let (records, torn) = super::super::journal::replay(&bytes, &db).expect("replay");
+        let (db, records, torn) = replayed(dir.path());
         assert_eq!(torn, 0);
         assert!(records > 1, "{records} records");
         for i in 0..300u32 {
@@ -444,9 +451,7 @@ mod tests {
             .expect("executor")
             .join()
             .expect("no panic");
-        let bytes = std::fs::read(dir.path().join("journal.0000000000000000")).expect("read");
-        let db = sled::Config::new().temporary(true).open().expect("db");
-        let (records, torn) = super::super::journal::replay(&bytes, &db).expect("replay");
+        let (db, records, torn) = replayed(dir.path());
         assert_eq!((records, torn), (3, 0));
         assert_eq!(db.get(b"a").expect("get").as_deref(), Some(&b"1"[..]));
         assert_eq!(db.get(b"big").expect("get").as_deref(), Some(&big[..]));
