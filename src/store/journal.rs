@@ -283,7 +283,8 @@ pub type RecordWrite = std::pin::Pin<Box<dyn std::future::Future<Output = std::i
 pub type RoomWrite =
     std::pin::Pin<Box<dyn std::future::Future<Output = (u64, std::io::Result<()>)>>>;
 
-/// Where a journal's writes go.
+/// Where a journal's writes go (cheap to clone: a write in flight holds its own).
+#[derive(Clone)]
 enum Sink {
     /// The shard's own io_uring: a `DmaFile` (`O_DIRECT`) opened [`DURABLE`]; an aligned
     /// overwrite of zeroed, already written blocks completes inline, and is durable when
@@ -294,13 +295,13 @@ enum Sink {
     /// thread, so a file layer loaded with LD_PRELOAD sees them (it cannot see io_uring).
     /// No `RWF_DSYNC` flag: what makes the write durable must be the open flag the ring
     /// path uses too, so that a test notices when it goes.
-    Observed(File),
+    Observed(Rc<File>),
 }
 
 impl Sink {
     /// Writes `buf` (whole blocks) at `at` (a block boundary).
-    fn write(self: &Rc<Self>, buf: DmaBuffer, at: u64) -> RecordWrite {
-        match &**self {
+    fn write(&self, buf: DmaBuffer, at: u64) -> RecordWrite {
+        match self {
             Sink::Ring(file) => {
                 let file = file.clone();
                 Box::pin(async move {
@@ -325,6 +326,13 @@ impl Sink {
                 Box::pin(std::future::ready(done))
             }
         }
+    }
+
+    /// Writes [`ROOM`] zeroed bytes at `at` (ahead of the records).
+    fn zero_room(&self, at: u64) -> RecordWrite {
+        let mut zeros = glommio::allocate_dma_buffer(ROOM);
+        zeros.as_bytes_mut().fill(0);
+        self.write(zeros, at)
     }
 }
 
@@ -374,9 +382,7 @@ pub struct Journal {
     pending: RefCell<Vec<u8>>,
     /// The current file: `None` until the first [`Journal::prepare`] opens it on the ring
     /// (the file itself was created at start, where a failure stops the broker).
-    sink: RefCell<Option<Rc<Sink>>>,
-    /// The file created at start, until the ring opens it by name.
-    created: RefCell<Option<File>>,
+    sink: RefCell<Option<Sink>>,
     generation: Cell<u64>,
     /// Bytes of records in the current file (the next one is written there).
     written: Cell<u64>,
@@ -401,6 +407,9 @@ pub struct Journal {
     /// under way.
     next: Rc<RefCell<Option<Next>>>,
     preparing: Rc<Cell<bool>>,
+    /// The generation the last preparation was for: a failed one is not retried for
+    /// every record, the rotation makes the file itself.
+    prepared_for: Cell<Option<u64>>,
     /// Journal bytes after which a checkpoint is due ([`CHECKPOINT_BYTES`]; smaller in
     /// tests).
     checkpoint_bytes: Cell<u64>,
@@ -411,17 +420,13 @@ impl Journal {
     /// sled's own flusher is the only writer. `file` is generation `generation`'s file,
     /// created by [`open`].
     pub fn new(dir: PathBuf, file: File, generation: u64, enabled: bool) -> Journal {
-        let (sink, created) = if crate::fault::observed_journal() {
-            (Some(Rc::new(Sink::Observed(file))), None)
-        } else {
-            (None, Some(file))
-        };
+        // On the ring the file is opened again by name ([`Journal::prepare`]).
+        let sink = crate::fault::observed_journal().then(|| Sink::Observed(Rc::new(file)));
         Journal {
             enabled,
             dir,
             pending: RefCell::new(Vec::new()),
             sink: RefCell::new(sink),
-            created: RefCell::new(created),
             generation: Cell::new(generation),
             written: Cell::new(0),
             tail: RefCell::new(Vec::with_capacity(BLOCK)),
@@ -433,6 +438,7 @@ impl Journal {
             checkpointing: Rc::new(Cell::new(false)),
             next: Rc::new(RefCell::new(None)),
             preparing: Rc::new(Cell::new(false)),
+            prepared_for: Cell::new(None),
             checkpoint_bytes: Cell::new(
                 crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES),
             ),
@@ -474,7 +480,8 @@ impl Journal {
         &self.dir
     }
 
-    /// Whether a checkpoint is running (shutdown waits for it).
+    /// Whether a checkpoint, or the next file's preparation, is running (shutdown waits
+    /// for them).
     pub fn is_checkpointing(&self) -> bool {
         self.checkpointing.get() || self.preparing.get()
     }
@@ -495,8 +502,7 @@ impl Journal {
             let file = open_on_ring(&self.dir, self.generation.get())
                 .await
                 .map_err(io)?;
-            *self.sink.borrow_mut() = Some(Rc::new(Sink::Ring(Rc::new(file))));
-            self.created.borrow_mut().take();
+            *self.sink.borrow_mut() = Some(Sink::Ring(Rc::new(file)));
         }
         Ok(())
     }
@@ -569,13 +575,16 @@ impl Journal {
         if self.padded.get() {
             let end = at + record.len() as u64;
             let mut gap = (align_up(end) - end) as usize;
-            if gap < 5 {
-                gap += BLOCK;
+            if gap > 0 {
+                if gap < 5 {
+                    // Room for the pad's own frame.
+                    gap += BLOCK;
+                }
+                record.push(PAD);
+                record.extend_from_slice(&u32::try_from(gap - 5).unwrap_or(0).to_le_bytes());
+                let padded = record.len() + gap - 5;
+                record.resize(padded, 0);
             }
-            record.push(PAD);
-            record.extend_from_slice(&u32::try_from(gap - 5).unwrap_or(0).to_le_bytes());
-            let padded = record.len() + gap - 5;
-            record.resize(padded, 0);
         }
         let len = record.len() - HEADER;
         let crc = crc32fast::hash(&record[HEADER..]);
@@ -644,9 +653,7 @@ impl Journal {
         let sink = self.sink.borrow().clone()?;
         let at = self.zeroed.get().max(align_up(self.written.get()));
         self.zeroing.set(Some(at));
-        let mut buf = glommio::allocate_dma_buffer(ROOM);
-        buf.as_bytes_mut().fill(0);
-        let write = sink.write(buf, at);
+        let write = sink.zero_room(at);
         Some(Box::pin(async move { (at, write.await) }))
     }
 
@@ -677,7 +684,7 @@ impl Journal {
         let (sink, zeroed) = match ready {
             Some(ready) if ready.generation == next => (ready.sink, ready.zeroed),
             // Not ready yet (or it failed): made here, on the group path this once.
-            _ => (Rc::new(new_sink(&self.dir, next).await.map_err(io)?), 0),
+            _ => (new_sink(&self.dir, next).await.map_err(io)?, 0),
         };
         *self.sink.borrow_mut() = Some(sink);
         self.generation.set(next);
@@ -715,18 +722,17 @@ impl Journal {
     /// takes it: [`Journal::rotate`]). An empty, zeroed journal is harmless if the broker
     /// stops first: replay finds no record in it, and the next start removes it.
     fn prepare_next(&self) {
-        if self.preparing.get() || self.next.borrow().is_some() || self.broken.get() {
+        let generation = self.generation.get() + 1;
+        if self.prepared_for.get() == Some(generation) || self.broken.get() {
             return;
         }
+        self.prepared_for.set(Some(generation));
         self.preparing.set(true);
-        let generation = self.generation.get() + 1;
         let (dir, next, preparing) = (self.dir.clone(), self.next.clone(), self.preparing.clone());
         glommio::spawn_local(async move {
             let made = async {
-                let sink = Rc::new(new_sink(&dir, generation).await?);
-                let mut zeros = glommio::allocate_dma_buffer(ROOM);
-                zeros.as_bytes_mut().fill(0);
-                sink.write(zeros, 0).await?;
+                let sink = new_sink(&dir, generation).await?;
+                sink.zero_room(0).await?;
                 Ok::<_, std::io::Error>(sink)
             };
             match made.await {
@@ -756,7 +762,7 @@ impl Journal {
 
 /// A journal file made ahead of its rotation.
 struct Next {
-    sink: Rc<Sink>,
+    sink: Sink,
     generation: u64,
     zeroed: u64,
 }
@@ -769,7 +775,7 @@ async fn new_sink(dir: &Path, generation: u64) -> std::io::Result<Sink> {
         .spawn_blocking(move || create(&at, generation))
         .await?;
     if crate::fault::observed_journal() {
-        Ok(Sink::Observed(created))
+        Ok(Sink::Observed(Rc::new(created)))
     } else {
         Ok(Sink::Ring(Rc::new(open_on_ring(dir, generation).await?)))
     }
