@@ -457,4 +457,34 @@ mod tests {
         assert_eq!(db.get(b"big").expect("get").as_deref(), Some(&big[..]));
         assert_eq!(db.get(b"b").expect("get").as_deref(), Some(&b"2"[..]));
     }
+
+    /// A group larger than one frame holds is framed as several records (a record's
+    /// length has 32 bits): every write of it replays.
+    #[test]
+    fn a_group_larger_than_a_frame_is_framed_as_several_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (commit, db, sync) = parts(&path, 1, None);
+                commit.journal().frame_after(200);
+                for i in 0..10u32 {
+                    commit
+                        .journal()
+                        .put(format!("k{i}").as_bytes(), &[i as u8; 60]);
+                }
+                assert_eq!(commit.durable(&db, &sync).await, Ok(()));
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+        let (db, records, torn) = replayed(dir.path());
+        assert_eq!(torn, 0);
+        // 10 operations of ~70 bytes, at most 200 bytes a frame: 2 a record.
+        assert_eq!(records, 5);
+        for i in 0..10u32 {
+            let v = db.get(format!("k{i}").as_bytes()).expect("get");
+            assert_eq!(v.as_deref(), Some(&[i as u8; 60][..]), "k{i}");
+        }
+    }
 }

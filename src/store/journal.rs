@@ -22,7 +22,8 @@
 //!
 //! Invariants: the journals hold every write made since the last checkpoint, in the order
 //! sled saw them; operations are absolute puts and removes, so replaying what sled already
-//! has changes nothing; a record is framed by its length and CRC, and replay stops at the
+//! has changes nothing; a group's writes are one record, or several past [`FRAME_MAX`]; a
+//! record is framed by its length and CRC, and replay stops at the
 //! first torn one (nothing after it was acknowledged: acknowledgements wait for the
 //! write of the record, and of every record before it, to complete); two writes in
 //! flight never share a block; a journal is deleted only after a sled flush and an
@@ -64,6 +65,11 @@ const PIECE: usize = 4 << 20;
 const BLOCK: usize = 4096;
 
 const HEADER: usize = 8;
+
+/// Most payload bytes in one record: its length is framed in 32 bits, and one group can
+/// hold more (a wide fan-out of large, escaped contents, two of them in one group), so
+/// a group's writes are framed as several records past this.
+const FRAME_MAX: usize = 1 << 30;
 const PUT: u8 = 1;
 const DEL: u8 = 2;
 /// Filler that ends a record on a block boundary ([`Journal::pad_records`]).
@@ -336,6 +342,15 @@ impl Sink {
     }
 }
 
+/// Fills in the header of one frame (`HEADER` bytes, then its payload): length and CRC.
+fn seal(frame: &mut [u8]) {
+    let (header, payload) = frame.split_at_mut(HEADER);
+    // At most `frame_max` (≤ FRAME_MAX) bytes: the conversion cannot fail.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+}
+
 /// Fills `out` with the bytes from `from` on of `head`, then `record`, then zeros.
 fn fill(out: &mut [u8], from: usize, head: &[u8], record: &[u8]) {
     let mut at = 0;
@@ -377,9 +392,14 @@ fn align_up(v: u64) -> u64 {
 pub struct Journal {
     enabled: bool,
     dir: PathBuf,
-    /// Operations since the last record; the first `HEADER` bytes are the frame, filled in
-    /// when the record is taken. Kept between records (its capacity is reused).
+    /// Operations since the last record, each run of at most `frame_max` bytes behind a
+    /// `HEADER` of its own (filled in when the record is taken). Kept between records
+    /// (its capacity is reused).
     pending: RefCell<Vec<u8>>,
+    /// Where each frame of `pending` starts.
+    frames: RefCell<Vec<usize>>,
+    /// [`FRAME_MAX`] (smaller in tests).
+    frame_max: Cell<usize>,
     /// The current file: `None` until the first [`Journal::prepare`] opens it on the ring
     /// (the file itself was created at start, where a failure stops the broker).
     sink: RefCell<Option<Sink>>,
@@ -426,6 +446,8 @@ impl Journal {
             enabled,
             dir,
             pending: RefCell::new(Vec::new()),
+            frames: RefCell::new(Vec::new()),
+            frame_max: Cell::new(FRAME_MAX),
             sink: RefCell::new(sink),
             generation: Cell::new(generation),
             written: Cell::new(0),
@@ -456,7 +478,18 @@ impl Journal {
             return;
         }
         let mut p = self.pending.borrow_mut();
-        if p.is_empty() {
+        let mut frames = self.frames.borrow_mut();
+        let len = 1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>();
+        let full = match frames.last().copied().filter(|_| !p.is_empty()) {
+            // A frame with operations in it takes this one only within `frame_max`.
+            Some(at) => p.len() - at > HEADER && p.len() - at - HEADER + len > self.frame_max.get(),
+            None => true,
+        };
+        if full {
+            if p.is_empty() {
+                frames.clear();
+            }
+            frames.push(p.len());
             p.extend_from_slice(&[0; HEADER]);
         }
         p.push(tag);
@@ -525,6 +558,11 @@ impl Journal {
         self.checkpoint_bytes.set(bytes);
     }
 
+    #[cfg(test)]
+    pub fn frame_after(&self, bytes: usize) {
+        self.frame_max.set(bytes);
+    }
+
     /// Where the pending record would end in the file, its blocks rounded up.
     fn pending_end(&self) -> u64 {
         let len = self.pending.borrow().len() as u64;
@@ -586,10 +624,11 @@ impl Journal {
                 record.resize(padded, 0);
             }
         }
-        let len = record.len() - HEADER;
-        let crc = crc32fast::hash(&record[HEADER..]);
-        record[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-        record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+        let frames = std::mem::take(&mut *self.frames.borrow_mut());
+        let ends = frames.iter().skip(1).copied().chain([record.len()]);
+        for (start, end) in frames.iter().copied().zip(ends) {
+            seal(&mut record[start..end]);
+        }
         // The blocks written: the earlier records' bytes in the first block (`head`), the
         // record, zeros to the block's end.
         let head = std::mem::take(&mut *tail);
