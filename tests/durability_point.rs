@@ -23,11 +23,12 @@ const WRITES: [&str; 10] = [
 /// The places allowed to write to sled directly, with the number of such lines each
 /// has: the journal's own put/del, journal replay at start (it is the journal), and
 /// resharding (a start-up pass whose every step is made durable by `sync_partition`
-/// before its source is removed).
+/// before its source is removed: the moves, the removals, and the recount of shared
+/// bodies).
 const ALLOWED: [(&str, usize); 3] = [
     ("src/store/mod.rs", 2),
     ("src/store/journal.rs", 2),
-    ("src/store/migrate.rs", 2),
+    ("src/store/migrate.rs", 3),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

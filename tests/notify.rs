@@ -206,3 +206,52 @@ fn an_unread_list_larger_than_the_outbound_limit_is_still_delivered() {
     let (_ws, list) = server.notify("hoarder");
     assert_eq!(ids(&list), pushed);
 }
+
+/// Bytes the files under `dir` take on disk.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
+#[test]
+fn a_push_to_many_users_stores_its_content_once_and_survives_a_kill() {
+    let mut server = Server::start(&[]);
+    let users: Vec<String> = (0..1000).map(|i| format!("fan{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let content = "x".repeat(60_000);
+    let before = disk_bytes(&server.data_dir());
+    let id = server.push(&names, "to all", &content)["_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let grown = disk_bytes(&server.data_dir()).saturating_sub(before);
+    // A copy per recipient would be 60 MB in the journal alone; one per shard is 120 KB
+    // (the rest is the entries, and space the journal and sled take ahead).
+    assert!(grown < 8 << 20, "the data directory grew {grown} bytes");
+    // Acknowledged, so a kill loses nothing: the journal's replay rebuilds it.
+    server.kill9();
+    server.respawn();
+    for u in ["fan0", "fan1", "fan999"] {
+        let (mut ws, list) = server.notify(u);
+        assert_eq!(ids(&list), [id.as_str()], "{u}");
+        assert_eq!(list[0]["content"], content.as_str(), "{u}");
+        ws.send(&json!({"event": 3, "data": {"msg_id": id}}));
+        // A second report is answered 2004 once the first was applied.
+        ws.send(&json!({"event": 3, "data": {"msg_id": id}}));
+        assert_eq!(ws.recv()["data"]["code"], 2004, "{u}");
+        assert!(server.notify(u).1.is_empty(), "{u} read it");
+    }
+    // The others still have it after those read reports.
+    let (_ws, list) = server.notify("fan500");
+    assert_eq!(ids(&list), [id.as_str()]);
+    assert_eq!(list[0]["content"], content.as_str());
+}

@@ -1,6 +1,6 @@
 //! Changing the shard count: every slot moves to its new owner before serving, and a kill
-//! in the middle is completed by the next start. Tokens, unread lists, offline queues and
-//! history all survive.
+//! in the middle is completed by the next start. Tokens, unread lists (shared bodies too),
+//! offline queues and history all survive.
 
 mod common;
 
@@ -28,6 +28,17 @@ fn write_everything(server: &Server, users: usize, messages_each: usize) -> Writ
         let u = format!("user{i}");
         w.tokens.insert(u.clone(), server.token(&u));
         let r = server.push(&[&u], &format!("for {u}"), "c");
+        w.unread
+            .entry(u.clone())
+            .or_default()
+            .push(r["_id"].as_str().expect("id").to_string());
+    }
+    // One push to everyone: its content is stored once per shard, and each entry that
+    // moves takes a copy along.
+    let everyone: Vec<String> = (0..users).map(|i| format!("user{i}")).collect();
+    let names: Vec<&str> = everyone.iter().map(String::as_str).collect();
+    let r = server.push(&names, "for everyone", "shared");
+    for u in &everyone {
         w.unread
             .entry(u.clone())
             .or_default()
@@ -167,4 +178,29 @@ fn a_kill_during_migration_is_completed_by_the_next_start() {
         .contains("migrating_to"));
     find_everything(&server, &w);
     offline_queues(&server, &w);
+}
+
+#[test]
+fn a_format_1_directory_is_marked_2_and_a_newer_format_is_refused() {
+    let mut server = Server::start(&[]);
+    let id = server.push(&["old"], "t", "c")["_id"].clone();
+    server.terminate();
+    let meta = server.data_dir().join("shardcast.meta");
+    let text = std::fs::read_to_string(&meta).expect("meta");
+    assert!(text.contains("format = 2\n"), "{text}");
+    // Format 1 (every entry holds its body) is format 2 without shared bodies.
+    std::fs::write(&meta, text.replace("format = 2", "format = 1")).expect("write");
+    server.respawn();
+    let (_ws, list) = server.notify("old");
+    assert_eq!(
+        list.iter().map(|m| m["_id"].clone()).collect::<Vec<_>>(),
+        [id]
+    );
+    server.terminate();
+    let marked = std::fs::read_to_string(&meta).expect("meta");
+    assert!(marked.contains("format = 2\n"), "{marked}");
+    // A format this shardcast does not know is refused, not misread.
+    std::fs::write(&meta, text.replace("format = 2", "format = 3")).expect("write");
+    server.spawn_detached();
+    assert!(!server.wait_exit().success(), "a start on format 3");
 }

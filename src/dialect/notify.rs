@@ -91,7 +91,11 @@ pub async fn deliver(
     }
     shard.store.add_unread(
         &domain,
-        uids.iter().map(|(slot, uid)| (*slot, uid.as_str())),
+        // The slice's own iterator (simd_json's prelude gives `Vec` a boxed `iter`): its
+        // length tells the store whether the body is shared.
+        uids.as_slice()
+            .iter()
+            .map(|(slot, uid)| (*slot, uid.as_str())),
         &note.id,
         &note.msg,
     )?;

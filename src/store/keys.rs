@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! slot T token(16)                          → expire(8) dlen domain ulen uid
-//! slot U user id(12)                        → notification msg object (JSON)
+//! slot U user id(12)                        → notification msg object (JSON), or empty:
+//!                                              the object is the shard's body `id`
 //! slot Q user id(12)                        → chat message core (offline queue)
 //! slot c user                               → entries in the offline queue (u64)
 //! slot H user seq(8)                        → chat message core (history, seq 1..)
@@ -14,10 +15,16 @@
 //! slot e user(to) user(from)                → first retained fseq (absent: 1)
 //! slot I slen scope klen key               → expire(8) answer (an idempotent call, docs/protocol.md §6)
 //! slot i slen scope klen key               → expire(8) online(8) (this shard's part of a push)
+//! FFFF N id(12)                              → notification msg object shared by entries
+//! FFFF n id(12)                              → unread entries that refer to it (u64)
 //! user = dlen(1) domain ulen(1) uid          (length-prefixed, so keys are prefix-free)
 //! ```
-//! Invariant: domain and uid are 1..=128 bytes (text::valid_name), so each length fits in
-//! one byte.
+//! Invariants: domain and uid are 1..=128 bytes (text::valid_name), so each length fits in
+//! one byte. A push to several users of one shard stores its msg object once, under the
+//! shard-wide prefix `FFFF` (no slot is that large), with a count of the entries that
+//! refer to it: each entry holds an empty value, and the body goes when its last entry
+//! does. Resharding copies a body with each entry it moves and counts again
+//! (`migrate`).
 
 pub const TOKEN: u8 = b'T';
 pub const UNREAD: u8 = b'U';
@@ -31,6 +38,14 @@ pub const HISTORY_FIRST: u8 = b'g';
 pub const FROM_FIRST: u8 = b'e';
 pub const IDEMPOTENT: u8 = b'I';
 pub const IDEMPOTENT_PART: u8 = b'i';
+pub const BODY: u8 = b'N';
+pub const BODY_REFS: u8 = b'n';
+
+/// Bytes of a message id (`ids::MsgId`).
+pub const ID_LEN: usize = 12;
+
+/// The prefix of keys that belong to a shard rather than to a slot (slots are < 4096).
+pub const SHARD_WIDE: [u8; 2] = [0xff, 0xff];
 
 /// Length of the `slot kind user` prefix of a key, if it has one.
 pub fn user_prefix_len(key: &[u8]) -> Option<usize> {
@@ -80,6 +95,21 @@ pub fn idempotent(slot: u16, kind: u8, scope: &str, key: &str) -> Vec<u8> {
     push_name(&mut k, scope);
     push_name(&mut k, key);
     k
+}
+
+/// `FFFF kind id`: a shared notification body ([`BODY`]) or its count ([`BODY_REFS`]).
+pub fn body(kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + id.len());
+    k.extend_from_slice(&SHARD_WIDE);
+    k.push(kind);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The id an unread entry's key ends with (`slot U user id(12)`).
+pub fn unread_id(key: &[u8]) -> Option<&[u8]> {
+    let n = user_prefix_len(key)?;
+    key.get(n..).filter(|id| id.len() == ID_LEN)
 }
 
 pub fn with_suffix(mut prefix: Vec<u8>, suffix: &[u8]) -> Vec<u8> {

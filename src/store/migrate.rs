@@ -13,16 +13,20 @@
 
 use std::path::{Path, PathBuf};
 
+use super::keys;
 use crate::config::Runtime;
 use crate::route::{place, SLOTS};
 
-/// The on-disk format.
-pub const FORMAT: i64 = 1;
+/// The on-disk format. 2 added shared notification bodies ([`keys`]); a directory of
+/// format 1 (every entry holds its own body) is valid format 2 and is marked so at start,
+/// which an older shardcast then refuses rather than misread.
+pub const FORMAT: i64 = 2;
 
 /// Keys moved per batch (bounds memory during a migration).
 const BATCH: usize = 10_000;
 
 struct Meta {
+    format: i64,
     shards: usize,
     migrating_to: Option<usize>,
     /// Nodes of the cluster the data was written in (1 for a single host; absent from
@@ -59,9 +63,10 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, String> {
     };
     let t: toml::Table = text.parse().map_err(|_| bad("not valid TOML"))?;
     let int = |k: &str| t.get(k).and_then(|v| v.as_integer());
-    if int("format") != Some(FORMAT) {
-        return Err(bad(&format!("format is not {FORMAT}")));
-    }
+    let format = int("format").filter(|f| (1..=FORMAT).contains(f));
+    let Some(format) = format else {
+        return Err(bad(&format!("format is not one of 1..={FORMAT}")));
+    };
     if int("slots") != i64::try_from(SLOTS).ok() {
         return Err(bad(&format!("slots is not {SLOTS}")));
     }
@@ -71,6 +76,7 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, String> {
             .filter(|n| *n > 0)
     };
     Ok(Some(Meta {
+        format,
         shards: count("shards").ok_or_else(|| bad("no shard count"))?,
         migrating_to: count("migrating_to"),
         nodes: count("nodes").unwrap_or(1),
@@ -103,6 +109,7 @@ pub fn prepare(config: &Runtime) -> Result<(), String> {
         return write_meta(
             dir,
             &Meta {
+                format: FORMAT,
                 shards: config.shards,
                 migrating_to: None,
                 nodes: nodes_of(config),
@@ -121,6 +128,15 @@ pub fn prepare(config: &Runtime) -> Result<(), String> {
         ));
     }
     if meta.shards == config.shards && meta.migrating_to.is_none() {
+        if meta.format != FORMAT {
+            return write_meta(
+                dir,
+                &Meta {
+                    format: FORMAT,
+                    ..meta
+                },
+            );
+        }
         return Ok(());
     }
     log::warn!(
@@ -135,6 +151,7 @@ pub fn prepare(config: &Runtime) -> Result<(), String> {
     write_meta(
         dir,
         &Meta {
+            format: FORMAT,
             shards: meta.shards,
             migrating_to: Some(config.shards),
             nodes: meta.nodes,
@@ -163,6 +180,7 @@ pub fn prepare(config: &Runtime) -> Result<(), String> {
     write_meta(
         dir,
         &Meta {
+            format: FORMAT,
             shards: config.shards,
             migrating_to: None,
             nodes: meta.nodes,
@@ -229,6 +247,16 @@ fn move_slots(config: &Runtime, old: usize) -> Result<u64, String> {
                 if j == i {
                     continue;
                 }
+                // An entry of a shared body takes a copy of the body along (several
+                // entries of one body overwrite one copy); `recount` then sets its count.
+                if k.get(2) == Some(&keys::UNREAD) && v.is_empty() {
+                    if let Some(id) = keys::unread_id(&k) {
+                        let key = keys::body(keys::BODY, id);
+                        if let Some(body) = db.get(&key).map_err(err)? {
+                            out[j].insert(key, body);
+                        }
+                    }
+                }
                 out[j].insert(k.clone(), v);
                 touched[j] = true;
                 remove.remove(k);
@@ -254,6 +282,10 @@ fn move_slots(config: &Runtime, old: usize) -> Result<u64, String> {
             after = last;
         }
     }
+    for (j, db) in dbs.iter().enumerate().take(target) {
+        recount(db).map_err(err)?;
+        durable(j)?;
+    }
     drop(dbs);
     for i in target..span {
         let path = config.data_dir.join(format!("shard-{i}"));
@@ -261,4 +293,78 @@ fn move_slots(config: &Runtime, old: usize) -> Result<u64, String> {
             .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     }
     Ok(moved)
+}
+
+/// Sets the count of every shared body of a partition to the unread entries there that
+/// refer to it, and removes the bodies none refers to any more (moving copies bodies and
+/// never removes them). Idempotent, like the move: an interrupted resharding counts again.
+fn recount(db: &sled::Db) -> Result<(), sled::Error> {
+    let mut refs: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    for kv in db.range::<&[u8], _>(..&keys::SHARD_WIDE[..]) {
+        let (k, v) = kv?;
+        if k.get(2) == Some(&keys::UNREAD) && v.is_empty() {
+            if let Some(id) = keys::unread_id(&k) {
+                *refs.entry(id.to_vec()).or_default() += 1;
+            }
+        }
+    }
+    let mut batch = sled::Batch::default();
+    for k in db.scan_prefix(keys::body(keys::BODY, &[])).keys() {
+        let k = k?;
+        let id = &k[3..];
+        match refs.get(id) {
+            Some(n) => batch.insert(keys::body(keys::BODY_REFS, id), &n.to_be_bytes()),
+            None => {
+                batch.remove(keys::body(keys::BODY_REFS, id));
+                batch.remove(k);
+            }
+        }
+    }
+    db.apply_batch(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recount_sets_each_body_to_its_entries_and_drops_the_orphans() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let entry = |u: &str, id: &[u8]| {
+            keys::with_suffix(
+                keys::user(crate::route::slot_of("d", u), keys::UNREAD, "d", u),
+                id,
+            )
+        };
+        let (kept, orphan, inline) = ([1u8; 12], [2u8; 12], [3u8; 12]);
+        for u in ["a", "b"] {
+            db.insert(entry(u, &kept), &b""[..]).expect("insert");
+        }
+        // An entry that holds its own body refers to nothing.
+        db.insert(entry("c", &inline), &b"{}"[..]).expect("insert");
+        for (id, n) in [(kept, 5u64), (orphan, 1)] {
+            db.insert(keys::body(keys::BODY, &id), &b"{\"x\":1}"[..])
+                .expect("insert");
+            db.insert(keys::body(keys::BODY_REFS, &id), &n.to_be_bytes())
+                .expect("insert");
+        }
+        for _ in 0..2 {
+            recount(&db).expect("recount");
+            let shared: Vec<(Vec<u8>, Vec<u8>)> = db
+                .scan_prefix(keys::SHARD_WIDE)
+                .map(|kv| kv.expect("kv"))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            assert_eq!(
+                shared,
+                [
+                    (keys::body(keys::BODY, &kept), b"{\"x\":1}".to_vec()),
+                    (
+                        keys::body(keys::BODY_REFS, &kept),
+                        2u64.to_be_bytes().to_vec()
+                    ),
+                ]
+            );
+        }
+    }
 }

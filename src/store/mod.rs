@@ -189,26 +189,62 @@ impl Store {
         }
     }
 
-    /// Stores one notification as unread for each `(slot, uid)` (one atomic batch).
+    /// Stores one notification as unread for each `(slot, uid)`. For one user the entry
+    /// holds the msg object; for several, the object is stored once as the shard's body
+    /// `id` with a count of its entries, and each entry is empty ([`keys`]).
     pub fn add_unread<'a>(
         &self,
         domain: &str,
-        users: impl Iterator<Item = (u16, &'a str)>,
+        users: impl ExactSizeIterator<Item = (u16, &'a str)>,
         id: &crate::ids::MsgId,
         msg: &[u8],
     ) -> Result<(), Error> {
         crate::fault::store_write()?;
+        let shared = users.len() > 1;
+        let refs = users.len() as u64;
+        let value = if shared {
+            IVec::default()
+        } else {
+            IVec::from(msg)
+        };
         // Plain inserts, not a sled Batch: a batch seals sled's log buffer (a write and a
         // sync_file_range per batch), which cost ~10x the CPU of the inserts themselves.
         // Each entry stands alone, and nothing is acknowledged before `durable()`.
-        let value = IVec::from(msg);
         let mut touched = self.unread_touched.borrow_mut();
         for (slot, uid) in users {
             let prefix = keys::user(slot, keys::UNREAD, domain, uid);
             touched.mark(&prefix);
             self.put(keys::with_suffix(prefix, &id.0), value.clone())?;
         }
+        if shared {
+            // After the entries: sled recovers a prefix of its log, and an entry whose
+            // body is missing is skipped, where a body whose entries are missing would
+            // never be removed.
+            self.put(keys::body(keys::BODY, &id.0), msg)?;
+            self.put(keys::body(keys::BODY_REFS, &id.0), &refs.to_be_bytes())?;
+        }
         Ok(())
+    }
+
+    /// Removes one unread entry (the whole key); whether it was there. The last entry of
+    /// a shared body takes the body with it.
+    fn remove_unread_entry(&self, key: &[u8]) -> Result<bool, Error> {
+        let Some(old) = self.del(key)? else {
+            return Ok(false);
+        };
+        if old.is_empty() {
+            if let Some(id) = keys::unread_id(key) {
+                let refs = keys::body(keys::BODY_REFS, id);
+                let n = keys::u64_value(self.db.get(&refs)?.as_deref());
+                if n > 1 {
+                    self.put(refs, &(n - 1).to_be_bytes())?;
+                } else {
+                    self.del(keys::body(keys::BODY, id))?;
+                    self.del(refs)?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// The newest unread notifications of a user that fit in `limit` entries and
@@ -225,7 +261,21 @@ impl Store {
         let mut out = Vec::new();
         let mut bytes = 0;
         for kv in self.db.scan_prefix(&prefix).rev().take(limit) {
-            let v = kv?.1;
+            let (k, v) = kv?;
+            let v = if v.is_empty() {
+                // A shared body; missing only after a crash in the middle of a write
+                // that was never acknowledged.
+                let body = match keys::unread_id(&k) {
+                    Some(id) => self.db.get(keys::body(keys::BODY, id))?,
+                    None => None,
+                };
+                match body {
+                    Some(b) => b,
+                    None => continue,
+                }
+            } else {
+                v
+            };
             // The comma between entries counts too.
             bytes += v.len() + 1;
             if bytes > max_bytes {
@@ -251,10 +301,7 @@ impl Store {
         for id in ids {
             // Through the journal like every write: a read report replayed from an older
             // journal would otherwise come back as unread after a crash.
-            if self
-                .del(keys::with_suffix(prefix.clone(), &id.0))?
-                .is_none()
-            {
+            if !self.remove_unread_entry(&keys::with_suffix(prefix.clone(), &id.0))? {
                 missing.push(*id);
             }
         }
@@ -451,5 +498,126 @@ impl Store {
             }
         }
         Ok(HistoryPage { total, items })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> Store {
+        let config = crate::config::from_str(&format!("data_dir = {dir:?}")).expect("config");
+        Store::new(open(&config, 0).expect("store"), &config, 0)
+    }
+
+    /// Keys under the shard-wide prefix: `(kind, id, value)`.
+    fn shared(store: &Store) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
+        store
+            .db
+            .scan_prefix(keys::SHARD_WIDE)
+            .map(|kv| {
+                let (k, v) = kv.expect("kv");
+                (k[2], k[3..].to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_push_to_several_users_stores_its_body_once_until_its_last_entry_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let ids = crate::ids::IdGen::new(0);
+        let users = ["a", "b", "c"];
+        let slot = |u: &str| crate::route::slot_of("d", u);
+        let body = format!("{{\"content\":\"{}\"}}", "x".repeat(10_000));
+        let id = ids.next();
+        store
+            .add_unread(
+                "d",
+                users.iter().map(|u| (slot(u), *u)),
+                &id,
+                body.as_bytes(),
+            )
+            .expect("add");
+        // One body, one count; each entry is empty and lists the body.
+        assert_eq!(
+            shared(&store),
+            [
+                (keys::BODY, id.0.to_vec(), body.as_bytes().to_vec()),
+                (keys::BODY_REFS, id.0.to_vec(), 3u64.to_be_bytes().to_vec()),
+            ]
+        );
+        for u in users {
+            let entry = keys::with_suffix(keys::user(slot(u), keys::UNREAD, "d", u), &id.0);
+            assert_eq!(store.db.get(entry).expect("get").as_deref(), Some(&b""[..]));
+            let list = store.unread(slot(u), "d", u, 10, usize::MAX).expect("list");
+            assert_eq!(list, [body.as_bytes()], "{u}");
+        }
+        // A push to one user keeps its body in the entry.
+        let single = ids.next();
+        store
+            .add_unread("d", std::iter::once((slot("a"), "a")), &single, b"{}")
+            .expect("add");
+        assert_eq!(shared(&store).len(), 2);
+        assert_eq!(
+            store
+                .unread(slot("a"), "d", "a", 10, usize::MAX)
+                .expect("list"),
+            [body.as_bytes(), b"{}"]
+        );
+        // Read reports: the count falls, and the last one takes the body.
+        for (i, u) in users.iter().enumerate() {
+            let missing = store.remove_unread(slot(u), "d", u, &[id]).expect("remove");
+            assert!(missing.is_empty());
+            let left = shared(&store);
+            if i < 2 {
+                assert_eq!(left[1].2, (2 - i as u64).to_be_bytes(), "after {u}");
+            } else {
+                assert!(left.is_empty(), "after the last: {left:?}");
+            }
+        }
+        // A second report of the same id is an error, and changes nothing.
+        assert_eq!(
+            store
+                .remove_unread(slot("a"), "d", "a", &[id])
+                .expect("remove"),
+            [id]
+        );
+        assert_eq!(
+            store
+                .unread(slot("a"), "d", "a", 10, usize::MAX)
+                .expect("list"),
+            [b"{}"]
+        );
+    }
+
+    #[test]
+    fn an_entry_whose_body_never_reached_the_store_is_skipped() {
+        // What a crash in the middle of an unacknowledged write can leave: sled recovers
+        // a prefix of its log, the entries before their body.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let ids = crate::ids::IdGen::new(0);
+        let slot = crate::route::slot_of("d", "a");
+        let (lost, kept) = (ids.next(), ids.next());
+        store
+            .db
+            .insert(
+                keys::with_suffix(keys::user(slot, keys::UNREAD, "d", "a"), &lost.0),
+                &b""[..],
+            )
+            .expect("insert");
+        store
+            .add_unread("d", std::iter::once((slot, "a")), &kept, b"{\"k\":1}")
+            .expect("add");
+        assert_eq!(
+            store.unread(slot, "d", "a", 10, usize::MAX).expect("list"),
+            [b"{\"k\":1}"]
+        );
+        assert!(store
+            .remove_unread(slot, "d", "a", &[lost])
+            .expect("remove")
+            .is_empty());
+        assert!(shared(&store).is_empty());
     }
 }

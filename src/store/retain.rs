@@ -153,6 +153,11 @@ impl Store {
                 return Ok(None);
             };
             let (k, v) = kv?;
+            if k.starts_with(&keys::SHARD_WIDE) {
+                // Shared bodies, last in the keyspace: they go with their entries.
+                self.unread_touched.borrow_mut().finished = true;
+                return Ok(None);
+            }
             budget -= 1;
             // By default the next key; a whole user's keys of one kind when handled.
             let mut next = {
@@ -258,7 +263,7 @@ impl Store {
         let finished = walked < max.saturating_add(budget);
         oldest.truncate(walked.saturating_sub(max));
         for key in &oldest {
-            self.del(key)?;
+            self.remove_unread_entry(key)?;
         }
         Ok((oldest.len() as u64, walked, finished))
     }
@@ -558,5 +563,47 @@ mod tests {
                 .len(),
             max
         );
+    }
+
+    #[test]
+    fn the_unread_cap_takes_a_shared_body_with_its_last_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
+        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
+        let ids = crate::ids::IdGen::new(0);
+        let users = ["p", "q"];
+        let slot = |u: &str| crate::route::slot_of("d", u);
+        let old = ids.next();
+        store
+            .add_unread(
+                "d",
+                users.iter().map(|u| (slot(u), *u)),
+                &old,
+                b"{\"old\":1}",
+            )
+            .expect("add");
+        for u in users {
+            store
+                .add_unread("d", std::iter::once((slot(u), u)), &ids.next(), b"{}")
+                .expect("add");
+        }
+        let shared = || store.db.scan_prefix(keys::SHARD_WIDE).count();
+        assert_eq!(shared(), 2, "the body and its count");
+        let policy = Policy {
+            max_unread: 1,
+            history_max_age_secs: 0,
+            history_max_per_user: 0,
+            offline_ttl_secs: 0,
+        };
+        let removed: u64 = pass(&store, &policy, 0, 50).iter().map(|s| s.unread).sum();
+        assert_eq!(removed, 2);
+        assert_eq!(shared(), 0, "the body went with its last entry");
+        for u in users {
+            assert_eq!(
+                store.unread(slot(u), "d", u, 10, usize::MAX).expect("list"),
+                [b"{}"]
+            );
+        }
     }
 }
