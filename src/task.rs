@@ -14,13 +14,39 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// Runs `work`, catching a panic inside it; `None` when it panicked (logged with `what`).
-pub async fn contain<T>(what: &str, work: impl Future<Output = T>) -> Option<T> {
-    use futures_lite::FutureExt;
-    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(v) => Some(v),
-        Err(cause) => {
-            failed(what, &*cause);
-            None
+/// A plain function returning [`Contained`], not an `async fn`: the state of an `async fn`
+/// keeps its argument beside the future it awaits, so every contained task (a connection
+/// for its whole life) would hold its work twice.
+pub fn contain<F: Future>(what: &str, work: F) -> Contained<'_, F> {
+    Contained { what, work }
+}
+
+pin_project_lite::pin_project! {
+    /// [`contain`]'s future: `work`, each poll inside `catch_unwind`.
+    pub struct Contained<'a, F> {
+        what: &'a str,
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F: Future> Future for Contained<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        // After a panic the work is not polled again: `None` has ended this future.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.work.as_mut().poll(cx)))
+        {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(cause) => {
+                failed(this.what, &*cause);
+                std::task::Poll::Ready(None)
+            }
         }
     }
 }
@@ -83,5 +109,44 @@ where
             owner.stopped(),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contained_future_holds_its_work_once() {
+        // What a connection task is: a large state machine, alive for the connection's
+        // life. An `async fn` wrapper held it twice.
+        let work = async {
+            let buf = [7u8; 1000];
+            std::future::ready(()).await;
+            buf.iter().map(|&b| usize::from(b)).sum::<usize>()
+        };
+        let alone = std::mem::size_of_val(&work);
+        let contained = contain("a test", work);
+        let size = std::mem::size_of_val(&contained);
+        assert!(
+            size <= alone + 32,
+            "contained: {size} bytes for {alone} of work"
+        );
+        assert_eq!(futures_lite::future::block_on(contained), Some(7000));
+    }
+
+    #[test]
+    fn a_panic_in_contained_work_becomes_none() {
+        let work = async {
+            std::future::ready(()).await;
+            if std::hint::black_box(true) {
+                panic!("injected");
+            }
+            1
+        };
+        assert_eq!(
+            futures_lite::future::block_on(contain("a test", work)),
+            None
+        );
     }
 }

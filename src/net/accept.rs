@@ -295,7 +295,7 @@ async fn upgrade(
     if owner == shard.id {
         // A task of its own, so that nothing of this request's parsing (this task's
         // state) stays alive for the connection's lifetime.
-        glommio::spawn_local(upgrade::complete(shard, stream, up)).detach();
+        upgrade::complete(shard, stream, up);
     } else {
         handoff::hand_off(&shard, owner, stream, up);
     }

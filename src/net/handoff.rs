@@ -25,7 +25,7 @@ pub fn hand_off(shard: &Rc<Shard>, target: usize, stream: Stream, upgrade: Upgra
     let sent = shard.peer(target).send(Box::new(move |owner: &Rc<Shard>| {
         let stream = Stream::from_parts(parts);
         let owner = owner.clone();
-        glommio::spawn_local(crate::ws::upgrade::complete(owner, stream, upgrade)).detach();
+        crate::ws::upgrade::complete(owner, stream, upgrade);
     }));
     if !sent {
         log::warn!("hand-off: shard {target} has stopped; connection dropped");

@@ -114,23 +114,24 @@ fn response_101(accept: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs on the owner shard (or on the accepting shard when the login already failed).
-/// The login and greeting are done synchronously by [`open`], so that this task's state
-/// for the life of the connection is the connection loop alone (an idle connection's
-/// memory is mostly this future). A panic in the connection's code ends this connection
-/// only: it is caught here, the connection leaves the session table (its `Leave` guard
-/// drops), and the shard goes on.
-pub async fn complete(shard: Rc<Shard>, stream: Stream, up: Upgrade) {
+/// Runs on the owner shard (or on the accepting shard when the login already failed):
+/// the login and greeting, at once ([`open`]), then the connection's task, spawned here.
+/// That task's state for the life of the connection is the connection loop alone, held
+/// once (an idle connection's memory is mostly this future: nothing of the request, no
+/// `async fn` around it that would keep a second copy). A panic in the connection's code
+/// ends this connection only: it is caught, the connection leaves the session table (its
+/// `Leave` guard drops), and the shard goes on.
+pub fn complete(shard: Rc<Shard>, stream: Stream, up: Upgrade) {
     let Some((conn, rest, leave)) =
         crate::task::contain_now("a WebSocket login", || open(&shard, up))
     else {
         return;
     };
-    crate::task::contain(
+    glommio::spawn_local(crate::task::contain(
         "a connection task",
         super::conn::run(shard, stream, conn, rest, leave),
-    )
-    .await;
+    ))
+    .detach();
 }
 
 /// Checks the login, creates the connection and queues its greeting (or its error and
