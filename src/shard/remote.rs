@@ -40,7 +40,7 @@ pub struct Session {
     pub holder: usize,
     pub key: u64,
     pub rbuf: RefCell<Vec<u8>>,
-    pub frag: RefCell<Option<crate::ws::frame::Fragments>>,
+    pub frag: RefCell<Option<Box<crate::ws::frame::Fragments>>>,
     /// Set by `detach`: the client is gone.
     pub detached: Cell<bool>,
 }

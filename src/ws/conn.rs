@@ -71,10 +71,12 @@ pub async fn run(
     mut stream: Stream,
     conn: Rc<Conn>,
     mut rbuf: Vec<u8>,
-    leave: Leave,
+    // Held, not used: dropped when the task ends, however it ends.
+    _leave: Leave,
 ) {
-    let _leave = leave;
-    let mut frag: Option<Fragments> = None;
+    // Boxed: a fragmented message is rare, and an idle connection's task should not
+    // carry its room.
+    let mut frag: Option<Box<Fragments>> = None;
     // Complete frames are waiting in `rbuf` for room in the sends in flight.
     let mut paused = false;
     if !rbuf.is_empty() {
@@ -190,7 +192,7 @@ pub fn process(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     rbuf: &mut Vec<u8>,
-    frag: &mut Option<Fragments>,
+    frag: &mut Option<Box<Fragments>>,
 ) -> bool {
     let max = shard.config.max_frame_bytes;
     let mut pos = 0;
@@ -232,7 +234,7 @@ pub fn process(
                     since_ms: shard.clock_ms(),
                 };
                 if f.append(payload) {
-                    *frag = Some(f);
+                    *frag = Some(Box::new(f));
                 } else {
                     conn.close(close::INVALID_UTF8);
                 }
