@@ -121,6 +121,8 @@ fn single_user_calls_are_served_by_the_owner_node() {
 fn a_call_to_a_node_that_is_down_fails_with_1009_and_the_rest_serve() {
     let nats = Nats::start();
     let mut nodes = three(&nats);
+    // Its first calls must reach node 2 (only its failures are counted below).
+    common::formed(&nodes);
     let gone = uid_of_node(D, "g", 2, 3);
     let here = uid_of_node(D, "h", 0, 3);
     let mut ws = subscriber(&nodes, 0, 0, &here);

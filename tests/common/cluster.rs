@@ -104,6 +104,25 @@ pub fn cluster_node_with(nats: &Nats, node: usize, nodes: usize, extra: &str) ->
     Server::start(&[("cluster", &table)])
 }
 
+/// Waits (bounded) until every node answers calls for every other node's users: a node
+/// listens before its NATS subscription is up, and on a loaded machine a call sent in
+/// between finds nobody serving the node and fails with 1009. The calls it makes are
+/// counted in `cluster_calls_total`.
+pub fn formed(nodes: &[Server]) {
+    let n = nodes.len();
+    for (via, node) in nodes.iter().enumerate() {
+        for owner in (0..n).filter(|o| *o != via) {
+            let uid = uid_of_node("default", &format!("formed{via}-"), owner, n);
+            let answered = wait_until(WAIT, || {
+                let ts = super::now_secs().to_string();
+                let sign = super::sign(&uid, &ts, super::SECRET);
+                node.request_token(None, &uid, &ts, &sign).0 == 200
+            });
+            assert!(answered, "node {via} reaches node {owner} through NATS");
+        }
+    }
+}
+
 /// A uid in `domain` owned by `node` of `nodes` (2 shards each).
 pub fn uid_of_node(domain: &str, prefix: &str, node: usize, nodes: usize) -> String {
     (0..10_000)
