@@ -120,13 +120,18 @@ if groups:
             loss = f"{sum(r['lost'] for r in rs)} / {sum(r.get('duplicated', 0) for r in rs)}"
         name = f"{label}, {mode}" if mode else label
         print(f"| {name} | {server} | {rate} | {cpu} | {spread(rs, 'p99_ms')} | {loss} | {len(rs)} |")
-    # Idle: marginal RSS per connection, 5,000 → 15,000, per round (runs pair up in order).
+    # Idle: marginal RSS per connection, 5,000 → 15,000, per round (runs pair up in order):
+    # the slope of what the connections added (RSS after them − before them; shardcast's
+    # tokens are fetched before "before"), and the older slope of "after" alone, which
+    # also counts the store's growth with 10,000 more users' tokens.
     for server in sorted({who(r) for r in rows if r["scenario"] == "idle" and r.get("label")}):
         lo = [r for r in rows if r.get("label") == "idle 5000" and who(r) == server]
         hi = [r for r in rows if r.get("label") == "idle 15000" and who(r) == server]
-        slopes = [round((h["rss_after_kib"] - l["rss_after_kib"]) * 1024 / 10000) for l, h in zip(lo, hi)]
+        added = lambda r: r["rss_after_kib"] - r["rss_before_kib"]
+        slopes = [round((added(h) - added(l)) * 1024 / 10000) for l, h in zip(lo, hi)]
+        after = [round((h["rss_after_kib"] - l["rss_after_kib"]) * 1024 / 10000) for l, h in zip(lo, hi)]
         if slopes:
-            print(f"| idle, marginal RSS per connection 5k → 15k | {server} | {med(slopes)} B ({min(slopes)}–{max(slopes)}) | | | | {len(slopes)} |")
+            print(f"| idle, marginal RSS per connection 5k → 15k | {server} | {med(slopes)} B ({min(slopes)}–{max(slopes)}); after-only slope {med(after)} B | | | | {len(slopes)} |")
 rows = [r for r in rows if not r.get("label")]
 if rows:
     print("\n| scenario | server | result |\n|---|---|---|")
