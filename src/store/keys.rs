@@ -1,5 +1,6 @@
-//! Key layout of a shard's sled partition. Every key starts with the user's slot
-//! (2 bytes, big-endian) so that a change of shard count moves whole slots by prefix.
+//! Key layout of a shard's sled partition. Every key of a user starts with the user's slot
+//! (2 bytes, big-endian) so that a change of shard count moves whole slots by prefix; the
+//! shard's shared notification bodies start with `FFFF` instead.
 //!
 //! ```text
 //! slot T token(16)                          → expire(8) dlen domain ulen uid
