@@ -88,8 +88,8 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, String> {
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     let mut text = format!(
-        "format = {FORMAT}\nslots = {SLOTS}\nshards = {}\n",
-        meta.shards
+        "format = {}\nslots = {SLOTS}\nshards = {}\n",
+        meta.format, meta.shards
     );
     if let Some(n) = meta.migrating_to {
         text.push_str(&format!("migrating_to = {n}\n"));

@@ -505,7 +505,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store(dir: &std::path::Path) -> Store {
+    /// A shard-0 store in `dir`, default config (the retention tests use it too).
+    pub(super) fn store(dir: &std::path::Path) -> Store {
         let config = crate::config::from_str(&format!("data_dir = {dir:?}")).expect("config");
         Store::new(open(&config, 0).expect("store"), &config, 0)
     }

@@ -458,9 +458,7 @@ mod tests {
     #[test]
     fn a_long_history_is_trimmed_in_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
-        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
+        let store = super::super::tests::store(dir.path());
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "long");
         let n = 3 * STEP as u64 + 17;
@@ -497,9 +495,7 @@ mod tests {
     #[test]
     fn the_unread_cap_keeps_the_newest_across_bounded_steps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
-        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
+        let store = super::super::tests::store(dir.path());
         let ids = crate::ids::IdGen::new(0);
         let slot = crate::route::slot_of("d", "many");
         let (max, n) = (300, 300 + 2 * STEP + 5);
@@ -568,9 +564,7 @@ mod tests {
     #[test]
     fn the_unread_cap_takes_a_shared_body_with_its_last_entry() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            crate::config::from_str(&format!("data_dir = {:?}", dir.path())).expect("config");
-        let store = Store::new(super::super::open(&config, 0).expect("store"), &config, 0);
+        let store = super::super::tests::store(dir.path());
         let ids = crate::ids::IdGen::new(0);
         let users = ["p", "q"];
         let slot = |u: &str| crate::route::slot_of("d", u);
