@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 
+use super::memtable::Memtable;
 use crate::config::Durability;
 use crate::Error;
 
@@ -84,7 +85,7 @@ impl Commit {
     /// Resolves once everything written before the call is durable (per the mode).
     pub async fn durable(
         self: &Rc<Self>,
-        db: &sled::Db,
+        mem: &Rc<Memtable>,
         file: &std::sync::Arc<std::fs::File>,
     ) -> Result<(), Error> {
         if self.mode == Durability::Async {
@@ -97,9 +98,9 @@ impl Commit {
         }
         if !self.running.replace(true) {
             let this = self.clone();
-            let (db, file) = (db.clone(), file.clone());
+            let (mem, file) = (mem.clone(), file.clone());
             glommio::spawn_local(async move {
-                if crate::task::contain("the commit loop", this.clone().flush_loop(db, file))
+                if crate::task::contain("the commit loop", this.clone().flush_loop(mem, file))
                     .await
                     .is_none()
                 {
@@ -124,7 +125,7 @@ impl Commit {
     /// `group_commit_ms` > 0 asks the leader to wait that long for company. New zeroed
     /// space is written beside the records; a rotation waits until no record and no
     /// zeroing is in flight (it changes where both go).
-    async fn flush_loop(self: Rc<Self>, db: sled::Db, file: std::sync::Arc<std::fs::File>) {
+    async fn flush_loop(self: Rc<Self>, mem: Rc<Memtable>, file: std::sync::Arc<std::fs::File>) {
         let mut inflight: VecDeque<Group> = VecDeque::new();
         let mut room: Option<super::journal::RoomWrite> = None;
         loop {
@@ -136,7 +137,7 @@ impl Commit {
                 if let Some(delay) = crate::fault::flush_delay() {
                     glommio::timer::sleep(delay).await;
                 }
-                if let Err(e) = self.journal.prepare(&db, &file).await {
+                if let Err(e) = self.journal.prepare(&mem, &file).await {
                     // The record stays pending: the next waiter starts a loop that tries
                     // again.
                     for tx in std::mem::take(&mut *self.waiting.borrow_mut()) {
@@ -152,7 +153,7 @@ impl Commit {
             // From here to the record's take: no await. With a rotation due, the records
             // and the zeroing in flight end first; a record that would reach the space
             // being zeroed waits for that write.
-            let quiet = self.journal.rotation_due();
+            let quiet = self.journal.rotation_due(mem.bytes());
             let idle = inflight.is_empty() && room.is_none();
             if self.journal.may_take() && (idle || (inflight.len() < self.depth && !quiet)) {
                 let waiters = std::mem::take(&mut *self.waiting.borrow_mut());
@@ -191,9 +192,9 @@ impl Commit {
                 }
                 let j = &self.journal;
                 let can_take = if inflight.is_empty() {
-                    room.is_none() || (j.may_take() && !j.rotation_due())
+                    room.is_none() || (j.may_take() && !j.rotation_due(mem.bytes()))
                 } else {
-                    inflight.len() < self.depth && j.may_take() && !j.rotation_due()
+                    inflight.len() < self.depth && j.may_take() && !j.rotation_due(mem.bytes())
                 };
                 if (can_take && !self.waiting.borrow().is_empty())
                     || (inflight.is_empty() && room.is_none())
@@ -225,6 +226,7 @@ impl Commit {
     fn release(&self, group: Group, result: std::io::Result<()>, inflight: &mut VecDeque<Group>) {
         match result {
             Ok(()) => {
+                self.journal.settled(1);
                 self.count(1, group.waiters.len());
                 for tx in group.waiters {
                     let _ = tx.send(Ok(()));
@@ -235,6 +237,7 @@ impl Commit {
                 // reachable by replay, so none is acknowledged.
                 let e = self.journal.failed(e);
                 for g in std::iter::once(group).chain(std::mem::take(inflight)) {
+                    self.journal.settled(1);
                     self.count(1, g.waiters.len());
                     for tx in g.waiters {
                         let _ = tx.send(Err(e.clone()));
@@ -270,7 +273,7 @@ mod tests {
         path: &std::path::Path,
         depth: usize,
         checkpoint: Option<u64>,
-    ) -> (Rc<Commit>, sled::Db, std::sync::Arc<File>) {
+    ) -> (Rc<Commit>, Rc<Memtable>, std::sync::Arc<File>) {
         let file = File::create(path.join("journal.0000000000000000")).expect("file");
         let journal = super::super::journal::Journal::new(path.to_path_buf(), file, 0, true);
         if let Some(bytes) = checkpoint {
@@ -283,7 +286,7 @@ mod tests {
             .open()
             .expect("db");
         let sync = std::sync::Arc::new(File::open(path).expect("dir"));
-        (commit, db, sync)
+        (commit, Rc::new(Memtable::new(db, true)), sync)
     }
 
     /// Generation 0's journal in `dir` replayed into a fresh database: it, the records
@@ -381,9 +384,9 @@ mod tests {
                 let next = path.join("journal.0000000000000001");
                 let mut made_ahead = None;
                 for i in 0..400u32 {
-                    // As the store does: sled first, then the journal.
+                    // As the store does: the memtable first, then the journal.
                     let key = format!("k{i}");
-                    db.insert(key.as_bytes(), &[i as u8; 300][..])
+                    db.insert(key.as_bytes(), sled::IVec::from(&[i as u8; 300][..]))
                         .expect("insert");
                     commit.journal().put(key.as_bytes(), &[i as u8; 300]);
                     assert_eq!(commit.durable(&db, &sync).await, Ok(()));
@@ -429,6 +432,52 @@ mod tests {
                 "k{i} {names:?} {seen:?}"
             );
         }
+    }
+
+    /// A checkpoint writes its memtable into sled in key order, not in the order of the
+    /// writes: it waits until the record holding the table's last writes has ended, so
+    /// that sled never holds a write replay could not put back in order.
+    #[test]
+    fn a_checkpoint_applies_its_memtable_only_after_the_record_of_its_last_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (commit, mem, sync) = parts(&path, 1, Some(1));
+                let j = commit.journal();
+                let write = |k: &[u8]| {
+                    mem.insert(k, sled::IVec::from(&b"v"[..])).expect("insert");
+                    j.put(k, b"v");
+                };
+                write(b"k0");
+                j.prepare(&mem, &sync).await.expect("prepare");
+                j.take_record().expect("a record").await.expect("written");
+                j.settled(1);
+                // A checkpoint is due; k1 is in no record yet when it begins.
+                write(b"k1");
+                j.prepare(&mem, &sync).await.expect("rotate");
+                assert_eq!(j.generation(), 1);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                assert!(j.is_checkpointing());
+                assert_eq!(mem.db().get(b"k1").expect("get"), None);
+                assert_eq!(mem.get(b"k1").expect("get").as_deref(), Some(&b"v"[..]));
+                j.take_record().expect("a record").await.expect("written");
+                j.settled(1);
+                for _ in 0..5000 {
+                    if !j.is_checkpointing() {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                assert!(!j.is_checkpointing());
+                for k in [&b"k0"[..], b"k1"] {
+                    assert!(mem.db().get(k).expect("get").is_some());
+                }
+                assert!(!path.join("journal.0000000000000000").exists());
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
     }
 
     /// A record larger than one write (a wide fan-out) is written in pieces after the

@@ -1,10 +1,11 @@
 //! The durability point of `group` and `sync` (docs/architecture.md "Storage"): every write a shard's
 //! store makes is also appended, in order, to the shard's journal
 //! (`shard-<i>/journal.<generation>`); a group commit writes what accumulated since the last
-//! one as one record. sled is updated in memory at once and written out lazily (as its log
-//! buffers fill, and at a checkpoint every [`CHECKPOINT_BYTES`] of journal; its periodic
-//! flusher does not run in these modes, [`super::files::open_db`]); at start the journals
-//! are replayed into sled before anything else opens it.
+//! one as one record. The writes are held in the shard's memtable ([`super::memtable`])
+//! and reach sled at a checkpoint, every [`CHECKPOINT_BYTES`] of journal or
+//! [`super::memtable::MEMTABLE_BYTES`] of memtable (sled's periodic flusher does not run in
+//! these modes, [`super::files::open_db`]); at start the journals are replayed into sled
+//! before anything else opens it.
 //!
 //! Why not sled's own flush per group: it re-serializes and writes page fragments, ~250 µs
 //! of CPU per push at 16 publishers, and still needs an fdatasync after it (sled 0.34 ends
@@ -21,14 +22,14 @@
 //! thread (io_uring has no inline fsync). A zero header is where the records end.
 //!
 //! Invariants: the journals hold every write made since the last checkpoint, in the order
-//! sled saw them; operations are absolute puts and removes, so replaying what sled already
+//! the store made them; operations are absolute puts and removes, so replaying what sled already
 //! has changes nothing; a group's writes are one record, or several past [`FRAME_MAX`]; a
 //! record is framed by its length and CRC, and replay stops at the
 //! first torn one (nothing after it was acknowledged: acknowledgements wait for the
 //! write of the record, and of every record before it, to complete); two writes in
-//! flight never share a block; a journal is deleted only after a sled flush and an
-//! fdatasync of sled's log and blob files that started after its last record
-//! ([`super::files::sync_partition`]).
+//! flight never share a block; a journal is deleted only after its writes were applied to
+//! sled and a sled flush and an fdatasync of sled's log and blob files that started after
+//! its last record ([`super::files::sync_partition`]).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -40,12 +41,17 @@ use std::sync::Arc;
 
 use glommio::io::{DmaBuffer, DmaFile};
 
+use super::memtable::{Memtable, MEMTABLE_BYTES};
 use crate::Error;
 
 /// Journal bytes after which the shard checkpoints (flushes sled and deletes the older
 /// journals): bounds the disk the journals take (about twice this per shard) and the
 /// replay at start (well under a second for this much).
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// How long a checkpoint waits for the record holding its memtable's last writes before
+/// it gives up (and the next rotation tries again).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Zeroed space added ahead of the records at a time.
 pub const ROOM: usize = 1 << 20;
@@ -433,6 +439,11 @@ pub struct Journal {
     /// Journal bytes after which a checkpoint is due ([`CHECKPOINT_BYTES`]; smaller in
     /// tests).
     checkpoint_bytes: Cell<u64>,
+    /// Records taken, and those whose write has ended (durable or failed: the commit loop
+    /// says which, in journal order). A checkpoint applies a frozen memtable only once
+    /// the record holding its last writes has ended.
+    records_taken: Cell<u64>,
+    records_ended: Rc<Cell<u64>>,
 }
 
 impl Journal {
@@ -464,6 +475,8 @@ impl Journal {
             checkpoint_bytes: Cell::new(
                 crate::fault::checkpoint_bytes().unwrap_or(CHECKPOINT_BYTES),
             ),
+            records_taken: Cell::new(0),
+            records_ended: Rc::new(Cell::new(0)),
         }
     }
 
@@ -527,9 +540,9 @@ impl Journal {
     /// one is due (a checkpoint's size, or a failed write: after one, the file's tail is
     /// unknown, so later records go to a new file, which replay reads after the torn end
     /// of this one). Called before a group is taken, with no record or zeroing in flight.
-    pub async fn prepare(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
-        if self.rotation_due() {
-            self.rotate(db, db_file).await?;
+    pub async fn prepare(&self, mem: &Rc<Memtable>, db_file: &Arc<File>) -> Result<(), Error> {
+        if self.rotation_due(mem.bytes()) {
+            self.rotate(mem, db_file).await?;
         }
         if self.sink.borrow().is_none() {
             let file = open_on_ring(&self.dir, self.generation.get())
@@ -540,12 +553,17 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether the next [`Journal::prepare`] rotates (the commit loop then lets the
-    /// records in flight end first, so that a rotation is never put off by a pipeline
-    /// that never empties).
-    pub fn rotation_due(&self) -> bool {
-        self.broken.get()
-            || (self.written.get() >= self.checkpoint_bytes.get() && !self.checkpointing.get())
+    /// Whether the next [`Journal::prepare`] rotates, with `held` bytes in the memtable
+    /// (the commit loop then lets the records in flight end first, so that a rotation is
+    /// never put off by a pipeline that never empties).
+    pub fn rotation_due(&self, held: usize) -> bool {
+        let full = self.written.get() >= self.checkpoint_bytes.get() || held >= MEMTABLE_BYTES;
+        self.broken.get() || (full && !self.checkpointing.get())
+    }
+
+    /// `n` more records taken have ended (in journal order), durable or failed.
+    pub fn settled(&self, n: u64) {
+        self.records_ended.set(self.records_ended.get() + n);
     }
 
     /// The journal generation records go to now.
@@ -600,6 +618,8 @@ impl Journal {
         if !self.has_pending() {
             return None;
         }
+        // Every record returned ends through the commit loop's `release`, this one too.
+        self.records_taken.set(self.records_taken.get() + 1);
         let sink = self.sink.borrow().clone();
         let Some(sink) = sink else {
             return Some(Box::pin(std::future::ready(Err(std::io::Error::other(
@@ -709,10 +729,10 @@ impl Journal {
         }
     }
 
-    /// Starts a new generation, then checkpoints in the background: sled's flush and an
-    /// fdatasync of its log (both starting now, after every write the older journals hold),
-    /// then the older journals are deleted.
-    async fn rotate(&self, db: &sled::Db, db_file: &Arc<File>) -> Result<(), Error> {
+    /// Starts a new generation, then checkpoints in the background: the memtable frozen now
+    /// applied to sled, sled's flush and an fdatasync of its log (all after every write the
+    /// older journals hold), then the older journals are deleted.
+    async fn rotate(&self, mem: &Rc<Memtable>, db_file: &Arc<File>) -> Result<(), Error> {
         // Two creators of one file would truncate each other's records: a preparation
         // still running (it started half a checkpoint ago) ends first.
         while self.preparing.get() {
@@ -733,19 +753,43 @@ impl Journal {
         self.no_room.set(false);
         self.broken.set(false);
         self.checkpointing.set(true);
-        let (db, db_file, dir, busy) = (
-            db.clone(),
+        // The writes held so far go to sled with this checkpoint. Those not yet in a
+        // record are in the next one (this rotation runs with no record in flight): the
+        // apply waits for it, so that sled never holds a write that replay could not
+        // put back in order after a crash.
+        let frozen = mem.freeze();
+        let last = self.records_taken.get() + u64::from(self.has_pending());
+        let (mem, db_file, dir, busy, ended) = (
+            mem.clone(),
             db_file.clone(),
             self.dir.clone(),
             self.checkpointing.clone(),
+            self.records_ended.clone(),
         );
         glommio::spawn_local(async move {
-            let done = glommio::executor()
-                .spawn_blocking(move || -> std::io::Result<()> {
-                    super::files::sync_partition(&db, &db_file, &dir)?;
-                    remove_before(&dir, next)
-                })
-                .await;
+            let since = std::time::Instant::now();
+            while frozen.is_some() && ended.get() < last && since.elapsed() < SETTLE_WAIT {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let done = if ended.get() < last {
+                Err(std::io::Error::other(
+                    "the journal record a checkpoint waits for did not end",
+                ))
+            } else {
+                let db = mem.db().clone();
+                glommio::executor()
+                    .spawn_blocking(move || -> std::io::Result<()> {
+                        if let Some(table) = &frozen {
+                            Memtable::apply(&db, table).map_err(std::io::Error::other)?;
+                        }
+                        super::files::sync_partition(&db, &db_file, &dir)?;
+                        remove_before(&dir, next)
+                    })
+                    .await
+            };
+            // Until sled holds it, the frozen table stays readable; after a failure its
+            // writes go back under the newer ones, for the next checkpoint.
+            mem.thaw(done.is_ok());
             if let Err(e) = done {
                 // Counted and logged on this (the shard's) thread; the journals stay and
                 // are replayed at the next start, and the next rotation tries again.

@@ -1,12 +1,13 @@
-//! A shard's persistent state: one sled `Db` at `data_dir/shard-<i>` holding tokens,
+//! A shard's persistent state: one sled `Db` at `data_dir/shard-<i>` (with a memtable in
+//! front of it) holding tokens,
 //! unread notifications, offline chat queues and chat history for the slots the shard
 //! owns (layout in [`keys`]).
 //!
-//! Invariants: writes are plain sled inserts, never `Batch`es on the message path (a batch
-//! seals sled's log buffer: a write and a sync_file_range each), ordered so that a crash
-//! between two of them exposes nothing inconsistent; every write also goes to the
-//! shard's [`journal`] (through `put`/`del`, in sled's order); a write is acknowledged to
-//! a client only after [`Store::durable`]; reads never scan more than the page asked
+//! Invariants: every write goes through `put`/`del`: into the [`memtable`] in front of
+//! sled (sled takes it at the next checkpoint, in key order, off the shard's thread) and
+//! into the shard's [`journal`], in the same order; writes are ordered so that a crash
+//! between two of them exposes nothing inconsistent (replay restores them in that
+//! order); a write is acknowledged to a client only after [`Store::durable`]; reads never scan more than the page asked
 //! for (history pages are addressed by dense per-user sequence numbers, `total` is a
 //! stored counter).
 
@@ -14,6 +15,7 @@ pub mod commit;
 pub mod files;
 pub mod journal;
 pub mod keys;
+pub mod memtable;
 pub mod migrate;
 pub mod retain;
 
@@ -27,7 +29,9 @@ use crate::message::ChatMessage;
 use crate::Error;
 
 pub struct Store {
-    db: sled::Db,
+    /// The shard's keys: the writes since the last checkpoint began in memory, the rest
+    /// in sled ([`memtable`]).
+    mem: Rc<memtable::Memtable>,
     /// sled's log file, opened a second time to fdatasync it (see [`files::open_sync_file`]).
     sync_file: std::sync::Arc<std::fs::File>,
     commit: Rc<commit::Commit>,
@@ -73,8 +77,9 @@ impl Store {
             files.generation,
             config.durability != crate::config::Durability::Async,
         );
+        let hold = config.durability != crate::config::Durability::Async;
         Store {
-            db: files.db,
+            mem: Rc::new(memtable::Memtable::new(files.db, hold)),
             sync_file: std::sync::Arc::new(files.sync_file),
             commit: commit::Commit::new(
                 config.durability,
@@ -86,8 +91,8 @@ impl Store {
         }
     }
 
-    /// Every write goes through here and [`Store::del`]: sled first, then the journal
-    /// (which replays it after a crash, in the same order).
+    /// Every write goes through here and [`Store::del`]: the memtable (in front of sled)
+    /// first, then the journal (which replays it after a crash, in the same order).
     fn put<K: AsRef<[u8]>, V: AsRef<[u8]> + Into<IVec>>(
         &self,
         key: K,
@@ -95,7 +100,7 @@ impl Store {
     ) -> Result<(), Error> {
         let key = key.as_ref();
         let value: IVec = value.into();
-        self.db.insert(key, value.clone())?;
+        self.mem.insert(key, value.clone())?;
         self.commit.journal().put(key, &value);
         Ok(())
     }
@@ -103,7 +108,7 @@ impl Store {
     /// Removes `key`; the old value, if there was one.
     fn del<K: AsRef<[u8]>>(&self, key: K) -> Result<Option<IVec>, Error> {
         let key = key.as_ref();
-        let old = self.db.remove(key)?;
+        let old = self.mem.remove(key)?;
         if old.is_some() {
             self.commit.journal().del(key);
         }
@@ -122,7 +127,7 @@ impl Store {
     /// Resolves once every write made before the call is durable (per `durability`).
     pub async fn durable(&self) -> Result<(), Error> {
         crate::fault::store_write()?;
-        self.commit.durable(&self.db, &self.sync_file).await
+        self.commit.durable(&self.mem, &self.sync_file).await
     }
 
     /// Waits (at most `limit`) for the group being written and a running checkpoint, if
@@ -141,10 +146,12 @@ impl Store {
         self.commit.counts()
     }
 
-    /// Flushes everything (shutdown): sled flushed and synced holds every write, so the
-    /// journals are deleted.
+    /// Flushes everything (shutdown, after [`Store::settle`]): what the memtable holds
+    /// goes into sled, and sled flushed and synced holds every write, so the journals are
+    /// deleted.
     pub fn flush(&self) -> Result<(), Error> {
-        files::sync_partition(&self.db, &self.sync_file, self.commit.journal().dir())
+        self.mem.apply_all()?;
+        files::sync_partition(self.mem.db(), &self.sync_file, self.commit.journal().dir())
             .map_err(|e| Error::from(sled::Error::Io(e)))?;
         self.commit.journal().remove_all()
     }
@@ -166,14 +173,14 @@ impl Store {
 
     /// The expiry of a stored token, expired or not (`None` when absent or damaged).
     pub fn token_expiry(&self, token: &Token) -> Result<Option<u64>, Error> {
-        let v = self.db.get(keys::token(token.slot(), &token.0))?;
+        let v = self.mem.get(keys::token(token.slot(), &token.0))?;
         Ok(v.and_then(|v| keys::parse_token_value(&v).map(|(expire, _, _)| expire)))
     }
 
     /// The `(domain, uid)` a token was issued for, if it exists and has not expired.
     pub fn token_user(&self, token: &Token, now: u64) -> Result<Option<(String, String)>, Error> {
         let key = keys::token(token.slot(), &token.0);
-        let Some(v) = self.db.get(&key)? else {
+        let Some(v) = self.mem.get(&key)? else {
             return Ok(None);
         };
         match keys::parse_token_value(&v) {
@@ -235,7 +242,7 @@ impl Store {
         if old.is_empty() {
             if let Some(id) = keys::unread_id(key) {
                 let refs = keys::body(keys::BODY_REFS, id);
-                let n = keys::u64_value(self.db.get(&refs)?.as_deref());
+                let n = keys::u64_value(self.mem.get(&refs)?.as_deref());
                 if n > 1 {
                     self.put(refs, &(n - 1).to_be_bytes())?;
                 } else {
@@ -260,13 +267,13 @@ impl Store {
         let prefix = keys::user(slot, keys::UNREAD, domain, uid);
         let mut out = Vec::new();
         let mut bytes = 0;
-        for kv in self.db.scan_prefix(&prefix).rev().take(limit) {
+        for kv in self.mem.scan_prefix_rev(&prefix).take(limit) {
             let (k, v) = kv?;
             let v = if v.is_empty() {
                 // A shared body; missing only after a crash in the middle of a write
                 // that was never acknowledged.
                 let body = match keys::unread_id(&k) {
-                    Some(id) => self.db.get(keys::body(keys::BODY, id))?,
+                    Some(id) => self.mem.get(keys::body(keys::BODY, id))?,
                     None => None,
                 };
                 match body {
@@ -314,9 +321,9 @@ impl Store {
         crate::fault::store_write()?;
         let (domain, to, from) = (msg.domain.as_str(), msg.to.as_str(), msg.from.as_str());
         let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
-        let seq = keys::u64_value(self.db.get(&seq_key)?.as_deref()) + 1;
+        let seq = keys::u64_value(self.mem.get(&seq_key)?.as_deref()) + 1;
         let fseq_key = keys::pair(slot, keys::FROM_SEQ, domain, to, from);
-        let fseq = keys::u64_value(self.db.get(&fseq_key)?.as_deref()) + 1;
+        let fseq = keys::u64_value(self.mem.get(&fseq_key)?.as_deref()) + 1;
         // Ordered so that a crash between two writes exposes nothing: the entries first
         // (invisible until the counters cover them, and overwritten by the next message if
         // they never do), then the counters. sled recovers a prefix of its log, and
@@ -348,14 +355,14 @@ impl Store {
         crate::fault::store_write()?;
         let prefix = keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to);
         let count_key = keys::user(slot, keys::OFFLINE_COUNT, &msg.domain, &msg.to);
-        let mut count = keys::u64_value(self.db.get(&count_key)?.as_deref()) + 1;
+        let mut count = keys::u64_value(self.mem.get(&count_key)?.as_deref()) + 1;
         self.put(
             keys::with_suffix(prefix.clone(), &msg.id.0),
             msg.core.as_slice(),
         )?;
         let mut dropped = 0;
         while count > max {
-            match self.db.scan_prefix(&prefix).next() {
+            match self.mem.scan_prefix(&prefix).next() {
                 Some(kv) => {
                     self.del(kv?.0)?;
                     dropped += 1;
@@ -382,12 +389,12 @@ impl Store {
         use std::ops::Bound;
         let prefix = keys::user(slot, keys::OFFLINE, domain, to);
         let start = match after {
-            Some(k) => Bound::Excluded(k.to_vec()),
-            None => Bound::Included(prefix.clone()),
+            Some(k) => Bound::Excluded(IVec::from(k)),
+            None => Bound::Included(IVec::from(prefix.as_slice())),
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for kv in self.db.range((start, Bound::Unbounded)) {
+        for kv in self.mem.range(start, Bound::Unbounded, false) {
             let (k, v) = kv?;
             if !k.starts_with(&prefix) {
                 return Ok((out, false));
@@ -419,7 +426,7 @@ impl Store {
 
     fn uncount_offline(&self, count_key: &[u8], removed: u64) -> Result<(), Error> {
         if removed > 0 {
-            let count = keys::u64_value(self.db.get(count_key)?.as_deref());
+            let count = keys::u64_value(self.mem.get(count_key)?.as_deref());
             self.put(count_key, &count.saturating_sub(removed).to_be_bytes())?;
         }
         Ok(())
@@ -428,7 +435,7 @@ impl Store {
     /// The value stored under an idempotency record `key` (past its `expire(8)`), unless
     /// it is absent or expired at `now`.
     pub fn idempotent(&self, key: &[u8], now: u64) -> Result<Option<IVec>, Error> {
-        let Some(v) = self.db.get(key)? else {
+        let Some(v) = self.mem.get(key)? else {
             return Ok(None);
         };
         match v.get(..8) {
@@ -472,8 +479,8 @@ impl Store {
                 Some(keys::pair(slot, keys::FROM, domain, to, from)),
             ),
         };
-        let last = keys::u64_value(self.db.get(last_key)?.as_deref());
-        let first = keys::u64_value(self.db.get(first_key)?.as_deref()).max(1);
+        let last = keys::u64_value(self.mem.get(last_key)?.as_deref());
+        let first = keys::u64_value(self.mem.get(first_key)?.as_deref()).max(1);
         let total = (last + 1).saturating_sub(first);
         let skip = page.saturating_sub(1).saturating_mul(size);
         let mut items = Vec::new();
@@ -486,11 +493,11 @@ impl Store {
                     None => n,
                     Some(prefix) => {
                         let key = keys::with_suffix(prefix.clone(), &n.to_be_bytes());
-                        keys::u64_value(self.db.get(key)?.as_deref())
+                        keys::u64_value(self.mem.get(key)?.as_deref())
                     }
                 };
                 if let Some(v) = self
-                    .db
+                    .mem
                     .get(keys::with_suffix(history.clone(), &seq.to_be_bytes()))?
                 {
                     items.push(v);
@@ -514,7 +521,7 @@ mod tests {
     /// Keys under the shard-wide prefix: `(kind, id, value)`.
     fn shared(store: &Store) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
         store
-            .db
+            .mem
             .scan_prefix(keys::SHARD_WIDE)
             .map(|kv| {
                 let (k, v) = kv.expect("kv");
@@ -550,7 +557,10 @@ mod tests {
         );
         for u in users {
             let entry = keys::with_suffix(keys::user(slot(u), keys::UNREAD, "d", u), &id.0);
-            assert_eq!(store.db.get(entry).expect("get").as_deref(), Some(&b""[..]));
+            assert_eq!(
+                store.mem.get(entry).expect("get").as_deref(),
+                Some(&b""[..])
+            );
             let list = store.unread(slot(u), "d", u, 10, usize::MAX).expect("list");
             assert_eq!(list, [body.as_bytes()], "{u}");
         }
@@ -602,7 +612,8 @@ mod tests {
         let slot = crate::route::slot_of("d", "a");
         let (lost, kept) = (ids.next(), ids.next());
         store
-            .db
+            .mem
+            .db()
             .insert(
                 keys::with_suffix(keys::user(slot, keys::UNREAD, "d", "a"), &lost.0),
                 &b""[..],

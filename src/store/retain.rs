@@ -148,7 +148,7 @@ impl Store {
         let mut at: Vec<u8> = from.map(<[u8]>::to_vec).unwrap_or_default();
         let mut budget = STEP;
         while budget > 0 {
-            let Some(kv) = self.db.range(at.as_slice()..).next() else {
+            let Some(kv) = self.mem.range_from(&at).next() else {
                 self.unread_touched.borrow_mut().finished = true;
                 return Ok(None);
             };
@@ -249,7 +249,7 @@ impl Store {
         let mut oldest = Vec::new();
         let mut walked = 0;
         for k in self
-            .db
+            .mem
             .scan_prefix(prefix)
             .keys()
             .take(max.saturating_add(budget))
@@ -283,7 +283,7 @@ impl Store {
         let mut count_key = prefix.to_vec();
         count_key[2] = keys::OFFLINE_COUNT;
         let mut gone = 0;
-        for kv in self.db.scan_prefix(prefix) {
+        for kv in self.mem.scan_prefix(prefix) {
             let (k, _) = kv?;
             let secs = k.len().checked_sub(12).map(|at| {
                 let mut id = [0u8; 12];
@@ -324,8 +324,9 @@ impl Store {
             k[2] = kind;
             k
         };
-        let last = keys::u64_value(self.db.get(with_kind(keys::HISTORY_SEQ))?.as_deref());
-        let first = keys::u64_value(self.db.get(with_kind(keys::HISTORY_FIRST))?.as_deref()).max(1);
+        let last = keys::u64_value(self.mem.get(with_kind(keys::HISTORY_SEQ))?.as_deref());
+        let first =
+            keys::u64_value(self.mem.get(with_kind(keys::HISTORY_FIRST))?.as_deref()).max(1);
         let limit = first.saturating_add(u64::try_from(budget).unwrap_or(u64::MAX));
         let mut new_first = first;
         if policy.history_max_per_user > 0
@@ -343,7 +344,7 @@ impl Store {
                     break;
                 }
                 let key = keys::with_suffix(prefix.to_vec(), &new_first.to_be_bytes());
-                match self.db.get(key)? {
+                match self.mem.get(key)? {
                     Some(core)
                         if core_secs(&core).is_some_and(|s| {
                             s.saturating_add(policy.history_max_age_secs) <= now
@@ -372,7 +373,7 @@ impl Store {
         let users_pairs = with_kind(keys::FROM);
         let mut at = users_pairs.clone();
         while left > 0 {
-            let Some(kv) = self.db.range(at.as_slice()..).next() else {
+            let Some(kv) = self.mem.range_from(&at).next() else {
                 break;
             };
             let k = kv?.0;
@@ -402,14 +403,14 @@ impl Store {
         };
         let mut first_key = pair[..n].to_vec();
         first_key[2] = keys::HISTORY_FIRST;
-        let history_first = keys::u64_value(self.db.get(&first_key)?.as_deref()).max(1);
+        let history_first = keys::u64_value(self.mem.get(&first_key)?.as_deref()).max(1);
         if history_first == 1 {
             return Ok((0, true));
         }
         let mut gone = 0u64;
         let mut pair_first = None;
         let mut finished = true;
-        for kv in self.db.scan_prefix(pair) {
+        for kv in self.mem.scan_prefix(pair) {
             let (k, v) = kv?;
             if keys::u64_value(Some(&v)) >= history_first {
                 break;
@@ -536,7 +537,7 @@ mod tests {
             keys::user(slot, keys::UNREAD, "d", "many"),
             &pushed[n - max].0,
         );
-        assert!(store.db.get(oldest_kept).expect("get").is_some());
+        assert!(store.mem.get(oldest_kept).expect("get").is_some());
         assert_eq!(
             store
                 .unread(few, "d", "few", 10, usize::MAX)
@@ -582,7 +583,7 @@ mod tests {
                 .add_unread("d", std::iter::once((slot(u), u)), &ids.next(), b"{}")
                 .expect("add");
         }
-        let shared = || store.db.scan_prefix(keys::SHARD_WIDE).count();
+        let shared = || store.mem.scan_prefix(keys::SHARD_WIDE).count();
         assert_eq!(shared(), 2, "the body and its count");
         let policy = Policy {
             max_unread: 1,
