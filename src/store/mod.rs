@@ -7,7 +7,9 @@
 //! sled (sled takes it at the next checkpoint, in key order, off the shard's thread) and
 //! into the shard's [`journal`], in the same order; writes are ordered so that a crash
 //! between two of them exposes nothing inconsistent (replay restores them in that
-//! order); a write is acknowledged to a client only after [`Store::durable`]; reads never scan more than the page asked
+//! order); a write begins only while the memtable holds less than twice what starts a
+//! checkpoint (else 1009); a write is acknowledged to a client only after
+//! [`Store::durable`]; reads never scan more than the page asked
 //! for (history pages are addressed by dense per-user sequence numbers, `total` is a
 //! stored counter).
 
@@ -124,6 +126,17 @@ impl Store {
         }
     }
 
+    /// Whether a write may begin: not while the memtable holds twice what starts a
+    /// checkpoint (its checkpoint is behind the writes; 1009 until it catches up, so that
+    /// the memory it holds stays bounded).
+    fn writable(&self) -> Result<(), Error> {
+        crate::fault::store_write()?;
+        if self.mem.bytes() >= 2 * memtable::MEMTABLE_BYTES {
+            return Err(Error::Overloaded);
+        }
+        Ok(())
+    }
+
     /// Resolves once every write made before the call is durable (per `durability`).
     pub async fn durable(&self) -> Result<(), Error> {
         crate::fault::store_write()?;
@@ -163,7 +176,7 @@ impl Store {
         uid: &str,
         expire: u64,
     ) -> Result<(), Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         self.put(
             keys::token(token.slot(), &token.0),
             keys::token_value(expire, domain, uid),
@@ -206,7 +219,7 @@ impl Store {
         id: &crate::ids::MsgId,
         msg: &[u8],
     ) -> Result<(), Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let shared = users.len() > 1;
         let refs = users.len() as u64;
         let value = if shared {
@@ -302,7 +315,7 @@ impl Store {
         uid: &str,
         ids: &[crate::ids::MsgId],
     ) -> Result<Vec<crate::ids::MsgId>, Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let prefix = keys::user(slot, keys::UNREAD, domain, uid);
         let mut missing = Vec::new();
         for id in ids {
@@ -318,7 +331,7 @@ impl Store {
     /// Appends a chat message to its recipient's history (and the fromId index). The
     /// stored value is the message's core (see `dialect::chat`).
     pub fn append_chat(&self, slot: u16, msg: &ChatMessage) -> Result<(), Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let (domain, to, from) = (msg.domain.as_str(), msg.to.as_str(), msg.from.as_str());
         let seq_key = keys::user(slot, keys::HISTORY_SEQ, domain, to);
         let seq = keys::u64_value(self.mem.get(&seq_key)?.as_deref()) + 1;
@@ -352,7 +365,7 @@ impl Store {
     /// stays in history). Returns how many were dropped that way. The count is a stored
     /// counter, so the bound costs two reads and a write, whatever the queue's length.
     pub fn queue_offline(&self, slot: u16, msg: &ChatMessage, max: u64) -> Result<u64, Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let prefix = keys::user(slot, keys::OFFLINE, &msg.domain, &msg.to);
         let count_key = keys::user(slot, keys::OFFLINE_COUNT, &msg.domain, &msg.to);
         let mut count = keys::u64_value(self.mem.get(&count_key)?.as_deref()) + 1;
@@ -416,7 +429,7 @@ impl Store {
         to: &str,
         keys: &[IVec],
     ) -> Result<(), Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let mut removed = 0;
         for k in keys {
             removed += u64::from(self.del(k)?.is_some());
@@ -447,7 +460,7 @@ impl Store {
     /// Remembers `value` under an idempotency record `key` until `expire` (unix seconds);
     /// retention removes it after that.
     pub fn put_idempotent(&self, key: &[u8], expire: u64, value: &[u8]) -> Result<(), Error> {
-        crate::fault::store_write()?;
+        self.writable()?;
         let mut v = Vec::with_capacity(8 + value.len());
         v.extend_from_slice(&expire.to_be_bytes());
         v.extend_from_slice(value);
@@ -516,6 +529,30 @@ mod tests {
     pub(super) fn store(dir: &std::path::Path) -> Store {
         let config = crate::config::from_str(&format!("data_dir = {dir:?}")).expect("config");
         Store::new(open(&config, 0).expect("store"), &config, 0)
+    }
+
+    #[test]
+    fn writes_wait_for_a_checkpoint_that_is_behind_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let value = vec![7u8; 64 << 10];
+        let mut written = 0;
+        let refused = loop {
+            match store.put_idempotent(format!("k{written}").as_bytes(), u64::MAX, &value) {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+            assert!(written < 1_000, "never refused");
+        };
+        assert_eq!(refused, Error::Overloaded);
+        assert!(store.mem.bytes() >= 2 * memtable::MEMTABLE_BYTES);
+        assert!(store.mem.bytes() < 2 * memtable::MEMTABLE_BYTES + (1 << 20));
+        assert!(store.idempotent(b"k0", 0).expect("read").is_some());
+        // A checkpoint takes the table: writes go on.
+        assert!(store.mem.freeze().is_some());
+        store
+            .put_idempotent(b"after", u64::MAX, &value)
+            .expect("a write after the freeze");
     }
 
     /// Keys under the shard-wide prefix: `(kind, id, value)`.
