@@ -106,6 +106,7 @@ impl Commit {
                 {
                     // Whoever waited gets an error instead of waiting forever; the next
                     // write starts a new loop.
+                    this.journal.abandon_in_flight();
                     for tx in std::mem::take(&mut *this.waiting.borrow_mut()) {
                         let _ = tx.send(Err(Error::Internal));
                     }
@@ -474,6 +475,53 @@ mod tests {
                     assert!(mem.db().get(k).expect("get").is_some());
                 }
                 assert!(!path.join("journal.0000000000000000").exists());
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+    }
+
+    /// A failed write while a checkpoint runs rotates the file, and only the file: one
+    /// table is frozen at a time, and the running checkpoint ends as it would have.
+    #[test]
+    fn a_rotation_after_a_failed_write_leaves_the_running_checkpoint_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (commit, mem, sync) = parts(&path, 1, Some(1));
+                let j = commit.journal();
+                let write = |k: &[u8]| {
+                    mem.insert(k, sled::IVec::from(&b"v"[..])).expect("insert");
+                    j.put(k, b"v");
+                };
+                write(b"k0");
+                j.prepare(&mem, &sync).await.expect("prepare");
+                j.take_record().expect("a record").await.expect("written");
+                j.settled(1);
+                write(b"k1");
+                j.prepare(&mem, &sync).await.expect("rotate");
+                assert!(j.is_checkpointing());
+                let _ = j.failed(std::io::Error::other("a failed write, for the test"));
+                write(b"k2");
+                j.prepare(&mem, &sync)
+                    .await
+                    .expect("rotate after the failure");
+                assert_eq!(j.generation(), 2);
+                j.take_record().expect("a record").await.expect("written");
+                j.settled(1);
+                for _ in 0..5000 {
+                    if !j.is_checkpointing() {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                assert!(!j.is_checkpointing());
+                for k in [&b"k0"[..], b"k1"] {
+                    assert!(mem.db().get(k).expect("get").is_some());
+                }
+                assert_eq!(mem.db().get(b"k2").expect("get"), None);
+                assert_eq!(mem.get(b"k2").expect("get").as_deref(), Some(&b"v"[..]));
             })
             .expect("executor")
             .join()

@@ -566,6 +566,14 @@ impl Journal {
         self.records_ended.set(self.records_ended.get() + n);
     }
 
+    /// The commit loop died with records in flight (a panic): their outcome is unknown,
+    /// so the file's tail is too. The next record goes to a new file, and those records
+    /// count as ended, so that checkpoints do not wait for them forever.
+    pub fn abandon_in_flight(&self) {
+        self.broken.set(true);
+        self.records_ended.set(self.records_taken.get());
+    }
+
     /// The journal generation records go to now.
     pub fn generation(&self) -> u64 {
         self.generation.get()
@@ -752,6 +760,12 @@ impl Journal {
         self.zeroed.set(zeroed);
         self.no_room.set(false);
         self.broken.set(false);
+        if self.checkpointing.get() {
+            // A rotation after a failed write, while a checkpoint runs: only the file
+            // changes. That checkpoint deletes only journals older than its own
+            // generation, and one table is frozen at a time.
+            return Ok(());
+        }
         self.checkpointing.set(true);
         // The writes held so far go to sled with this checkpoint. Those not yet in a
         // record are in the next one (this rotation runs with no record in flight): the
@@ -776,11 +790,11 @@ impl Journal {
                     "the journal record a checkpoint waits for did not end",
                 ))
             } else {
-                let db = mem.db().clone();
+                let (db, gate) = mem.applier();
                 glommio::executor()
                     .spawn_blocking(move || -> std::io::Result<()> {
                         if let Some(table) = &frozen {
-                            Memtable::apply(&db, table).map_err(std::io::Error::other)?;
+                            Memtable::apply(&db, &gate, table).map_err(std::io::Error::other)?;
                         }
                         super::files::sync_partition(&db, &db_file, &dir)?;
                         remove_before(&dir, next)

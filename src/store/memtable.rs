@@ -9,18 +9,21 @@
 //! older journals deleted ([`super::journal`]).
 //!
 //! Invariants: a read sees the newest write of a key: the active table, then the frozen
-//! one, then sled (a removal is held as a tombstone until sled has it); at most one table
-//! is frozen, and it is dropped only once sled holds all of it (an apply that failed puts
-//! it back under the active table); a frozen table is applied only once every write in it
-//! is in a durable journal record, so a crash in the middle of an apply (which writes
-//! in key order, not in the order of the writes) leaves nothing replay does not repair;
-//! without a journal (`async`) writes go to sled at once and nothing is held. Single
-//! threaded: lives inside one shard; only a frozen table crosses to the blocking thread.
+//! one, then sled; a removal goes to sled at once and leaves a tombstone only while the
+//! frozen table has the key (so scans do not step over removed keys until the next
+//! checkpoint); at most one table is frozen, and it is dropped only once sled holds all
+//! of it (an apply that failed puts it back under the active table); a frozen table is
+//! applied only once the journal records holding its writes have ended, so a crash in
+//! the middle of an apply (which writes in key order, not in the order of the writes)
+//! leaves nothing replay does not repair; once the shutdown flush has begun, no apply
+//! writes again; without a journal (`async`) writes go to sled at once and nothing is
+//! held. Single threaded: lives inside one shard; only a frozen table crosses to the
+//! blocking thread.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sled::IVec;
 
@@ -44,7 +47,13 @@ pub struct Memtable {
     /// Bytes written into `active` (overwrites counted again) since it was frozen.
     bytes: Cell<usize>,
     frozen: RefCell<Option<Arc<Table>>>,
+    /// Held by a checkpoint's apply while it writes a chunk, and set once the shutdown
+    /// flush has taken over: after that no older value from the apply reaches sled.
+    gate: Arc<Mutex<bool>>,
 }
+
+/// Entries a checkpoint's apply writes between two looks at the gate.
+const APPLY_CHUNK: usize = 1024;
 
 impl Memtable {
     pub fn new(db: sled::Db, hold: bool) -> Memtable {
@@ -54,6 +63,7 @@ impl Memtable {
             active: RefCell::new(Table::new()),
             bytes: Cell::new(0),
             frozen: RefCell::new(None),
+            gate: Arc::new(Mutex::new(false)),
         }
     }
 
@@ -91,17 +101,32 @@ impl Memtable {
         Ok(())
     }
 
-    /// Removes `key`; the value it had, if any.
+    /// Removes `key`; the value it had, if any. From sled at once, as before the
+    /// memtable (removals are rarer than writes, and a tombstone left for the next
+    /// checkpoint would be stepped over by every scan until then: a queue whose head is
+    /// removed message after message would be read quadratically). A tombstone is held
+    /// only while the frozen table has the key, whose apply could write it back.
     pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
         let key = key.as_ref();
         if !self.hold {
             return self.db.remove(key);
         }
         let old = self.get(key)?;
-        if old.is_some() {
+        if old.is_none() {
+            return Ok(None);
+        }
+        let frozen = self
+            .frozen
+            .borrow()
+            .as_ref()
+            .is_some_and(|t| t.contains_key(key));
+        if frozen {
             self.bytes
                 .set(self.bytes.get() + key.len() + ENTRY_OVERHEAD);
             self.active.borrow_mut().insert(IVec::from(key), None);
+        } else {
+            self.active.borrow_mut().remove(key);
+            self.db.remove(key)?;
         }
         Ok(old)
     }
@@ -180,29 +205,50 @@ impl Memtable {
         }
     }
 
-    /// Writes `table` into sled, in key order (on the blocking thread: sled is `Sync`).
-    pub fn apply(db: &sled::Db, table: &Table) -> sled::Result<()> {
-        for (k, v) in table {
-            match v {
-                Some(v) => {
-                    db.insert(k, v.clone())?;
-                }
-                None => {
-                    db.remove(k)?;
+    fn write_all(db: &sled::Db, table: &Table) -> sled::Result<()> {
+        Self::apply(db, &Mutex::new(false), table)
+    }
+
+    /// What a checkpoint's [`Memtable::apply`] needs on the blocking thread.
+    pub fn applier(&self) -> (sled::Db, Arc<Mutex<bool>>) {
+        (self.db.clone(), self.gate.clone())
+    }
+
+    /// Writes `table` into sled, in key order (on the blocking thread: sled is `Sync`),
+    /// a chunk at a time under `gate`; stops once the shutdown flush has taken over.
+    pub fn apply(db: &sled::Db, gate: &Mutex<bool>, table: &Table) -> sled::Result<()> {
+        let mut entries = table.iter().peekable();
+        while entries.peek().is_some() {
+            let taken_over = gate.lock().unwrap_or_else(|e| e.into_inner());
+            if *taken_over {
+                return Err(sled::Error::Unsupported(
+                    "the shutdown flush took over the checkpoint".into(),
+                ));
+            }
+            for (k, v) in entries.by_ref().take(APPLY_CHUNK) {
+                match v {
+                    Some(v) => {
+                        db.insert(k, v.clone())?;
+                    }
+                    None => {
+                        db.remove(k)?;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Writes everything held into sled, here (the shutdown flush, after checkpoints
-    /// settled).
+    /// Writes everything held into sled, here (the shutdown flush). A checkpoint's apply
+    /// still running stops first, so that none of its older values lands after the
+    /// newer ones written here.
     pub fn apply_all(&self) -> sled::Result<()> {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = true;
         if let Some(frozen) = self.frozen.borrow().clone() {
-            Self::apply(&self.db, &frozen)?;
+            Self::write_all(&self.db, &frozen)?;
         }
         self.frozen.borrow_mut().take();
-        Self::apply(&self.db, &self.active.borrow())?;
+        Self::write_all(&self.db, &self.active.borrow())?;
         self.active.borrow_mut().clear();
         self.bytes.set(0);
         Ok(())
@@ -239,7 +285,8 @@ fn is_empty(from: &Bound<IVec>, to: &Bound<IVec>) -> bool {
 /// A range read through the three layers, merged by key; the newest layer wins and
 /// tombstones hide what is below them. The tables are looked up again at each step (from
 /// the last key yielded), so no borrow is held between steps: the caller may write while
-/// it reads, as it may with sled.
+/// it reads, as it may with sled. Not to be held across an `await`: a freeze in between
+/// would hide from it what was frozen (no caller does; store reads are synchronous).
 pub struct Scan<'a> {
     mem: &'a Memtable,
     sled: std::iter::Peekable<SledIter>,
@@ -385,7 +432,8 @@ mod tests {
 
         // The frozen table applied, then the rest: the same reads from sled alone.
         let frozen = m.frozen.borrow().clone().expect("frozen");
-        Memtable::apply(m.db(), &frozen).expect("apply");
+        let (db, gate) = m.applier();
+        Memtable::apply(&db, &gate, &frozen).expect("apply");
         m.thaw(true);
         assert_eq!(all(m.scan_prefix(b"a")), want);
         m.apply_all().expect("apply all");
@@ -416,6 +464,41 @@ mod tests {
             vec![kv("k1", "old"), kv("k2", "new")]
         );
         assert_eq!(m.db().len(), 0, "nothing reached sled");
+    }
+
+    #[test]
+    fn a_removal_leaves_a_tombstone_only_while_the_frozen_table_has_the_key() {
+        let m = table(true);
+        m.db().insert(b"old", &b"v"[..]).expect("insert");
+        m.insert(b"new", IVec::from(&b"v"[..])).expect("insert");
+        m.remove(b"old").expect("remove");
+        m.remove(b"new").expect("remove");
+        assert!(m.active.borrow().is_empty(), "nothing left to step over");
+        assert_eq!(m.db().get(b"old").expect("get"), None);
+
+        m.insert(b"k", IVec::from(&b"v"[..])).expect("insert");
+        let frozen = m.freeze().expect("frozen");
+        m.remove(b"k").expect("remove");
+        // The checkpoint writes the frozen value back; the tombstone still hides it.
+        let (db, gate) = m.applier();
+        Memtable::apply(&db, &gate, &frozen).expect("apply");
+        m.thaw(true);
+        assert_eq!(m.get(b"k").expect("get"), None);
+        assert_eq!(m.scan_prefix(b"k").count(), 0);
+        m.apply_all().expect("apply all");
+        assert_eq!(m.db().get(b"k").expect("get"), None);
+    }
+
+    #[test]
+    fn a_checkpoint_that_the_shutdown_flush_took_over_writes_nothing_more() {
+        let m = table(true);
+        m.insert(b"k", IVec::from(&b"old"[..])).expect("insert");
+        let frozen = m.freeze().expect("frozen");
+        m.insert(b"k", IVec::from(&b"new"[..])).expect("insert");
+        m.apply_all().expect("apply all");
+        let (db, gate) = m.applier();
+        assert!(Memtable::apply(&db, &gate, &frozen).is_err());
+        assert_eq!(m.db().get(b"k").expect("get").as_deref(), Some(&b"new"[..]));
     }
 
     #[test]

@@ -121,7 +121,10 @@ impl Store {
     /// waits for: read reports, tokens, retention), so they too are durable within one
     /// tick of the caller.
     pub async fn sync_idle(&self) {
-        if self.commit.journal().has_pending() {
+        // A checkpoint due with nothing else to write starts here too (writes refused
+        // for a full memtable never reach `durable`).
+        let journal = self.commit.journal();
+        if journal.has_pending() || journal.rotation_due(self.mem.bytes()) {
             let _ = self.durable().await;
         }
     }
@@ -460,7 +463,9 @@ impl Store {
     /// Remembers `value` under an idempotency record `key` until `expire` (unix seconds);
     /// retention removes it after that.
     pub fn put_idempotent(&self, key: &[u8], expire: u64, value: &[u8]) -> Result<(), Error> {
-        self.writable()?;
+        // Not refused for a full memtable: it ends work that already wrote (a refused
+        // part record would make a retry deliver again).
+        crate::fault::store_write()?;
         let mut v = Vec::with_capacity(8 + value.len());
         v.extend_from_slice(&expire.to_be_bytes());
         v.extend_from_slice(value);
@@ -536,9 +541,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store(dir.path());
         let value = vec![7u8; 64 << 10];
+        let ids = crate::ids::IdGen::new(0);
+        let slot = crate::route::slot_of("d", "a");
+        let push = || store.add_unread("d", [(slot, "a")].into_iter(), &ids.next(), &value);
         let mut written = 0;
         let refused = loop {
-            match store.put_idempotent(format!("k{written}").as_bytes(), u64::MAX, &value) {
+            match push() {
                 Ok(()) => written += 1,
                 Err(e) => break e,
             }
@@ -547,12 +555,53 @@ mod tests {
         assert_eq!(refused, Error::Overloaded);
         assert!(store.mem.bytes() >= 2 * memtable::MEMTABLE_BYTES);
         assert!(store.mem.bytes() < 2 * memtable::MEMTABLE_BYTES + (1 << 20));
-        assert!(store.idempotent(b"k0", 0).expect("read").is_some());
+        assert_eq!(
+            store
+                .unread(slot, "d", "a", 10, 1 << 20)
+                .expect("read")
+                .len(),
+            10
+        );
         // A checkpoint takes the table: writes go on.
         assert!(store.mem.freeze().is_some());
-        store
-            .put_idempotent(b"after", u64::MAX, &value)
-            .expect("a write after the freeze");
+        push().expect("a write after the freeze");
+    }
+
+    #[test]
+    fn a_checkpoint_due_with_nothing_pending_starts_from_the_idle_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let store = store(&path);
+                let journal = store.commit.journal();
+                journal
+                    .prepare(&store.mem, &store.sync_file)
+                    .await
+                    .expect("the journal opened");
+                let value = vec![7u8; 64 << 10];
+                let ids = crate::ids::IdGen::new(0);
+                let slot = crate::route::slot_of("d", "a");
+                while store.mem.bytes() < memtable::MEMTABLE_BYTES {
+                    store
+                        .add_unread("d", [(slot, "a")].into_iter(), &ids.next(), &value)
+                        .expect("write");
+                }
+                // What the commit loop does with no rotation in between: nothing pending,
+                // and writes are refused from here on, so none calls `durable`.
+                journal
+                    .take_record()
+                    .expect("a record")
+                    .await
+                    .expect("written");
+                journal.settled(1);
+                assert!(!journal.has_pending());
+                store.sync_idle().await;
+                assert_eq!(store.mem.bytes(), 0, "no checkpoint took the table");
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
     }
 
     /// Keys under the shard-wide prefix: `(kind, id, value)`.
