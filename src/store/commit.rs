@@ -435,6 +435,30 @@ mod tests {
         }
     }
 
+    /// A write as the store makes it: into the memtable, then the journal.
+    fn held_write(mem: &Memtable, j: &super::super::journal::Journal, k: &[u8]) {
+        mem.insert(k, sled::IVec::from(&b"v"[..])).expect("insert");
+        j.put(k, b"v");
+    }
+
+    /// Takes the pending writes as a record, waits for its write, and says it ended (what
+    /// the commit loop does).
+    async fn record(j: &super::super::journal::Journal) {
+        j.take_record().expect("a record").await.expect("written");
+        j.settled(1);
+    }
+
+    /// Waits (at most 5 s) for the running checkpoint to end.
+    async fn checkpoint_ended(j: &super::super::journal::Journal) {
+        for _ in 0..5000 {
+            if !j.is_checkpointing() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!j.is_checkpointing());
+    }
+
     /// A checkpoint writes its memtable into sled in key order, not in the order of the
     /// writes: it waits until the record holding the table's last writes has ended, so
     /// that sled never holds a write replay could not put back in order.
@@ -446,14 +470,10 @@ mod tests {
             .spawn(move || async move {
                 let (commit, mem, sync) = parts(&path, 1, Some(1));
                 let j = commit.journal();
-                let write = |k: &[u8]| {
-                    mem.insert(k, sled::IVec::from(&b"v"[..])).expect("insert");
-                    j.put(k, b"v");
-                };
+                let write = |k: &[u8]| held_write(&mem, j, k);
                 write(b"k0");
                 j.prepare(&mem, &sync).await.expect("prepare");
-                j.take_record().expect("a record").await.expect("written");
-                j.settled(1);
+                record(j).await;
                 // A checkpoint is due; k1 is in no record yet when it begins.
                 write(b"k1");
                 j.prepare(&mem, &sync).await.expect("rotate");
@@ -462,15 +482,8 @@ mod tests {
                 assert!(j.is_checkpointing());
                 assert_eq!(mem.db().get(b"k1").expect("get"), None);
                 assert_eq!(mem.get(b"k1").expect("get").as_deref(), Some(&b"v"[..]));
-                j.take_record().expect("a record").await.expect("written");
-                j.settled(1);
-                for _ in 0..5000 {
-                    if !j.is_checkpointing() {
-                        break;
-                    }
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
-                assert!(!j.is_checkpointing());
+                record(j).await;
+                checkpoint_ended(j).await;
                 for k in [&b"k0"[..], b"k1"] {
                     assert!(mem.db().get(k).expect("get").is_some());
                 }
@@ -491,14 +504,10 @@ mod tests {
             .spawn(move || async move {
                 let (commit, mem, sync) = parts(&path, 1, Some(1));
                 let j = commit.journal();
-                let write = |k: &[u8]| {
-                    mem.insert(k, sled::IVec::from(&b"v"[..])).expect("insert");
-                    j.put(k, b"v");
-                };
+                let write = |k: &[u8]| held_write(&mem, j, k);
                 write(b"k0");
                 j.prepare(&mem, &sync).await.expect("prepare");
-                j.take_record().expect("a record").await.expect("written");
-                j.settled(1);
+                record(j).await;
                 write(b"k1");
                 j.prepare(&mem, &sync).await.expect("rotate");
                 assert!(j.is_checkpointing());
@@ -508,15 +517,8 @@ mod tests {
                     .await
                     .expect("rotate after the failure");
                 assert_eq!(j.generation(), 2);
-                j.take_record().expect("a record").await.expect("written");
-                j.settled(1);
-                for _ in 0..5000 {
-                    if !j.is_checkpointing() {
-                        break;
-                    }
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
-                assert!(!j.is_checkpointing());
+                record(j).await;
+                checkpoint_ended(j).await;
                 for k in [&b"k0"[..], b"k1"] {
                     assert!(mem.db().get(k).expect("get").is_some());
                 }

@@ -739,7 +739,8 @@ impl Journal {
 
     /// Starts a new generation, then checkpoints in the background: the memtable frozen now
     /// applied to sled, sled's flush and an fdatasync of its log (all after every write the
-    /// older journals hold), then the older journals are deleted.
+    /// older journals hold), then the older journals are deleted. With a checkpoint still
+    /// running (a rotation after a failed write) only the file changes.
     async fn rotate(&self, mem: &Rc<Memtable>, db_file: &Arc<File>) -> Result<(), Error> {
         // Two creators of one file would truncate each other's records: a preparation
         // still running (it started half a checkpoint ago) ends first.

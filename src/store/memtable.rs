@@ -111,24 +111,27 @@ impl Memtable {
         if !self.hold {
             return self.db.remove(key);
         }
-        let old = self.get(key)?;
-        if old.is_none() {
-            return Ok(None);
-        }
         let frozen = self
             .frozen
             .borrow()
             .as_ref()
             .is_some_and(|t| t.contains_key(key));
         if frozen {
-            self.bytes
-                .set(self.bytes.get() + key.len() + ENTRY_OVERHEAD);
-            self.active.borrow_mut().insert(IVec::from(key), None);
-        } else {
-            self.active.borrow_mut().remove(key);
-            self.db.remove(key)?;
+            let old = self.get(key)?;
+            if old.is_some() {
+                self.bytes
+                    .set(self.bytes.get() + key.len() + ENTRY_OVERHEAD);
+                self.active.borrow_mut().insert(IVec::from(key), None);
+            }
+            return Ok(old);
         }
-        Ok(old)
+        // The active table's write (or tombstone) is newer than sled's value.
+        let held = self.active.borrow_mut().remove(key);
+        let stored = self.db.remove(key)?;
+        Ok(match held {
+            Some(newer) => newer,
+            None => stored,
+        })
     }
 
     /// The entries whose keys start with `prefix`, in key order.
@@ -299,7 +302,7 @@ pub struct Scan<'a> {
     rev: bool,
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
     fn first_in(&self, table: &Table) -> Option<(IVec, Option<IVec>)> {
         if is_empty(&self.from, &self.to) {
             return None;
@@ -317,9 +320,7 @@ impl Scan<'_> {
             a < b
         }
     }
-}
 
-impl<'a> Scan<'a> {
     pub fn keys(self) -> impl Iterator<Item = sled::Result<IVec>> + 'a {
         self.map(|kv| kv.map(|(k, _)| k))
     }

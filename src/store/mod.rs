@@ -7,8 +7,9 @@
 //! sled (sled takes it at the next checkpoint, in key order, off the shard's thread) and
 //! into the shard's [`journal`], in the same order; writes are ordered so that a crash
 //! between two of them exposes nothing inconsistent (replay restores them in that
-//! order); a write begins only while the memtable holds less than twice what starts a
-//! checkpoint (else 1009); a write is acknowledged to a client only after
+//! order); work that writes begins only while the memtable holds less than twice what
+//! starts a checkpoint (else 1009; an idempotency record, which ends work already
+//! written, is never refused); a write is acknowledged to a client only after
 //! [`Store::durable`]; reads never scan more than the page asked
 //! for (history pages are addressed by dense per-user sequence numbers, `total` is a
 //! stored counter).
