@@ -151,6 +151,8 @@ impl Metrics {
             refusals: std::array::from_fn(|i| self.refusals[i].get()),
             group_commits: 0,
             group_commit_writes: 0,
+            memtable_bytes: 0,
+            checkpoints: 0,
         }
     }
 }
@@ -186,6 +188,8 @@ pub struct Snapshot {
     /// Filled in by the shard from its store's group commit (not counters of [`Metrics`]).
     pub group_commits: u64,
     pub group_commit_writes: u64,
+    pub memtable_bytes: usize,
+    pub checkpoints: u64,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -242,7 +246,7 @@ type Series = (
     fn(&Snapshot) -> u64,
 );
 
-const SERIES: [Series; 13] = [
+const SERIES: [Series; 15] = [
     ("messages_received_total", "counter", "Client WebSocket messages received.", |s| s.messages_received),
     ("messages_delivered_total", "counter", "Frames of notifications and chat messages queued to connections.", |s| s.messages_delivered),
     ("pushes_total", "counter", "POST /push calls served.", |s| s.pushes),
@@ -256,6 +260,8 @@ const SERIES: [Series; 13] = [
     ("group_commits_total", "counter", "Group commits: journal records written durably (O_DSYNC), one per group (sync and group durability; a failed one counts too).", |s| s.group_commits),
     ("group_commit_writes_total", "counter", "Writes whose acknowledgement waited for one of those group commits; divided by group_commits_total it is the mean group size.", |s| s.group_commit_writes),
     ("inbox_depth", "gauge", "Envelopes waiting in the shard's inbox.", |s| s.inbox_depth as u64),
+    ("memtable_bytes", "gauge", "Store writes held in memory since the last checkpoint began, plus the table a running checkpoint applies to sled; a checkpoint starts at 16 MiB and writes are refused with 1009 at 32 MiB.", |s| s.memtable_bytes as u64),
+    ("checkpoints_total", "counter", "Checkpoints ended (the memtable applied to sled and the older journals deleted); a failed one counts too.", |s| s.checkpoints),
 ];
 
 /// A per-shard histogram: name, help, and where it is in a snapshot.

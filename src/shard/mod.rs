@@ -270,6 +270,7 @@ impl Shard {
             self.inbox_probe.len(),
         );
         (snap.group_commits, snap.group_commit_writes) = self.store.commit_counts();
+        (snap.memtable_bytes, snap.checkpoints) = self.store.memtable_stats();
         snap
     }
 

@@ -47,6 +47,10 @@ pub struct Memtable {
     /// Bytes written into `active` (overwrites counted again) since it was frozen.
     bytes: Cell<usize>,
     frozen: RefCell<Option<Arc<Table>>>,
+    /// What `frozen` held in `bytes` when it was frozen (`/metrics`).
+    frozen_bytes: Cell<usize>,
+    /// Checkpoints that ended, applied or failed (`/metrics`).
+    checkpoints: Cell<u64>,
     /// Held by a checkpoint's apply while it writes a chunk, and set once the shutdown
     /// flush has taken over: after that no older value from the apply reaches sled.
     gate: Arc<Mutex<bool>>,
@@ -63,6 +67,8 @@ impl Memtable {
             active: RefCell::new(Table::new()),
             bytes: Cell::new(0),
             frozen: RefCell::new(None),
+            frozen_bytes: Cell::new(0),
+            checkpoints: Cell::new(0),
             gate: Arc::new(Mutex::new(false)),
         }
     }
@@ -75,6 +81,15 @@ impl Memtable {
     /// What the active table holds, in bytes (a checkpoint is due past `memtable_bytes`).
     pub fn bytes(&self) -> usize {
         self.bytes.get()
+    }
+
+    /// What the active and the frozen table hold, in bytes, and the checkpoints ended
+    /// (`/metrics`: the memory the memtable takes, and whether checkpoints keep up).
+    pub fn stats(&self) -> (usize, u64) {
+        (
+            self.bytes.get() + self.frozen_bytes.get(),
+            self.checkpoints.get(),
+        )
     }
 
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
@@ -184,7 +199,7 @@ impl Memtable {
         }
         debug_assert!(self.frozen.borrow().is_none(), "one frozen table at a time");
         let table = Arc::new(std::mem::take(&mut *self.active.borrow_mut()));
-        self.bytes.set(0);
+        self.frozen_bytes.set(self.bytes.replace(0));
         *self.frozen.borrow_mut() = Some(table.clone());
         Some(table)
     }
@@ -195,6 +210,8 @@ impl Memtable {
         let Some(table) = self.frozen.borrow_mut().take() else {
             return;
         };
+        self.frozen_bytes.set(0);
+        self.checkpoints.set(self.checkpoints.get() + 1);
         if applied {
             return;
         }

@@ -163,6 +163,11 @@ impl Store {
         self.commit.counts()
     }
 
+    /// Bytes the memtable holds (active and frozen) and checkpoints ended (`/metrics`).
+    pub fn memtable_stats(&self) -> (usize, u64) {
+        self.mem.stats()
+    }
+
     /// Flushes everything (shutdown, after [`Store::settle`]): what the memtable holds
     /// goes into sled, and sled flushed and synced holds every write, so the journals are
     /// deleted.

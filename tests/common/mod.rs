@@ -243,6 +243,26 @@ impl Server {
         metric_sum(&self.metrics(), name, label)
     }
 
+    /// Waits until no shard's memtable holds a checkpoint's worth (16 MiB, active and frozen
+    /// together): one that was due or running has ended, so the memory it takes stays out of what a test measures next.
+    pub fn wait_for_checkpoints(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let fullest = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("shardcast_memtable_bytes{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        };
+        while fullest(&self.metrics()) >= 16 << 20 {
+            assert!(
+                Instant::now() < deadline,
+                "a checkpoint did not end in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn get(&self, target: &str) -> (u16, Value) {
         self.http("GET", target, None, None)
     }
