@@ -17,7 +17,7 @@ use crate::error::close;
 use crate::json;
 use crate::message::ChatMessage;
 use crate::route;
-use crate::shard::session::{Conn, Dialect};
+use crate::shard::session::{Chat, Conn};
 use crate::shard::Shard;
 use crate::ws::frame;
 use crate::Error;
@@ -61,6 +61,9 @@ pub fn greet(shard: &Rc<Shard>, conn: &Rc<Conn>) -> Result<(), Error> {
 /// one is written. A page leaves the store once written, not before: a connection that
 /// dies first leaves it for the next login (at least once, never lost).
 fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Result<bool, Error> {
+    let Some(chat) = conn.chat() else {
+        return Ok(false);
+    };
     let budget = (shard.config.max_outbound_bytes / 2).max(1);
     let (page, more) =
         shard
@@ -74,9 +77,9 @@ fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Resul
         ));
         keys.push(key);
     }
-    *conn.offline_after.borrow_mut() = if more { keys.last().cloned() } else { None };
+    *chat.offline_after.borrow_mut() = if more { keys.last().cloned() } else { None };
     let queued = !keys.is_empty();
-    *conn.offline_keys.borrow_mut() = keys;
+    *chat.offline_keys.borrow_mut() = keys;
     Ok(queued)
 }
 
@@ -84,7 +87,10 @@ fn queue_offline_page(shard: &Shard, conn: &Conn, after: Option<&[u8]>) -> Resul
 /// written, so it leaves the store, and the next page (if any) is queued. True when
 /// something new was queued.
 pub fn offline_page_written(shard: &Shard, conn: &Conn) -> bool {
-    let written = std::mem::take(&mut *conn.offline_keys.borrow_mut());
+    let Some(chat) = conn.chat() else {
+        return false;
+    };
+    let written = std::mem::take(&mut *chat.offline_keys.borrow_mut());
     if written.is_empty() {
         return false;
     }
@@ -96,7 +102,7 @@ pub fn offline_page_written(shard: &Shard, conn: &Conn) -> bool {
         log::error!("removing delivered offline messages failed: {e}");
         return false;
     }
-    let Some(after) = conn.offline_after.borrow_mut().take() else {
+    let Some(after) = chat.offline_after.borrow_mut().take() else {
         return false;
     };
     queue_offline_page(shard, conn, Some(&after)).unwrap_or_else(|e| {
@@ -221,12 +227,12 @@ pub fn parse_send<'v>(
 
 /// A client frame: `{"toId", "type", "content"}`.
 pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) -> Result<(), Error> {
-    let Dialect::Chat {
+    let Some(Chat {
         name,
         resource,
         ack,
         ..
-    } = &conn.dialect
+    }) = conn.chat()
     else {
         return Err(Error::WsInternal);
     };

@@ -52,7 +52,7 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, payload: &mut [u8]) {
     }
     let result = match conn.dialect {
         Dialect::Notify => notify::on_text(shard, conn, payload),
-        Dialect::Chat { .. } => chat::on_text(shard, conn, payload),
+        Dialect::Chat(_) => chat::on_text(shard, conn, payload),
         Dialect::Echo => {
             conn.send_owned(frame::encode(frame::OP_TEXT, payload));
             Ok(())
@@ -85,7 +85,7 @@ pub fn send_error(shard: &Shard, conn: &Conn, e: &Error) {
     shard.metrics.error(e.code());
     let body = match conn.dialect {
         Dialect::Notify => notify::event0(e),
-        Dialect::Chat { .. } | Dialect::Echo => crate::json::error_object(e),
+        Dialect::Chat(_) | Dialect::Echo => crate::json::error_object(e),
     };
     conn.send_owned(frame::encode(frame::OP_TEXT, &body));
 }

@@ -4,7 +4,7 @@
 //! lookups take `&str` keys and allocate nothing.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use crate::ws::frame::Frame;
@@ -14,14 +14,36 @@ use crate::ws::outbound::{Outbound, Sent};
 #[derive(Debug)]
 pub enum Dialect {
     Notify,
-    Chat {
-        name: Box<str>,
-        resource: Box<str>,
-        ack: bool,
-    },
+    /// Boxed: most connections are notify ones, and their `Conn` stays in a smaller
+    /// allocation class without the chat login and its offline paging.
+    Chat(Box<Chat>),
     /// The conformance echo (`conformance_echo`, never in production): every message is
     /// sent back, so Autobahn|Testsuite can judge the real frame and connection code.
     Echo,
+}
+
+/// A chat connection's login, and where its offline queue is being written.
+#[derive(Debug)]
+pub struct Chat {
+    pub name: Box<str>,
+    pub resource: Box<str>,
+    pub ack: bool,
+    /// Offline-queue entries queued to this connection, removed from the store once
+    /// written; and the last key of that page while more of the queue follows.
+    pub offline_keys: RefCell<Vec<sled::IVec>>,
+    pub offline_after: RefCell<Option<sled::IVec>>,
+}
+
+impl Chat {
+    pub fn new(name: String, resource: String, ack: bool) -> Chat {
+        Chat {
+            name: name.into(),
+            resource: resource.into(),
+            ack,
+            offline_keys: RefCell::new(Vec::new()),
+            offline_after: RefCell::new(None),
+        }
+    }
 }
 
 /// One live WebSocket connection as the rest of the shard sees it.
@@ -42,10 +64,6 @@ pub struct Conn {
     pub rate_window_ms: Cell<u64>,
     pub rate_count: Cell<u32>,
     pub rate_bytes: Cell<u32>,
-    /// Offline-queue entries queued to this connection, removed from the store once
-    /// written; and the last key of that page while more of the queue follows.
-    pub offline_keys: RefCell<Vec<sled::IVec>>,
-    pub offline_after: RefCell<Option<sled::IVec>>,
     /// Shard clock (ms) when the oldest unfinished frame or fragmented message began:
     /// it must be complete within `request_timeout_secs` (docs/protocol.md §5 v2).
     pub partial_since_ms: Cell<Option<u64>>,
@@ -56,7 +74,15 @@ pub struct Conn {
 impl Conn {
     pub fn resource(&self) -> Option<&str> {
         match &self.dialect {
-            Dialect::Chat { resource, .. } => Some(resource),
+            Dialect::Chat(chat) => Some(&chat.resource),
+            Dialect::Notify | Dialect::Echo => None,
+        }
+    }
+
+    /// The chat login, for a chat connection.
+    pub fn chat(&self) -> Option<&Chat> {
+        match &self.dialect {
+            Dialect::Chat(chat) => Some(chat),
             Dialect::Notify | Dialect::Echo => None,
         }
     }
@@ -99,8 +125,47 @@ impl Conn {
     }
 }
 
+/// A user's connections, found by its uid (the uid of the connections it holds, so the
+/// table keeps no key of its own). One connection, the common case, is held without a
+/// list; a slot is 16 bytes either way.
+enum Held {
+    One(Rc<Conn>),
+    /// Two or more, never fewer.
+    Many(Box<[Rc<Conn>]>),
+}
+
+impl Held {
+    fn conns(&self) -> &[Rc<Conn>] {
+        match self {
+            Held::One(c) => std::slice::from_ref(c),
+            Held::Many(v) => v,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        &self.conns()[0].uid
+    }
+}
+
+// Hashed and compared as its uid, as `Borrow<str>` requires.
+impl std::hash::Hash for Held {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::borrow::Borrow::<str>::borrow(self).hash(h)
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        self.conns()[0].uid == other.conns()[0].uid
+    }
+}
+
+impl Eq for Held {}
+
 /// uid → connections, within one domain.
-type Users = HashMap<Box<str>, Vec<Rc<Conn>>>;
+type Users = HashSet<Held>;
 
 #[derive(Default)]
 pub struct Sessions {
@@ -109,17 +174,25 @@ pub struct Sessions {
     notify: usize,
 }
 
+// A `Held` is hashed by its connections' uid, which never changes; the `Cell`s inside a
+// `Conn` are not part of its key.
+#[allow(clippy::mutable_key_type)]
 impl Sessions {
     pub fn add(&mut self, conn: Rc<Conn>) {
         conn.registered.set(true);
-        self.users
-            .entry(conn.domain.clone())
-            .or_default()
-            .entry(conn.uid.clone())
-            .or_default()
-            .push(conn.clone());
         self.count += 1;
         self.notify += usize::from(conn.is_notify());
+        let users = self.users.entry(conn.domain.clone()).or_default();
+        let held = match users.take(&*conn.uid) {
+            None => Held::One(conn),
+            Some(Held::One(first)) => Held::Many(Box::new([first, conn])),
+            Some(Held::Many(list)) => {
+                let mut list = list.into_vec();
+                list.push(conn);
+                Held::Many(list.into_boxed_slice())
+            }
+        };
+        users.insert(held);
     }
 
     pub fn remove(&mut self, conn: &Conn) {
@@ -129,14 +202,24 @@ impl Sessions {
         let Some(domain) = self.users.get_mut(&*conn.domain) else {
             return;
         };
-        if let Some(list) = domain.get_mut(&*conn.uid) {
+        if let Some(held) = domain.take(&*conn.uid) {
+            let mut list = match held {
+                Held::One(c) => vec![c],
+                Held::Many(list) => list.into_vec(),
+            };
             if let Some(i) = list.iter().position(|c| c.id == conn.id) {
                 list.swap_remove(i);
                 self.count -= 1;
                 self.notify -= usize::from(conn.is_notify());
             }
-            if list.is_empty() {
-                domain.remove(&*conn.uid);
+            match list.len() {
+                0 => {}
+                1 => {
+                    domain.insert(Held::One(list.swap_remove(0)));
+                }
+                _ => {
+                    domain.insert(Held::Many(list.into_boxed_slice()));
+                }
             }
         }
         if domain.is_empty() {
@@ -149,7 +232,7 @@ impl Sessions {
         self.users
             .get(domain)
             .and_then(|d| d.get(uid))
-            .map_or(&[], |v| v.as_slice())
+            .map_or(&[], Held::conns)
     }
 
     pub fn count(&self) -> usize {
@@ -162,8 +245,8 @@ impl Sessions {
 
     pub fn for_each(&self, mut f: impl FnMut(&Rc<Conn>)) {
         for d in self.users.values() {
-            for list in d.values() {
-                list.iter().for_each(&mut f);
+            for held in d {
+                held.conns().iter().for_each(&mut f);
             }
         }
     }
@@ -171,8 +254,8 @@ impl Sessions {
     /// Every connection of one domain.
     pub fn for_each_in(&self, domain: &str, mut f: impl FnMut(&Rc<Conn>)) {
         if let Some(d) = self.users.get(domain) {
-            for list in d.values() {
-                list.iter().for_each(&mut f);
+            for held in d {
+                held.conns().iter().for_each(&mut f);
             }
         }
     }
@@ -180,7 +263,82 @@ impl Sessions {
     pub fn all(&self) -> Vec<Rc<Conn>> {
         self.users
             .values()
-            .flat_map(|d| d.values().flatten().cloned())
+            .flat_map(|d| d.iter().flat_map(Held::conns).cloned())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: u64, uid: &str, dialect: Dialect) -> Rc<Conn> {
+        Rc::new(Conn {
+            id,
+            slot: 0,
+            domain: "d".into(),
+            uid: uid.into(),
+            dialect,
+            since_ms: 0,
+            out: RefCell::new(Outbound::new(1 << 16)),
+            registered: Cell::new(false),
+            last_rx_ms: Cell::new(0),
+            rate_window_ms: Cell::new(0),
+            rate_count: Cell::new(0),
+            rate_bytes: Cell::new(0),
+            partial_since_ms: Cell::new(None),
+            sends_in_flight: Cell::new(0),
+        })
+    }
+
+    fn ids(s: &Sessions, uid: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = s.of("d", uid).iter().map(|c| c.id).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn a_user_holds_one_or_many_connections_and_leaves_with_the_last() {
+        let mut s = Sessions::default();
+        let (a1, a2, a3) = (
+            conn(1, "a", Dialect::Notify),
+            conn(2, "a", Dialect::Notify),
+            conn(
+                3,
+                "a",
+                Dialect::Chat(Box::new(Chat::new("A".into(), "web".into(), false))),
+            ),
+        );
+        let b = conn(4, "b", Dialect::Notify);
+        for c in [&a1, &a2, &b, &a3] {
+            s.add(c.clone());
+        }
+        assert_eq!((ids(&s, "a"), ids(&s, "b")), (vec![1, 2, 3], vec![4]));
+        assert_eq!((s.count(), s.notify_count()), (4, 3));
+        s.remove(&a2);
+        assert_eq!(ids(&s, "a"), vec![1, 3]);
+        s.remove(&a2);
+        assert_eq!(s.count(), 3, "a second removal counts nothing");
+        s.remove(&a1);
+        assert_eq!(ids(&s, "a"), vec![3]);
+        s.remove(&a3);
+        assert!(s.of("d", "a").is_empty());
+        assert_eq!(ids(&s, "b"), vec![4]);
+        assert_eq!(s.all().len(), 1);
+        s.remove(&b);
+        assert_eq!((s.count(), s.notify_count(), s.users.len()), (0, 0, 0));
+    }
+
+    /// What each idle connection costs: its `Conn` with the `Rc` counts fits mimalloc's
+    /// 256-byte class (it was in the 320 one with the chat login inline), and a user's
+    /// slot in the table is two words.
+    #[test]
+    fn an_idle_connection_stays_in_its_allocation_classes() {
+        assert!(
+            std::mem::size_of::<Conn>() + 16 <= 256,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+        assert_eq!(std::mem::size_of::<Held>(), 16);
     }
 }

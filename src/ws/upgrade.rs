@@ -204,11 +204,9 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
             resource,
             ack,
             ..
-        } => Dialect::Chat {
-            name: name.into(),
-            resource: resource.into(),
-            ack,
-        },
+        } => Dialect::Chat(Box::new(crate::shard::session::Chat::new(
+            name, resource, ack,
+        ))),
     };
     let conn = new_conn(shard, slot, domain, uid, dialect);
     // Before the greeting joins the session table: however this task ends, it leaves.
@@ -216,7 +214,7 @@ pub fn open(shard: &Rc<Shard>, up: Upgrade) -> (Rc<Conn>, Vec<u8>, super::conn::
     conn.send_greeting(response_101(&accept));
     let greeted = match conn.dialect {
         Dialect::Notify => crate::dialect::notify::greet(shard, &conn),
-        Dialect::Chat { .. } => crate::dialect::chat::greet(shard, &conn),
+        Dialect::Chat(_) => crate::dialect::chat::greet(shard, &conn),
         Dialect::Echo => {
             shard.sessions.borrow_mut().add(conn.clone());
             Ok(())
@@ -270,8 +268,6 @@ fn new_conn(shard: &Shard, slot: u16, domain: String, uid: String, dialect: Dial
         rate_window_ms: Cell::new(0),
         rate_count: Cell::new(0),
         rate_bytes: Cell::new(0),
-        offline_keys: RefCell::new(Vec::new()),
-        offline_after: RefCell::new(None),
         partial_since_ms: Cell::new(None),
         sends_in_flight: Cell::new(0),
     })
