@@ -485,6 +485,30 @@ mod tests {
     }
 
     #[test]
+    fn its_metrics_count_the_frozen_table_until_its_checkpoint_ends() {
+        let m = table(true);
+        let entry = 2 + 3 + ENTRY_OVERHEAD;
+        m.insert(b"k1", IVec::from(&b"one"[..])).expect("insert");
+        assert_eq!(m.stats(), (entry, 0));
+        assert!(m.freeze().is_some());
+        m.insert(b"k2", IVec::from(&b"two"[..])).expect("insert");
+        assert_eq!(
+            m.stats(),
+            (2 * entry, 0),
+            "the frozen table is still memory"
+        );
+        m.thaw(true);
+        assert_eq!(m.stats(), (entry, 1));
+        assert!(m.freeze().is_some());
+        m.thaw(false);
+        assert_eq!(
+            m.stats(),
+            (entry, 2),
+            "a failed one counts, its writes come back"
+        );
+    }
+
+    #[test]
     fn a_removal_leaves_a_tombstone_only_while_the_frozen_table_has_the_key() {
         let m = table(true);
         m.db().insert(b"old", &b"v"[..]).expect("insert");
