@@ -6,7 +6,8 @@
 //! history stay in the store) and is closed with 1013; the greeting (101, event 2, the
 //! offline queue) is bounded by what the store holds for the user, is not counted against
 //! that limit and is never dropped; a frame that has been partly written is always
-//! finished, so the byte stream stays well-formed; after `close` nothing more is queued.
+//! finished, so the byte stream stays well-formed; after `close` nothing more is queued;
+//! once its greeting is written, a connection holds no queue buffer until live traffic.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -38,6 +39,10 @@ pub struct Outbound {
     max: usize,
     /// The close code once a close frame has been queued.
     close: Option<u16>,
+    /// The queue's buffer was grown for a greeting (or an offline page): it is given back
+    /// once written, so a connection that then idles holds none. Live traffic keeps its
+    /// buffer, so a push costs no allocation here.
+    greeting: bool,
     waker: Option<Waker>,
 }
 
@@ -60,6 +65,7 @@ impl Outbound {
     /// invariants).
     pub fn send_greeting(&mut self, bytes: Vec<u8>) {
         if self.close.is_none() {
+            self.greeting = true;
             self.push(Frame::from(bytes), false);
         }
     }
@@ -78,6 +84,7 @@ impl Outbound {
             bytes: 0,
             max,
             close: None,
+            greeting: false,
             waker: None,
         }
     }
@@ -153,7 +160,7 @@ impl Outbound {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if self.queue.capacity() > 16 {
+        if std::mem::take(&mut self.greeting) || self.queue.capacity() > 16 {
             self.queue = VecDeque::new();
         }
         // TLS may hold the last records back until the socket has room; plain TCP holds
@@ -223,6 +230,32 @@ mod tests {
         let kinds: Vec<u8> = out.queue.iter().map(|(f, _)| f[0]).collect();
         assert_eq!(kinds, vec![2, 0x88], "the partly written frame is finished");
         assert_eq!(out.bytes, 4);
+    }
+
+    fn flush(out: &mut Outbound) -> Vec<u8> {
+        let (mut sink, mut scratch) = (Vec::new(), vec![0u8; 64]);
+        futures_lite::future::block_on(std::future::poll_fn(|cx| {
+            out.poll_flush(cx, &mut sink, &mut scratch)
+        }))
+        .expect("a Vec takes every byte");
+        sink
+    }
+
+    #[test]
+    fn a_written_greeting_gives_its_room_back_and_live_traffic_keeps_it() {
+        let mut out = Outbound::new(100);
+        out.send_greeting(vec![1u8; 5]);
+        out.send_greeting(vec![2u8; 5]);
+        assert!(out.queue.capacity() > 0);
+        assert_eq!(flush(&mut out), [[1u8; 5], [2u8; 5]].concat());
+        assert_eq!(
+            out.queue.capacity(),
+            0,
+            "an idle connection holds no queue buffer"
+        );
+        assert_eq!(out.send(&Frame::from(vec![3u8; 5])), Sent::Queued);
+        assert_eq!(flush(&mut out), vec![3u8; 5]);
+        assert!(out.queue.capacity() > 0, "no allocation per push");
     }
 
     #[test]
