@@ -141,24 +141,28 @@ impl Held {
             Held::Many(v) => v,
         }
     }
+
+    fn uid(&self) -> &str {
+        &self.conns()[0].uid
+    }
 }
 
 impl std::borrow::Borrow<str> for Held {
     fn borrow(&self) -> &str {
-        &self.conns()[0].uid
+        self.uid()
     }
 }
 
 // Hashed and compared as its uid, as `Borrow<str>` requires.
 impl std::hash::Hash for Held {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        std::borrow::Borrow::<str>::borrow(self).hash(h)
+        self.uid().hash(h)
     }
 }
 
 impl PartialEq for Held {
     fn eq(&self, other: &Held) -> bool {
-        self.conns()[0].uid == other.conns()[0].uid
+        self.uid() == other.uid()
     }
 }
 
@@ -202,25 +206,31 @@ impl Sessions {
         let Some(domain) = self.users.get_mut(&*conn.domain) else {
             return;
         };
-        if let Some(held) = domain.take(&*conn.uid) {
-            let mut list = match held {
-                Held::One(c) => vec![c],
-                Held::Many(list) => list.into_vec(),
-            };
-            if let Some(i) = list.iter().position(|c| c.id == conn.id) {
-                list.swap_remove(i);
-                self.count -= 1;
-                self.notify -= usize::from(conn.is_notify());
-            }
-            match list.len() {
-                0 => {}
-                1 => {
-                    domain.insert(Held::One(list.swap_remove(0)));
+        let (found, left) = match domain.take(&*conn.uid) {
+            None => (false, None),
+            Some(Held::One(c)) if c.id == conn.id => (true, None),
+            Some(Held::One(c)) => (false, Some(Held::One(c))),
+            Some(Held::Many(list)) => {
+                let mut list = list.into_vec();
+                let at = list.iter().position(|c| c.id == conn.id);
+                if let Some(i) = at {
+                    list.swap_remove(i);
                 }
-                _ => {
-                    domain.insert(Held::Many(list.into_boxed_slice()));
-                }
+                // Two or more before, so one at least is left.
+                let left = if list.len() == 1 {
+                    Held::One(list.swap_remove(0))
+                } else {
+                    Held::Many(list.into_boxed_slice())
+                };
+                (at.is_some(), Some(left))
             }
+        };
+        if found {
+            self.count -= 1;
+            self.notify -= usize::from(conn.is_notify());
+        }
+        if let Some(held) = left {
+            domain.insert(held);
         }
         if domain.is_empty() {
             self.users.remove(&*conn.domain);

@@ -443,6 +443,20 @@ mod tests {
 
     /// Takes the pending writes as a record, waits for its write, and says it ended (what
     /// the commit loop does).
+    /// Writes k0 into a record, then k1, and starts the checkpoint that is due (the journal
+    /// rotates every record): k1 is in no record yet when it begins.
+    async fn begin_checkpoint(
+        mem: &Rc<Memtable>,
+        j: &super::super::journal::Journal,
+        sync: &std::sync::Arc<File>,
+    ) {
+        held_write(mem, j, b"k0");
+        j.prepare(mem, sync).await.expect("prepare");
+        record(j).await;
+        held_write(mem, j, b"k1");
+        j.prepare(mem, sync).await.expect("rotate");
+    }
+
     async fn record(j: &super::super::journal::Journal) {
         j.take_record().expect("a record").await.expect("written");
         j.settled(1);
@@ -470,13 +484,7 @@ mod tests {
             .spawn(move || async move {
                 let (commit, mem, sync) = parts(&path, 1, Some(1));
                 let j = commit.journal();
-                let write = |k: &[u8]| held_write(&mem, j, k);
-                write(b"k0");
-                j.prepare(&mem, &sync).await.expect("prepare");
-                record(j).await;
-                // A checkpoint is due; k1 is in no record yet when it begins.
-                write(b"k1");
-                j.prepare(&mem, &sync).await.expect("rotate");
+                begin_checkpoint(&mem, j, &sync).await;
                 assert_eq!(j.generation(), 1);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 assert!(j.is_checkpointing());
@@ -504,15 +512,10 @@ mod tests {
             .spawn(move || async move {
                 let (commit, mem, sync) = parts(&path, 1, Some(1));
                 let j = commit.journal();
-                let write = |k: &[u8]| held_write(&mem, j, k);
-                write(b"k0");
-                j.prepare(&mem, &sync).await.expect("prepare");
-                record(j).await;
-                write(b"k1");
-                j.prepare(&mem, &sync).await.expect("rotate");
+                begin_checkpoint(&mem, j, &sync).await;
                 assert!(j.is_checkpointing());
                 let _ = j.failed(std::io::Error::other("a failed write, for the test"));
-                write(b"k2");
+                held_write(&mem, j, b"k2");
                 j.prepare(&mem, &sync)
                     .await
                     .expect("rotate after the failure");

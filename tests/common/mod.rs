@@ -243,18 +243,12 @@ impl Server {
         metric_sum(&self.metrics(), name, label)
     }
 
-    /// Waits until no shard's memtable holds a checkpoint's worth (16 MiB, active and frozen
-    /// together): one that was due or running has ended, so the memory it takes stays out of what a test measures next.
+    /// Waits until no shard's memtable holds a checkpoint's worth (16 MiB, active and
+    /// frozen together): one that was due or running has ended, so the memory it takes
+    /// stays out of what a test measures next.
     pub fn wait_for_checkpoints(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let fullest = |text: &str| {
-            text.lines()
-                .filter(|l| l.starts_with("shardcast_memtable_bytes{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .max()
-                .unwrap_or(0)
-        };
-        while fullest(&self.metrics()) >= 16 << 20 {
+        while metric_values(&self.metrics(), "memtable_bytes", "").max() >= Some(16 << 20) {
             assert!(
                 Instant::now() < deadline,
                 "a checkpoint did not end in 60 s"
@@ -401,11 +395,19 @@ pub fn parse_response(raw: &[u8]) -> (u16, Value) {
 /// `shardcast_<name>` in a `/metrics` text, summed over the lines whose labels contain
 /// `label` (`""` for all of them).
 pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    metric_values(text, name, label).sum()
+}
+
+/// `shardcast_<name>` of each line (shard) whose labels contain `label`.
+pub fn metric_values<'a>(
+    text: &'a str,
+    name: &str,
+    label: &'a str,
+) -> impl Iterator<Item = u64> + 'a {
     let prefix = format!("shardcast_{name}{{");
     text.lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+        .filter(move |l| l.starts_with(&prefix) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// The value of header `name` (any case) in a response head, trimmed.
